@@ -1,0 +1,203 @@
+//! The CPU backend: every op in Rust, f32 accumulation, f16/bf16 storage, threads through rayon, matrix
+//! products through the `gemm` crate. It is the reference every other backend is compared with.
+
+mod kernels;
+
+use super::{AdamWSlot, Backend, Loc, Mems, Space};
+use crate::error::{Error, Result};
+use crate::graph::{Graph, NodeId, Op};
+use crate::optim::AdamWConfig;
+use crate::tensor::DType;
+
+pub use kernels::{adamw_update, run_op, sum_squares, View};
+
+/// Host memory, 64-byte aligned (planner offsets are multiples of 256).
+pub struct CpuMem {
+    words: Vec<Align64>,
+    bytes: usize,
+}
+
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Align64([u8; 64]);
+
+impl CpuMem {
+    pub fn new(bytes: usize) -> Self {
+        CpuMem { words: vec![Align64([0; 64]); bytes.div_ceil(64)], bytes }
+    }
+    pub fn len(&self) -> usize {
+        self.bytes
+    }
+    pub fn is_empty(&self) -> bool {
+        self.bytes == 0
+    }
+    pub fn as_bytes(&self) -> &[u8] {
+        &bytemuck::cast_slice::<Align64, u8>(&self.words)[..self.bytes]
+    }
+    pub fn as_bytes_mut(&mut self) -> &mut [u8] {
+        &mut bytemuck::cast_slice_mut::<Align64, u8>(&mut self.words)[..self.bytes]
+    }
+}
+
+// SAFETY: Align64 is plain bytes with no padding.
+unsafe impl bytemuck::Zeroable for Align64 {}
+unsafe impl bytemuck::Pod for Align64 {}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuBackend;
+
+fn range(mem: &CpuMem, loc: Loc) -> Result<std::ops::Range<usize>> {
+    let end = loc.offset.checked_add(loc.bytes).filter(|&e| e <= mem.len());
+    match end {
+        Some(end) => Ok(loc.offset..end),
+        None => Err(Error::Plan(format!("{loc:?} lies outside its region of {} bytes", mem.len()))),
+    }
+}
+
+impl Backend for CpuBackend {
+    type Mem = CpuMem;
+
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn alloc(&self, bytes: usize) -> Result<CpuMem> {
+        Ok(CpuMem::new(bytes))
+    }
+
+    fn write(&self, mem: &mut CpuMem, offset: usize, data: &[u8]) -> Result<()> {
+        let r = range(mem, Loc { space: Space::Arena, offset, bytes: data.len() })?;
+        mem.as_bytes_mut()[r].copy_from_slice(data);
+        Ok(())
+    }
+
+    fn read(&self, mem: &CpuMem, offset: usize, out: &mut [u8]) -> Result<()> {
+        let r = range(mem, Loc { space: Space::Arena, offset, bytes: out.len() })?;
+        out.copy_from_slice(&mem.as_bytes()[r]);
+        Ok(())
+    }
+
+    fn exec(
+        &self,
+        graph: &Graph,
+        id: NodeId,
+        ins: &[Loc],
+        out: Loc,
+        inplace: Option<usize>,
+        mems: &mut Mems<CpuMem>,
+    ) -> Result<()> {
+        let node = graph.node(id);
+        if out.space != Space::Arena {
+            return Err(Error::Plan(format!("node {} ({}) writes outside the arena", id.0, node.op.describe())));
+        }
+        // A reshape over its own input is already done: the bytes are the same.
+        if inplace.is_some() && matches!(node.op, Op::Reshape { .. }) {
+            return Ok(());
+        }
+        // The in-place input is copied out first, so every slice below is disjoint from the output.
+        let mut saved: Option<Vec<u8>> = None;
+        if let Some(i) = inplace {
+            if ins.get(i) != Some(&out) {
+                return Err(Error::Plan(format!("node {} in-place input {i} is not at the output", id.0)));
+            }
+            saved = Some(mems.arena.as_bytes()[range(&mems.arena, out)?].to_vec());
+        }
+        // An input is read from the saved copy when it is the in-place input (or the same node again, as in x*x).
+        let from_saved = |l: &Loc| inplace.is_some() && *l == out;
+        for (i, l) in ins.iter().enumerate() {
+            if !from_saved(l) && l.overlaps(&out) {
+                return Err(Error::Plan(format!(
+                    "node {} ({}): input {i} at {l:?} overlaps the output at {out:?}",
+                    id.0,
+                    node.op.describe()
+                )));
+            }
+        }
+        let out_range = range(&mems.arena, out)?;
+        let mut in_ranges = Vec::with_capacity(ins.len());
+        for l in ins {
+            in_ranges.push(range(mems.get(l.space), *l)?);
+        }
+        let arena_ptr = mems.arena.as_bytes_mut().as_mut_ptr();
+        // SAFETY: `out_range` is in bounds of the arena and, as checked above, disjoint from every input range
+        // that is read through a shared slice below (the in-place input is read from `saved` instead).
+        let out_bytes = unsafe { std::slice::from_raw_parts_mut(arena_ptr.add(out_range.start), out_range.len()) };
+        let mut views = Vec::with_capacity(ins.len());
+        for (i, (l, r)) in ins.iter().zip(&in_ranges).enumerate() {
+            let input = graph.node(graph.node(id).inputs[i]);
+            let data: &[u8] = if from_saved(l) {
+                saved.as_deref().unwrap_or(&[])
+            } else if l.space == Space::Arena {
+                // SAFETY: in bounds, and disjoint from `out_bytes` (checked above); shared reads only.
+                unsafe { std::slice::from_raw_parts(arena_ptr.add(r.start), r.len()) }
+            } else {
+                &mems.get(l.space).as_bytes()[r.clone()]
+            };
+            views.push(View { shape: &input.shape, dtype: input.dtype, data });
+        }
+        let out_view = View { shape: &node.shape, dtype: node.dtype, data: &[] };
+        run_op(&node.op, &views, &out_view, out_bytes)
+            .map_err(|e| Error::backend("cpu", format!("node {} ({}): {e}", id.0, node.op.describe())))
+    }
+
+    fn adamw(
+        &self,
+        slot: &AdamWSlot,
+        cfg: &AdamWConfig,
+        step: u32,
+        grad_scale: f32,
+        mems: &mut Mems<CpuMem>,
+    ) -> Result<()> {
+        let Mems { arena, params, state } = mems;
+        let gr = range(arena, slot.grad)?;
+        let pr = range(params, slot.param)?;
+        let mut ranges = vec![range(state, slot.m)?, range(state, slot.v)?];
+        if let Some(l) = slot.master {
+            ranges.push(range(state, l)?);
+        }
+        let mut parts = disjoint_mut(state.as_bytes_mut(), &ranges)?.into_iter();
+        let (Some(m), Some(v)) = (parts.next(), parts.next()) else {
+            return Err(Error::Plan("adamw: missing moment buffers".into()));
+        };
+        let master = parts.next().map(|b| bytemuck::cast_slice_mut::<u8, f32>(b));
+        adamw_update(
+            &mut params.as_bytes_mut()[pr],
+            slot.param_dtype,
+            &arena.as_bytes()[gr],
+            slot.grad_dtype,
+            bytemuck::cast_slice_mut(m),
+            bytemuck::cast_slice_mut(v),
+            master,
+            cfg,
+            step,
+            grad_scale,
+        );
+        Ok(())
+    }
+
+    fn sum_squares(&self, loc: Loc, dtype: DType, mems: &Mems<CpuMem>) -> Result<f64> {
+        let mem = mems.get(loc.space);
+        Ok(sum_squares(&mem.as_bytes()[range(mem, loc)?], dtype))
+    }
+}
+
+/// Mutable slices of `buf` at the given ranges, which must not overlap (returned in the order given).
+fn disjoint_mut<'a>(buf: &'a mut [u8], ranges: &[std::ops::Range<usize>]) -> Result<Vec<&'a mut [u8]>> {
+    let mut order: Vec<usize> = (0..ranges.len()).collect();
+    order.sort_by_key(|&i| ranges[i].start);
+    let mut out: Vec<Option<&'a mut [u8]>> = (0..ranges.len()).map(|_| None).collect();
+    let mut rest = buf;
+    let mut consumed = 0;
+    for &i in &order {
+        let r = &ranges[i];
+        if r.start < consumed || r.end > consumed + rest.len() {
+            return Err(Error::Plan(format!("state ranges overlap or overrun: {ranges:?}")));
+        }
+        let (_, tail) = std::mem::take(&mut rest).split_at_mut(r.start - consumed);
+        let (mine, tail) = tail.split_at_mut(r.len());
+        out[i] = Some(mine);
+        rest = tail;
+        consumed = r.end;
+    }
+    Ok(out.into_iter().flatten().collect())
+}

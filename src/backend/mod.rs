@@ -1,0 +1,116 @@
+//! Backends run one graph node at a time on memory laid out by the planner.
+//!
+//! `cpu` (Rust, every op: the reference), `cuda` (the `kernels/*.cu` through cudarc) and, later, `emu`
+//! (the same `.cu` sources compiled for the CPU). The executor is generic over [`Backend`].
+
+pub mod cpu;
+pub mod cuda;
+
+use crate::error::Result;
+use crate::graph::{Graph, NodeId};
+use crate::optim::AdamWConfig;
+use crate::tensor::DType;
+
+/// Which memory region a tensor lives in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Space {
+    /// Activations, placed by the memory planner.
+    Arena,
+    /// Parameters (weights), one region for all of them.
+    Params,
+    /// Optimiser state (moments and f32 master weights).
+    State,
+}
+
+/// A tensor's place: region, byte offset and byte length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Loc {
+    pub space: Space,
+    pub offset: usize,
+    pub bytes: usize,
+}
+
+impl Loc {
+    pub fn overlaps(&self, other: &Loc) -> bool {
+        self.space == other.space
+            && self.bytes > 0
+            && other.bytes > 0
+            && self.offset < other.offset + other.bytes
+            && other.offset < self.offset + self.bytes
+    }
+}
+
+/// The three memory regions an executor owns on a backend.
+pub struct Mems<M> {
+    pub arena: M,
+    pub params: M,
+    pub state: M,
+}
+
+impl<M> Mems<M> {
+    pub fn get(&self, space: Space) -> &M {
+        match space {
+            Space::Arena => &self.arena,
+            Space::Params => &self.params,
+            Space::State => &self.state,
+        }
+    }
+    pub fn get_mut(&mut self, space: Space) -> &mut M {
+        match space {
+            Space::Arena => &mut self.arena,
+            Space::Params => &mut self.params,
+            Space::State => &mut self.state,
+        }
+    }
+}
+
+/// One tensor's AdamW update: the parameter, its gradient, and its f32 state (moments; master weights when
+/// the parameter is stored in f16/bf16).
+#[derive(Clone, Copy, Debug)]
+pub struct AdamWSlot {
+    pub numel: usize,
+    pub param: Loc,
+    pub param_dtype: DType,
+    pub grad: Loc,
+    pub grad_dtype: DType,
+    pub m: Loc,
+    pub v: Loc,
+    pub master: Option<Loc>,
+}
+
+pub trait Backend {
+    /// One contiguous region of the backend's memory.
+    type Mem;
+
+    fn name(&self) -> &'static str;
+    fn alloc(&self, bytes: usize) -> Result<Self::Mem>;
+    fn write(&self, mem: &mut Self::Mem, offset: usize, data: &[u8]) -> Result<()>;
+    fn read(&self, mem: &Self::Mem, offset: usize, out: &mut [u8]) -> Result<()>;
+
+    /// Compute node `id` of `graph`. `ins[i]` locates its i-th input and `out` its output. When
+    /// `inplace == Some(i)`, `out` and `ins[i]` are the same bytes (the planner's in-place reuse); no other
+    /// input overlaps `out`.
+    fn exec(
+        &self,
+        graph: &Graph,
+        id: NodeId,
+        ins: &[Loc],
+        out: Loc,
+        inplace: Option<usize>,
+        mems: &mut Mems<Self::Mem>,
+    ) -> Result<()>;
+
+    /// One AdamW step (PyTorch semantics, decoupled weight decay, bias correction with `step` >= 1).
+    /// Gradients are multiplied by `grad_scale` first (for loss scaling and clipping).
+    fn adamw(
+        &self,
+        slot: &AdamWSlot,
+        cfg: &AdamWConfig,
+        step: u32,
+        grad_scale: f32,
+        mems: &mut Mems<Self::Mem>,
+    ) -> Result<()>;
+
+    /// Sum of squares of a float tensor (for gradient-norm clipping), accumulated in f64.
+    fn sum_squares(&self, loc: Loc, dtype: DType, mems: &Mems<Self::Mem>) -> Result<f64>;
+}

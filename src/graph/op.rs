@@ -1,0 +1,357 @@
+//! The `Op` enum: the one source of truth for what a graph can compute, with shape and dtype rules.
+//!
+//! Adding an op touches: this enum and [`infer`], the CPU backend (`backend/cpu`), the `.cu` kernel and its
+//! launcher, the backward rule (`graph/autodiff.rs`), a gradient check and parity test, and a bench line.
+
+use crate::error::{Error, Result};
+use crate::tensor::DType;
+
+/// Elementwise functions of one tensor.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum UnaryOp {
+    Neg,
+    Exp,
+    Log,
+    Sqrt,
+    Rsqrt,
+    Recip,
+    Abs,
+    Square,
+    Tanh,
+    Sigmoid,
+    Relu,
+    /// GELU with the exact erf form (PyTorch's default, used by SD's GEGLU).
+    Gelu,
+    /// GELU with the tanh approximation.
+    GeluTanh,
+    Silu,
+    Sin,
+    Cos,
+    /// `y = mul * x + add`.
+    Affine { mul: f32, add: f32 },
+    /// `y = x ^ p` (x > 0 where p is not an integer).
+    Powf(f32),
+}
+
+/// Elementwise functions of two tensors with numpy broadcasting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Max,
+    Min,
+    /// 1 where `a == b`, else 0 (not differentiable).
+    Eq,
+    /// 1 where `a > b`, else 0 (not differentiable).
+    Gt,
+    /// 1 where `a >= b`, else 0 (not differentiable).
+    Ge,
+}
+
+impl BinaryOp {
+    pub fn is_comparison(self) -> bool {
+        matches!(self, BinaryOp::Eq | BinaryOp::Gt | BinaryOp::Ge)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReduceOp {
+    Sum,
+    Mean,
+    Max,
+}
+
+/// A graph operation. Leaves (`Input`, `Param`, `Fill`) have no inputs.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    /// Data fed at run time under `name`.
+    Input { name: String },
+    /// A named parameter (its name is the checkpoint key).
+    Param { name: String },
+    /// A tensor filled with one value.
+    Fill { value: f32 },
+    Unary(UnaryOp),
+    /// `dx = dy * f'(x)`; inputs `(x, dy)`.
+    UnaryBwd(UnaryOp),
+    Binary(BinaryOp),
+    Reduce { op: ReduceOp, axes: Vec<usize>, keepdim: bool },
+    /// `op(a) @ op(b)` over the last two axes, batch axes broadcast; `ta`/`tb` transpose an operand.
+    MatMul { ta: bool, tb: bool },
+    /// Softmax along `axis` (f32 accumulation).
+    Softmax { axis: usize },
+    /// `dx = y * (dy - sum(dy * y))` along `axis`; inputs `(y, dy)`.
+    SoftmaxBwd { axis: usize },
+    /// Normalise the last axis; inputs `(x)` or `(x, weight, bias)` when `affine`.
+    LayerNorm { eps: f32, affine: bool },
+    /// Gradient of `LayerNorm` w.r.t. x; inputs `(x, dy)` or `(x, weight, dy)` when `affine`.
+    LayerNormBwd { eps: f32, affine: bool },
+    Reshape { shape: Vec<usize> },
+    /// `out.shape[i] = in.shape[perm[i]]`.
+    Permute { perm: Vec<usize> },
+    /// Repeat size-1 axes (after left-padding the rank) up to `shape`.
+    BroadcastTo { shape: Vec<usize> },
+    Concat { axis: usize },
+    /// `[start, end)` along `axis`.
+    Slice { axis: usize, start: usize, end: usize },
+    /// Zero padding along `axis`.
+    Pad { axis: usize, before: usize, after: usize },
+    Cast { dtype: DType },
+}
+
+/// Every op kind by name; the gradient-check coverage test walks this list.
+pub const OP_KINDS: &[&str] = &[
+    "input", "param", "fill", "unary", "unary_bwd", "binary", "reduce", "matmul", "softmax", "softmax_bwd",
+    "layer_norm", "layer_norm_bwd", "reshape", "permute", "broadcast_to", "concat", "slice", "pad", "cast",
+];
+
+impl Op {
+    /// The op's kind, as listed in [`OP_KINDS`].
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::Input { .. } => "input",
+            Op::Param { .. } => "param",
+            Op::Fill { .. } => "fill",
+            Op::Unary(_) => "unary",
+            Op::UnaryBwd(_) => "unary_bwd",
+            Op::Binary(_) => "binary",
+            Op::Reduce { .. } => "reduce",
+            Op::MatMul { .. } => "matmul",
+            Op::Softmax { .. } => "softmax",
+            Op::SoftmaxBwd { .. } => "softmax_bwd",
+            Op::LayerNorm { .. } => "layer_norm",
+            Op::LayerNormBwd { .. } => "layer_norm_bwd",
+            Op::Reshape { .. } => "reshape",
+            Op::Permute { .. } => "permute",
+            Op::BroadcastTo { .. } => "broadcast_to",
+            Op::Concat { .. } => "concat",
+            Op::Slice { .. } => "slice",
+            Op::Pad { .. } => "pad",
+            Op::Cast { .. } => "cast",
+        }
+    }
+
+    /// A readable description for error messages, e.g. `binary Add`.
+    pub fn describe(&self) -> String {
+        match self {
+            Op::Input { name } => format!("input '{name}'"),
+            Op::Param { name } => format!("param '{name}'"),
+            Op::Unary(u) => format!("unary {u:?}"),
+            Op::UnaryBwd(u) => format!("unary_bwd {u:?}"),
+            Op::Binary(b) => format!("binary {b:?}"),
+            other => format!("{other:?}"),
+        }
+    }
+
+    /// True for ops whose output element `i` depends only on input element `i` of same-shaped inputs, so
+    /// the output may overwrite such an input in place.
+    pub fn is_elementwise(&self) -> bool {
+        matches!(self, Op::Unary(_) | Op::UnaryBwd(_) | Op::Binary(_) | Op::Reshape { .. })
+    }
+}
+
+/// Numpy broadcasting of two shapes.
+pub fn broadcast_shapes(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
+    let n = a.len().max(b.len());
+    let mut out = vec![0; n];
+    for i in 0..n {
+        let da = if i + a.len() >= n { a[i + a.len() - n] } else { 1 };
+        let db = if i + b.len() >= n { b[i + b.len() - n] } else { 1 };
+        out[i] = if da == db || db == 1 {
+            da
+        } else if da == 1 {
+            db
+        } else {
+            return None;
+        };
+    }
+    Some(out)
+}
+
+fn require_float(op: &Op, dtypes: &[DType]) -> Result<()> {
+    for d in dtypes {
+        if !d.is_float() {
+            return Err(Error::graph(op.describe(), format!("needs floating-point inputs, got {d}")));
+        }
+    }
+    Ok(())
+}
+
+fn same_dtype(op: &Op, dtypes: &[DType]) -> Result<DType> {
+    let d0 = dtypes[0];
+    if let Some(d) = dtypes.iter().find(|d| **d != d0) {
+        return Err(Error::graph(op.describe(), format!("dtype mismatch: {d0} vs {d} (inputs {dtypes:?})")));
+    }
+    Ok(d0)
+}
+
+fn check_axis(op: &Op, axis: usize, rank: usize, shape: &[usize]) -> Result<()> {
+    if axis >= rank {
+        return Err(Error::graph(op.describe(), format!("axis {axis} out of range for shape {shape:?}")));
+    }
+    Ok(())
+}
+
+/// Shape and dtype of `op` applied to inputs of the given shapes and dtypes, or an error naming the op and shapes.
+pub fn infer(op: &Op, shapes: &[&[usize]], dtypes: &[DType]) -> Result<(Vec<usize>, DType)> {
+    let arity = match op {
+        Op::Input { .. } | Op::Param { .. } | Op::Fill { .. } => Some(0),
+        Op::Unary(_) | Op::Reduce { .. } | Op::Softmax { .. } | Op::Reshape { .. } | Op::Permute { .. } => Some(1),
+        Op::BroadcastTo { .. } | Op::Slice { .. } | Op::Pad { .. } | Op::Cast { .. } => Some(1),
+        Op::UnaryBwd(_) | Op::Binary(_) | Op::MatMul { .. } | Op::SoftmaxBwd { .. } => Some(2),
+        Op::LayerNorm { affine, .. } => Some(if *affine { 3 } else { 1 }),
+        Op::LayerNormBwd { affine, .. } => Some(if *affine { 3 } else { 2 }),
+        Op::Concat { .. } => None,
+    };
+    if let Some(n) = arity {
+        if shapes.len() != n {
+            return Err(Error::graph(op.describe(), format!("takes {n} inputs, got {}", shapes.len())));
+        }
+    }
+    let err = |msg: String| Err(Error::graph(op.describe(), msg));
+    match op {
+        Op::Input { .. } | Op::Param { .. } | Op::Fill { .. } => err("leaf ops are made by Graph::input/param/fill".into()),
+        Op::Unary(_) => {
+            require_float(op, dtypes)?;
+            Ok((shapes[0].to_vec(), dtypes[0]))
+        }
+        Op::UnaryBwd(_) | Op::SoftmaxBwd { .. } => {
+            require_float(op, dtypes)?;
+            let d = same_dtype(op, dtypes)?;
+            if shapes[0] != shapes[1] {
+                return err(format!("shape mismatch: {:?} vs {:?}", shapes[0], shapes[1]));
+            }
+            if let Op::SoftmaxBwd { axis } = op {
+                check_axis(op, *axis, shapes[0].len(), shapes[0])?;
+            }
+            Ok((shapes[0].to_vec(), d))
+        }
+        Op::Binary(_) => {
+            require_float(op, dtypes)?;
+            let d = same_dtype(op, dtypes)?;
+            match broadcast_shapes(shapes[0], shapes[1]) {
+                Some(s) => Ok((s, d)),
+                None => err(format!("shapes {:?} and {:?} do not broadcast", shapes[0], shapes[1])),
+            }
+        }
+        Op::Reduce { axes, keepdim, .. } => {
+            require_float(op, dtypes)?;
+            let s = shapes[0];
+            let mut seen = vec![false; s.len()];
+            for &a in axes {
+                check_axis(op, a, s.len(), s)?;
+                if seen[a] {
+                    return err(format!("axis {a} repeated in {axes:?}"));
+                }
+                seen[a] = true;
+            }
+            let out = if *keepdim {
+                s.iter().enumerate().map(|(i, &d)| if seen[i] { 1 } else { d }).collect()
+            } else {
+                s.iter().enumerate().filter(|(i, _)| !seen[*i]).map(|(_, &d)| d).collect()
+            };
+            Ok((out, dtypes[0]))
+        }
+        Op::MatMul { ta, tb } => {
+            require_float(op, dtypes)?;
+            let d = same_dtype(op, dtypes)?;
+            let (a, b) = (shapes[0], shapes[1]);
+            if a.len() < 2 || b.len() < 2 {
+                return err(format!("needs rank >= 2, got {a:?} and {b:?}"));
+            }
+            let (m, ka) = if *ta { (a[a.len() - 1], a[a.len() - 2]) } else { (a[a.len() - 2], a[a.len() - 1]) };
+            let (kb, n) = if *tb { (b[b.len() - 1], b[b.len() - 2]) } else { (b[b.len() - 2], b[b.len() - 1]) };
+            if ka != kb {
+                return err(format!("inner dimensions differ: {a:?} (ta={ta}) x {b:?} (tb={tb}): {ka} vs {kb}"));
+            }
+            let Some(mut batch) = broadcast_shapes(&a[..a.len() - 2], &b[..b.len() - 2]) else {
+                return err(format!("batch dimensions of {a:?} and {b:?} do not broadcast"));
+            };
+            batch.push(m);
+            batch.push(n);
+            Ok((batch, d))
+        }
+        Op::Softmax { axis } => {
+            require_float(op, dtypes)?;
+            check_axis(op, *axis, shapes[0].len(), shapes[0])?;
+            Ok((shapes[0].to_vec(), dtypes[0]))
+        }
+        Op::LayerNorm { affine, .. } | Op::LayerNormBwd { affine, .. } => {
+            require_float(op, dtypes)?;
+            let d = same_dtype(op, dtypes)?;
+            let x = shapes[0];
+            let Some(&dim) = x.last() else { return err("needs rank >= 1".into()) };
+            let is_bwd = matches!(op, Op::LayerNormBwd { .. });
+            // Forward: (x, [weight, bias]); backward: (x, [weight], dy).
+            let n_affine = match (*affine, is_bwd) {
+                (false, _) => 0,
+                (true, false) => 2,
+                (true, true) => 1,
+            };
+            for s in &shapes[1..1 + n_affine] {
+                if *s != [dim] {
+                    return err(format!("weight/bias shape {s:?} does not match the last axis of x {x:?}"));
+                }
+            }
+            if is_bwd && shapes[shapes.len() - 1] != x {
+                return err(format!("dy shape {:?} differs from x shape {x:?}", shapes[shapes.len() - 1]));
+            }
+            Ok((x.to_vec(), d))
+        }
+        Op::Reshape { shape } => {
+            let (a, b) = (crate::tensor::numel(shapes[0]), crate::tensor::numel(shape));
+            if a != b {
+                return err(format!("cannot reshape {:?} ({a} elements) to {shape:?} ({b} elements)", shapes[0]));
+            }
+            Ok((shape.clone(), dtypes[0]))
+        }
+        Op::Permute { perm } => {
+            let s = shapes[0];
+            let mut seen = vec![false; s.len()];
+            if perm.len() != s.len() || perm.iter().any(|&p| p >= s.len() || std::mem::replace(&mut seen[p], true)) {
+                return err(format!("{perm:?} is not a permutation of the axes of {s:?}"));
+            }
+            Ok((perm.iter().map(|&p| s[p]).collect(), dtypes[0]))
+        }
+        Op::BroadcastTo { shape } => match broadcast_shapes(shapes[0], shape) {
+            Some(s) if &s == shape => Ok((shape.clone(), dtypes[0])),
+            _ => err(format!("cannot broadcast {:?} to {shape:?}", shapes[0])),
+        },
+        Op::Concat { axis } => {
+            if shapes.is_empty() {
+                return err("needs at least one input".into());
+            }
+            let d = same_dtype(op, dtypes)?;
+            let s0 = shapes[0];
+            check_axis(op, *axis, s0.len(), s0)?;
+            let mut out = s0.to_vec();
+            for s in &shapes[1..] {
+                let ok = s.len() == s0.len() && s.iter().zip(s0).enumerate().all(|(i, (a, b))| i == *axis || a == b);
+                if !ok {
+                    return err(format!("input shapes {shapes:?} differ off axis {axis}"));
+                }
+                out[*axis] += s[*axis];
+            }
+            Ok((out, d))
+        }
+        Op::Slice { axis, start, end } => {
+            let s = shapes[0];
+            check_axis(op, *axis, s.len(), s)?;
+            if start > end || *end > s[*axis] {
+                return err(format!("range {start}..{end} out of bounds for axis {axis} of {s:?}"));
+            }
+            let mut out = s.to_vec();
+            out[*axis] = end - start;
+            Ok((out, dtypes[0]))
+        }
+        Op::Pad { axis, before, after } => {
+            let s = shapes[0];
+            check_axis(op, *axis, s.len(), s)?;
+            let mut out = s.to_vec();
+            out[*axis] += before + after;
+            Ok((out, dtypes[0]))
+        }
+        Op::Cast { dtype } => Ok((shapes[0].to_vec(), *dtype)),
+    }
+}

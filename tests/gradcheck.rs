@@ -1,0 +1,296 @@
+//! Finite-difference gradient checks of every op's backward rule on the CPU backend.
+//!
+//! Each case builds `loss = sum(op(inputs) * r)` for a fixed random `r`, takes the analytic gradient with
+//! respect to every input (and parameter) from the autodiff graph, and compares it with central differences.
+//! The `*_bwd` ops have no backward of their own: they are checked here as the gradients of their forward ops
+//! (the coverage test asserts they appear in the backward graphs).
+//!
+//! Tolerance: the CPU backend computes in f32, so a central difference with step h = 1e-2 carries a rounding
+//! error of about 1e-6 * sum|terms| / h (~1e-4 here) plus a truncation error of order h^2 (~1e-4): we accept
+//! |analytic - numeric| <= 1e-3 * (1 + |numeric|) (the worst case seen is 3.6e-4). Inputs of non-smooth ops stay at least 0.1 from the kinks.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use instagen::graph::{autodiff, BinaryOp, Graph, NodeId, ReduceOp, UnaryOp};
+use instagen::nn;
+use instagen::params::ParamStore;
+use instagen::tensor::{DType, HostTensor};
+use instagen::util::Rng;
+
+const H: f32 = 1e-2;
+
+#[derive(Clone, Copy)]
+enum Gen {
+    Normal,
+    /// In [0.5, 2]: for log, sqrt, rsqrt, recip, powf.
+    Positive,
+    /// |x| in [0.2, 1.5]: away from the kinks of relu and abs.
+    AwayFromZero,
+    /// Multiples of 1/64 in [-2, 2]: exact in f16, so a cast round trip is exact under perturbation by h.
+    F16Grid,
+    /// Odd multiples of 1/8 in [-2, 2]; never within 1/8 of an [`Gen::GridB`] value (no ties in max/min).
+    GridA,
+    /// Multiples of 1/4 in [-2, 2].
+    GridB,
+    /// Distinct values 0.07 apart, shuffled: no two within 2h (no ties in a reduce-max).
+    Distinct,
+}
+
+fn generate(rng: &mut Rng, g: Gen, n: usize) -> Vec<f32> {
+    if let Gen::Distinct = g {
+        let mut v: Vec<f32> = (0..n).map(|i| i as f32 * 0.07 - 0.035 * n as f32).collect();
+        for i in (1..n).rev() {
+            v.swap(i, rng.below(i + 1));
+        }
+        return v;
+    }
+    (0..n)
+        .map(|_| match g {
+            Gen::Positive => rng.range(0.5, 2.0),
+            Gen::AwayFromZero => rng.range(0.2, 1.5) * if rng.uniform() < 0.5 { -1.0 } else { 1.0 },
+            Gen::F16Grid => (rng.range(-2.0, 2.0) * 64.0).round() / 64.0,
+            Gen::GridA => (rng.range(-2.0, 2.0) * 4.0).floor() / 4.0 + 0.125,
+            Gen::GridB => (rng.range(-2.0, 2.0) * 4.0).round() / 4.0,
+            Gen::Normal | Gen::Distinct => rng.normal(),
+        })
+        .collect()
+}
+
+thread_local! {
+    /// When set, `check` records the op kinds of its graphs and returns without running anything.
+    static DRY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Kinds of ops that appeared in checked graphs (forward and backward).
+static SEEN: std::sync::Mutex<BTreeSet<&'static str>> = std::sync::Mutex::new(BTreeSet::new());
+
+fn loss_of(g: &Graph, loss: NodeId, store: &ParamStore, feed: &[(String, HostTensor)]) -> f32 {
+    let feed: Vec<(&str, &HostTensor)> = feed.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    common::run_cpu(g, store, &feed, &[loss])[0].to_f32()[0]
+}
+
+/// Check the gradients of `build(inputs)` w.r.t. every input and parameter.
+fn check(name: &str, inputs: &[(&[usize], Gen)], build: impl Fn(&mut Graph, &[NodeId]) -> instagen::Result<NodeId>) {
+    check_with(name, inputs, &mut Rng::new(name.len() as u64 * 7919 + 17), build)
+}
+
+fn check_with(
+    name: &str,
+    inputs: &[(&[usize], Gen)],
+    rng: &mut Rng,
+    build: impl Fn(&mut Graph, &[NodeId]) -> instagen::Result<NodeId>,
+) {
+    let mut g = Graph::new();
+    let xs: Vec<NodeId> =
+        inputs.iter().enumerate().map(|(i, (s, _))| g.input(&format!("x{i}"), s, DType::F32).unwrap()).collect();
+    let out = build(&mut g, &xs).unwrap_or_else(|e| panic!("{name}: build failed: {e}"));
+    let oshape = g.shape(out).to_vec();
+    let r = g.input("r", &oshape, DType::F32).unwrap();
+    let prod = g.mul(out, r).unwrap();
+    let loss = g.sum_all(prod).unwrap();
+    let params: Vec<(NodeId, String)> = g.params().into_iter().map(|(i, n)| (i, n.to_string())).collect();
+    let mut wrt = xs.clone();
+    wrt.extend(params.iter().map(|p| p.0));
+    let n_fwd = g.len();
+    let grads = autodiff::backward(&mut g, loss, &wrt).unwrap_or_else(|e| panic!("{name}: backward failed: {e}"));
+    g.mark_output(loss);
+    for d in &grads {
+        g.mark_output(*d);
+    }
+    {
+        let mut seen = SEEN.lock().unwrap();
+        for n in g.nodes() {
+            seen.insert(n.op.kind());
+        }
+    }
+    let _ = n_fwd;
+    if DRY.with(|d| d.get()) {
+        return;
+    }
+    // Random inputs, parameters (non-trivial values, not the ones/zeros of init), and r.
+    let mut feed: Vec<(String, HostTensor)> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, (s, gk))| {
+            let n: usize = s.iter().product();
+            (format!("x{i}"), HostTensor::from_f32(s, DType::F32, &generate(rng, *gk, n)).unwrap())
+        })
+        .collect();
+    let rn: usize = oshape.iter().product();
+    feed.push(("r".into(), HostTensor::from_f32(&oshape, DType::F32, &rng.normal_vec(rn, 1.0)).unwrap()));
+    let mut store = ParamStore::new();
+    for (id, pname) in &params {
+        let s = g.shape(*id).to_vec();
+        let n: usize = s.iter().product();
+        store.insert(pname, HostTensor::from_f32(&s, DType::F32, &rng.normal_vec(n, 0.5)).unwrap());
+    }
+    let feed_ref: Vec<(&str, &HostTensor)> = feed.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let analytic = common::run_cpu(&g, &store, &feed_ref, &grads);
+
+    // On the f16 grid the step must keep x +- h exact in f16: 1/64.
+    let h = if inputs.iter().any(|(_, g)| matches!(g, Gen::F16Grid)) { 1.0 / 64.0 } else { H };
+    let mut worst = 0.0f32;
+    for (k, w) in wrt.iter().enumerate() {
+        let a = analytic[k].to_f32();
+        let is_param = k >= xs.len();
+        for j in 0..a.len() {
+            let eval = |delta: f32| {
+                let mut f = feed.clone();
+                let mut s = store.clone();
+                let t: &mut HostTensor = if is_param {
+                    let pname = &params[k - xs.len()].1;
+                    let mut t = s.get(pname).unwrap().clone();
+                    let mut v = t.to_f32();
+                    v[j] += delta;
+                    t = HostTensor::from_f32(&t.shape, DType::F32, &v).unwrap();
+                    s.insert(pname, t);
+                    return loss_of(&g, loss, &s, &f);
+                } else {
+                    &mut f[k].1
+                };
+                let mut v = t.to_f32();
+                v[j] += delta;
+                *t = HostTensor::from_f32(&t.shape.clone(), DType::F32, &v).unwrap();
+                loss_of(&g, loss, &s, &f)
+            };
+            let numeric = (eval(h) - eval(-h)) / (2.0 * h);
+            let err = (a[j] - numeric).abs() / (1.0 + numeric.abs());
+            worst = worst.max(err);
+            assert!(
+                err <= 1e-3,
+                "{name}: d loss / d {} [{j}] analytic {} vs numeric {numeric} (node {})",
+                if is_param { params[k - xs.len()].1.clone() } else { format!("x{k}") },
+                a[j],
+                w.0
+            );
+        }
+    }
+    eprintln!("{name}: ok (worst scaled error {worst:.2e})");
+}
+
+#[test]
+fn unary_ops() {
+    use UnaryOp::*;
+    let cases: Vec<(UnaryOp, Gen)> = vec![
+        (Neg, Gen::Normal),
+        (Exp, Gen::Normal),
+        (Log, Gen::Positive),
+        (Sqrt, Gen::Positive),
+        (Rsqrt, Gen::Positive),
+        (Recip, Gen::Positive),
+        (Abs, Gen::AwayFromZero),
+        (Square, Gen::Normal),
+        (Tanh, Gen::Normal),
+        (Sigmoid, Gen::Normal),
+        (Relu, Gen::AwayFromZero),
+        (Gelu, Gen::Normal),
+        (GeluTanh, Gen::Normal),
+        (Silu, Gen::Normal),
+        (Sin, Gen::Normal),
+        (Cos, Gen::Normal),
+        (Affine { mul: -1.5, add: 0.25 }, Gen::Normal),
+        (Powf(1.7), Gen::Positive),
+    ];
+    for (u, gk) in cases {
+        check(&format!("unary {u:?}"), &[(&[3, 5], gk)], |g, x| g.unary(u, x[0]));
+    }
+}
+
+#[test]
+fn binary_ops_with_broadcasting() {
+    use BinaryOp::*;
+    let shapes: [(&[usize], &[usize]); 3] = [(&[3, 4], &[3, 4]), (&[2, 3, 4], &[4]), (&[3, 1], &[1, 4])];
+    for op in [Add, Sub, Mul, Div, Max, Min, Eq, Gt, Ge] {
+        for (sa, sb) in shapes {
+            // Max/Min/comparisons draw a and b from interleaved grids, so no pair is within h of a tie.
+            let (ga, gb) = match op {
+                Div => (Gen::Normal, Gen::Positive),
+                Max | Min | Eq | Gt | Ge => (Gen::GridA, Gen::GridB),
+                _ => (Gen::Normal, Gen::Normal),
+            };
+            check(&format!("binary {op:?} {sa:?} {sb:?}"), &[(sa, ga), (sb, gb)], |g, x| g.binary(op, x[0], x[1]));
+        }
+    }
+}
+
+#[test]
+fn reductions() {
+    for op in [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max] {
+        for (axes, keep) in [(&[1usize][..], false), (&[0, 2][..], true), (&[2][..], true), (&[0, 1, 2][..], false)] {
+            check(&format!("reduce {op:?} {axes:?} keep={keep}"), &[(&[2, 3, 4], Gen::Distinct)], |g, x| {
+                g.reduce(op, x[0], axes, keep)
+            });
+        }
+    }
+}
+
+#[test]
+fn matmul_all_transposes_and_batch_broadcast() {
+    for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+        let a: &[usize] = if ta { &[2, 4, 3] } else { &[2, 3, 4] };
+        let b: &[usize] = if tb { &[5, 4] } else { &[4, 5] };
+        check(&format!("matmul ta={ta} tb={tb}"), &[(a, Gen::Normal), (b, Gen::Normal)], |g, x| {
+            g.matmul_t(x[0], x[1], ta, tb)
+        });
+    }
+    check("batched matmul broadcast", &[(&[2, 1, 3, 4], Gen::Normal), (&[3, 4, 2], Gen::Normal)], |g, x| {
+        g.matmul(x[0], x[1])
+    });
+}
+
+#[test]
+fn softmax_and_layer_norm() {
+    for axis in [0, 1, 2] {
+        check(&format!("softmax axis {axis}"), &[(&[2, 3, 4], Gen::Normal)], |g, x| g.softmax(x[0], axis));
+    }
+    check("layer_norm", &[(&[3, 6], Gen::Normal)], |g, x| g.layer_norm(x[0], None, 1e-5));
+    check("layer_norm affine (params)", &[(&[2, 3, 6], Gen::Normal)], |g, x| nn::layer_norm(g, "ln", x[0], 1e-5));
+}
+
+#[test]
+fn data_movement() {
+    check("reshape", &[(&[2, 6], Gen::Normal)], |g, x| g.reshape(x[0], &[3, 4]));
+    check("permute", &[(&[2, 3, 4], Gen::Normal)], |g, x| g.permute(x[0], &[2, 0, 1]));
+    check("broadcast_to", &[(&[3, 1], Gen::Normal)], |g, x| g.broadcast_to(x[0], &[2, 3, 4]));
+    check("concat", &[(&[2, 1, 3], Gen::Normal), (&[2, 2, 3], Gen::Normal), (&[2, 3, 3], Gen::Normal)], |g, x| {
+        g.concat(x, 1)
+    });
+    check("slice", &[(&[3, 7], Gen::Normal)], |g, x| g.slice(x[0], 1, 2, 5));
+    check("pad", &[(&[3, 2], Gen::Normal)], |g, x| g.pad(x[0], 0, 1, 2));
+    check("cast f32->f16->f32", &[(&[4, 3], Gen::F16Grid)], |g, x| {
+        let h = g.cast(x[0], DType::F16)?;
+        g.cast(h, DType::F32)
+    });
+    check("fill (constant operand)", &[(&[2, 3], Gen::Normal)], |g, x| {
+        let c = g.fill(2.5, &[3], DType::F32);
+        g.mul(x[0], c)
+    });
+}
+
+#[test]
+fn linear_and_attention_params() {
+    check("linear (params)", &[(&[2, 3, 4], Gen::Normal)], |g, x| nn::linear(g, "fc", x[0], 5, true));
+    check("self-attention block (params)", &[(&[1, 3, 4], Gen::Normal)], |g, x| {
+        nn::self_attention(g, "attn", x[0], 2, None)
+    });
+}
+
+/// Every kind in `OP_KINDS` appears in some checked graph (forward or backward). Runs the case builders in
+/// dry mode: graphs are built and recorded, nothing is run.
+#[test]
+fn every_op_kind_is_gradient_checked() {
+    DRY.with(|d| d.set(true));
+    unary_ops();
+    binary_ops_with_broadcasting();
+    reductions();
+    matmul_all_transposes_and_batch_broadcast();
+    softmax_and_layer_norm();
+    data_movement();
+    linear_and_attention_params();
+    DRY.with(|d| d.set(false));
+    let seen = SEEN.lock().unwrap();
+    let missing: Vec<&&str> = instagen::graph::op::OP_KINDS.iter().filter(|k| !seen.contains(**k)).collect();
+    assert!(missing.is_empty(), "op kinds without a gradient check: {missing:?}");
+}
