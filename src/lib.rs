@@ -1,0 +1,21 @@
+//! instagen: an engine that turns Stable Diffusion into an object-detection dataset factory.
+//!
+//! Layers (each uses only the ones below it): `bin/instagen` (CLI) -> `pipeline` -> `models` -> `nn`
+//! -> `graph` (ops, shape inference, autodiff, planner, executor) -> `backend` (cpu, cuda, emu) -> `kernels/*.cu`.
+//! See `docs/DESIGN.md`.
+
+pub mod backend;
+pub mod error;
+pub mod graph;
+pub mod info;
+pub mod kernels;
+pub mod nn;
+pub mod optim;
+pub mod params;
+pub mod pipeline;
+pub mod tensor;
+pub mod util;
+
+pub use error::{Error, Result};
+pub use graph::{Graph, NodeId};
+pub use tensor::{DType, HostTensor};
