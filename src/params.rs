@@ -76,7 +76,7 @@ impl ParamStore {
     }
 
     /// The tensor under `name` with the expected shape and dtype, or an error naming the key and both shapes.
-    pub fn expect(&self, name: &str, shape: &[usize], dtype: DType) -> Result<&HostTensor> {
+    pub fn require(&self, name: &str, shape: &[usize], dtype: DType) -> Result<&HostTensor> {
         let t = self.get(name).ok_or_else(|| Error::Mismatch {
             what: format!("parameter '{name}'"),
             msg: format!("missing (expected {dtype} {shape:?})"),

@@ -84,7 +84,12 @@ pub fn strides(shape: &[usize]) -> Vec<usize> {
 /// Decode `n` elements of `dtype` from `bytes` into f32 (integers convert by value).
 pub fn decode_f32(dtype: DType, bytes: &[u8], out: &mut [f32]) {
     match dtype {
-        DType::F32 => out.copy_from_slice(bytemuck::cast_slice(bytes)),
+        DType::F32 => {
+            // Byte buffers need not be 4-byte aligned: read each value unaligned.
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        }
         DType::F16 => {
             for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
                 *o = f16::from_le_bytes([c[0], c[1]]).to_f32();
@@ -118,7 +123,11 @@ pub fn decode_f32(dtype: DType, bytes: &[u8], out: &mut [f32]) {
 /// Encode f32 values as `dtype` (round to nearest even for f16/bf16; saturating truncation for integers).
 pub fn encode_f32(dtype: DType, vals: &[f32], bytes: &mut [u8]) {
     match dtype {
-        DType::F32 => bytes.copy_from_slice(bytemuck::cast_slice(vals)),
+        DType::F32 => {
+            for (v, c) in vals.iter().zip(bytes.chunks_exact_mut(4)) {
+                c.copy_from_slice(&v.to_le_bytes());
+            }
+        }
         DType::F16 => {
             for (v, c) in vals.iter().zip(bytes.chunks_exact_mut(2)) {
                 c.copy_from_slice(&f16::from_f32(*v).to_le_bytes());

@@ -58,7 +58,7 @@ impl<B: Backend> Executor<B> {
         let mut tensors = Vec::with_capacity(used.len());
         for (id, name) in &used {
             let n = graph.node(*id);
-            tensors.push(store.expect(name, &n.shape, n.dtype)?);
+            tensors.push(store.require(name, &n.shape, n.dtype)?);
         }
         let (offs, total) = place(&tensors.iter().map(|t| t.data.len()).collect::<Vec<_>>());
         let mut pmem = backend.alloc(total)?;
