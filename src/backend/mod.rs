@@ -5,6 +5,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod launch;
 
 use crate::error::Result;
 use crate::graph::{Graph, NodeId};
