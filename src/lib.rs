@@ -11,6 +11,7 @@ pub mod info;
 pub mod kernels;
 pub mod nn;
 pub mod optim;
+pub mod parity;
 pub mod params;
 pub mod pipeline;
 pub mod tensor;

@@ -134,6 +134,13 @@ impl<B: Backend> Executor<B> {
         Ok(())
     }
 
+    /// Fill the activation arena with 0xFF bytes (NaN in every float format), so that an element a kernel
+    /// fails to write shows up in the results.
+    pub fn poison_arena(&mut self) -> Result<()> {
+        let poison = vec![0xFFu8; self.plan.arena_bytes];
+        self.backend.write(&mut self.mems.arena, 0, &poison)
+    }
+
     /// Read a node's value after [`run`](Self::run): a graph output, an input, or a parameter.
     pub fn get(&self, id: NodeId) -> Result<HostTensor> {
         let n = self.graph.node(id);

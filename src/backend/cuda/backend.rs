@@ -10,7 +10,7 @@ use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStrea
 use cudarc::nvrtc::Ptx;
 
 use super::probe;
-use crate::backend::launch::{adamw_launches, node_launches, Launch, PackedArgs};
+use crate::backend::launch::{adamw_launches, node_launches, record_launch, Launch, PackedArgs};
 use crate::backend::{AdamWSlot, Backend, Loc, Mems};
 use crate::error::{Error, Result};
 use crate::graph::{Graph, NodeId};
@@ -115,6 +115,7 @@ impl CudaBackend {
     }
 
     fn run(&self, launch: &Launch, mems: &Mems<CudaMem>) -> Result<()> {
+        record_launch(&launch.kernel);
         let f = self.function(launch.file, &launch.kernel)?;
         let mut args = PackedArgs::new(launch, &mut |l: Loc| {
             let m = mems.get(l.space);

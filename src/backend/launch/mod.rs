@@ -4,6 +4,15 @@
 //! A launcher turns a node (its op, input/output shapes and dtypes, and where each tensor lives) into one or
 //! more [`Launch`]es. Pointers stay symbolic ([`Arg::Ptr`] with a [`Loc`]) until a backend resolves them.
 
+mod adamw;
+mod elementwise;
+mod gemm;
+mod movement;
+mod norm;
+mod reduce;
+
+use std::collections::BTreeSet;
+
 use super::{AdamWSlot, Loc};
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Node, NodeId};
@@ -46,6 +55,22 @@ pub struct Launch {
     /// Dynamic shared memory in bytes.
     pub smem: u32,
     pub args: Vec<Arg>,
+}
+
+static LAUNCHED: std::sync::Mutex<BTreeSet<String>> = std::sync::Mutex::new(BTreeSet::new());
+
+/// Note that a backend launched `kernel` (for the test that every kernel has a parity case).
+pub fn record_launch(kernel: &str) {
+    if let Ok(mut s) = LAUNCHED.lock() {
+        if !s.contains(kernel) {
+            s.insert(kernel.to_string());
+        }
+    }
+}
+
+/// Every kernel launched in this process so far.
+pub fn launched_kernels() -> BTreeSet<String> {
+    LAUNCHED.lock().map(|s| s.clone()).unwrap_or_default()
 }
 
 /// Argument storage for a launch: every argument's bytes in 8-byte aligned slots, and the `void**` array
@@ -107,14 +132,18 @@ pub fn node_launches(graph: &Graph, id: NodeId, ins: &[Loc], out: Loc) -> Result
     let node = graph.node(id);
     let inputs: Vec<&Node> = node.inputs.iter().map(|i| graph.node(*i)).collect();
     let ctx = NodeCtx { graph, id, node, inputs, ins, out };
-    let found = match &node.op {
-        _ => None,
-    };
-    found.ok_or_else(|| unsupported(&ctx))
+    // Each family answers for the ops (and dtypes) it has kernels for, and `None` otherwise.
+    let families: [fn(&NodeCtx) -> Result<Option<Vec<Launch>>>; 5] =
+        [elementwise::launches, movement::launches, reduce::launches, norm::launches, gemm::launches];
+    for family in families {
+        if let Some(l) = family(&ctx)? {
+            return Ok(l);
+        }
+    }
+    Err(unsupported(&ctx))
 }
 
 /// The launches of one AdamW update.
 pub fn adamw_launches(slot: &AdamWSlot, cfg: &AdamWConfig, step: u32, grad_scale: f32) -> Result<Vec<Launch>> {
-    let _ = (slot, cfg, step, grad_scale);
-    Err(Error::backend("kernels", "no CUDA AdamW kernel yet"))
+    adamw::launches(slot, cfg, step, grad_scale)
 }

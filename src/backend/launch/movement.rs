@@ -1,0 +1,8 @@
+//! Launchers for `kernels/movement*.cu`.
+
+use super::{Launch, NodeCtx};
+use crate::error::Result;
+
+pub fn launches(_ctx: &NodeCtx) -> Result<Option<Vec<Launch>>> {
+    Ok(None)
+}

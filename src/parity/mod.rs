@@ -1,0 +1,269 @@
+//! Kernel parity: every kernel family's cases, run on a backend (`emu` in CI, `cuda` on a GPU) and compared
+//! with the CPU reference on fresh random inputs, with the backend's activation arena poisoned (NaN bytes)
+//! before each run so unwritten elements show.
+//!
+//! Used by `tests/kernel_parity.rs` (emu), `instagen parity --backend cuda` (the GPU check script) and the
+//! kernel benches (the same graphs at bench shapes).
+
+pub mod elementwise;
+pub mod gemm;
+pub mod movement;
+pub mod norm;
+pub mod reduce;
+
+use std::collections::BTreeSet;
+
+use crate::backend::cpu::CpuBackend;
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::graph::{autodiff, Executor, Graph, NodeId};
+use crate::optim::AdamWConfig;
+use crate::params::ParamStore;
+use crate::tensor::{DType, HostTensor};
+use crate::util::Rng;
+
+/// How a case's inputs are drawn.
+#[derive(Clone, Copy, Debug)]
+pub enum Gen {
+    /// Standard normal.
+    Normal,
+    /// Uniform in [lo, hi).
+    Uniform(f32, f32),
+    /// Integers in [0, n) (for integer inputs and casts).
+    Index(usize),
+}
+
+/// Accept `|got - ref| <= atol + rtol * |ref|` elementwise (NaN or inf where the reference is finite fails).
+#[derive(Clone, Copy, Debug)]
+pub struct Tol {
+    pub atol: f32,
+    pub rtol: f32,
+}
+
+impl Tol {
+    /// The default for a storage dtype: f32 paths 1e-5 relative; f16 / bf16 allow one unit in the last
+    /// place of the stored result (both sides compute in f32 and round once, so results may straddle a
+    /// rounding boundary), 2^-10 and 2^-7 relative.
+    pub fn for_dtype(d: DType) -> Tol {
+        match d {
+            DType::F16 => Tol { atol: 1e-4, rtol: 1.0 / 1024.0 },
+            DType::BF16 => Tol { atol: 1e-3, rtol: 1.0 / 128.0 },
+            _ => Tol { atol: 1e-6, rtol: 1e-5 },
+        }
+    }
+}
+
+/// The work of one run of a bench case, for rates (GB/s or TFLOP/s).
+#[derive(Clone, Copy, Debug)]
+pub enum Work {
+    /// Bytes read plus bytes written.
+    Bytes(u64),
+    /// Floating-point operations (a multiply-add counts 2).
+    Flops(u64),
+}
+
+/// Build the graph of a case from its input nodes; returns the node compared.
+pub type Build = Box<dyn Fn(&mut Graph, &[NodeId]) -> Result<NodeId> + Send + Sync>;
+
+pub struct Case {
+    /// e.g. `softmax f16 [3, 37] axis 1`.
+    pub name: String,
+    pub inputs: Vec<(Vec<usize>, DType, Gen)>,
+    pub build: Build,
+    pub tol: Tol,
+    /// Kernels this case must launch (checked against what the backend launched).
+    pub kernels: Vec<String>,
+}
+
+impl Case {
+    pub fn new(
+        name: impl Into<String>,
+        inputs: Vec<(Vec<usize>, DType, Gen)>,
+        tol: Tol,
+        kernels: &[&str],
+        build: impl Fn(&mut Graph, &[NodeId]) -> Result<NodeId> + Send + Sync + 'static,
+    ) -> Case {
+        Case {
+            name: name.into(),
+            inputs,
+            build: Box::new(build),
+            tol,
+            kernels: kernels.iter().map(|k| k.to_string()).collect(),
+        }
+    }
+}
+
+/// Every family's cases.
+pub fn all_cases() -> Vec<Case> {
+    let mut v = Vec::new();
+    v.extend(elementwise::cases());
+    v.extend(movement::cases());
+    v.extend(reduce::cases());
+    v.extend(norm::cases());
+    v.extend(gemm::cases());
+    v
+}
+
+/// The outcome of one case.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub name: String,
+    pub elements: usize,
+    /// Largest `|got - ref| / (atol + rtol * |ref|)`: <= 1 passes.
+    pub worst_ratio: f32,
+    pub max_abs_err: f32,
+    pub passed: bool,
+    pub seconds: f64,
+}
+
+pub fn random_tensor(shape: &[usize], dtype: DType, g: Gen, rng: &mut Rng) -> Result<HostTensor> {
+    let n: usize = shape.iter().product();
+    let vals: Vec<f32> = match g {
+        Gen::Normal => rng.normal_vec(n, 1.0),
+        Gen::Uniform(lo, hi) => rng.uniform_vec(n, lo, hi),
+        Gen::Index(k) => (0..n).map(|_| rng.below(k) as f32).collect(),
+    };
+    let t = HostTensor::from_f32(shape, DType::F32, &vals)?;
+    Ok(t.cast(dtype))
+}
+
+/// Compare `got` with `want` under `tol`: (worst ratio, max abs error).
+pub fn compare(got: &[f32], want: &[f32], tol: Tol) -> (f32, f32) {
+    let mut worst = 0f32;
+    let mut max_abs = 0f32;
+    for (g, w) in got.iter().zip(want) {
+        let err = (g - w).abs();
+        let ratio = if w.is_finite() {
+            if g.is_finite() { err / (tol.atol + tol.rtol * w.abs()) } else { f32::INFINITY }
+        } else if g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()) {
+            0.0
+        } else {
+            f32::INFINITY
+        };
+        worst = worst.max(ratio);
+        if err.is_finite() {
+            max_abs = max_abs.max(err);
+        }
+    }
+    (worst, max_abs)
+}
+
+/// Run `case` on `backend` and on the CPU reference with the same fresh inputs (from `seed`).
+pub fn run_case<B: Backend>(case: &Case, backend: B, seed: u64) -> Result<Outcome> {
+    let start = std::time::Instant::now();
+    let mut g = Graph::new();
+    let mut names = Vec::new();
+    let mut ids = Vec::new();
+    for (i, (shape, dtype, _)) in case.inputs.iter().enumerate() {
+        names.push(format!("in{i}"));
+        ids.push(g.input(&names[i], shape, *dtype)?);
+    }
+    let out = (case.build)(&mut g, &ids)?;
+    g.mark_output(out);
+    let mut rng = Rng::new(seed);
+    let feed: Vec<HostTensor> =
+        case.inputs.iter().map(|(s, d, how)| random_tensor(s, *d, *how, &mut rng)).collect::<Result<_>>()?;
+    let feed_ref: Vec<(&str, &HostTensor)> = names.iter().map(|n| n.as_str()).zip(feed.iter()).collect();
+    let store = ParamStore::new();
+
+    let mut reference = Executor::new(CpuBackend, g.clone(), &store)?;
+    reference.run(&feed_ref)?;
+    let want = reference.get(out)?.to_f32();
+
+    let mut ex = Executor::new(backend, g, &store)?;
+    ex.poison_arena()?;
+    ex.run(&feed_ref)?;
+    let got = ex.get(out)?.to_f32();
+    let (worst, max_abs) = compare(&got, &want, case.tol);
+    Ok(Outcome {
+        name: case.name.clone(),
+        elements: want.len(),
+        worst_ratio: worst,
+        max_abs_err: max_abs,
+        passed: worst <= 1.0,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// AdamW parity: three steps on f32 and f16 parameters with gradients from `loss = sum(w * x)`, parameters
+/// compared with the CPU backend's after each step.
+pub fn run_adamw<B: Backend, F: Fn() -> B>(make: F, seed: u64) -> Result<Outcome> {
+    let start = std::time::Instant::now();
+    let mut worst = 0f32;
+    let mut max_abs = 0f32;
+    let mut elements = 0;
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        let shape = [37, 5];
+        let mut g = Graph::new();
+        let x = g.input("x", &shape, dtype)?;
+        let w = g.param("w", &shape, dtype)?;
+        let y = g.mul(w, x)?;
+        let y = g.unary(crate::graph::UnaryOp::Square, y)?;
+        let loss = g.sum_all(y)?;
+        let grads = autodiff::param_grads(&mut g, loss)?;
+        let mut rng = Rng::new(seed ^ dtype.size() as u64);
+        let mut store = ParamStore::new();
+        store.insert("w", random_tensor(&shape, dtype, Gen::Normal, &mut rng)?);
+        let xt = random_tensor(&shape, dtype, Gen::Normal, &mut rng)?;
+        let cfg = AdamWConfig { lr: 1e-2, weight_decay: 0.1, ..AdamWConfig::default() };
+        let mut a = Executor::new(CpuBackend, g.clone(), &store)?;
+        let mut b = Executor::new(make(), g, &store)?;
+        for _ in 0..3 {
+            a.run(&[("x", &xt)])?;
+            b.run(&[("x", &xt)])?;
+            a.adamw_step(&grads, &cfg, Some(1.0))?;
+            b.adamw_step(&grads, &cfg, Some(1.0))?;
+            let (want, got) = (a.param("w")?.to_f32(), b.param("w")?.to_f32());
+            let (r, m) = compare(&got, &want, Tol::for_dtype(dtype));
+            worst = worst.max(r);
+            max_abs = max_abs.max(m);
+            elements += want.len();
+        }
+    }
+    Ok(Outcome {
+        name: "adamw f32/f16/bf16 [37, 5], 3 steps".into(),
+        elements,
+        worst_ratio: worst,
+        max_abs_err: max_abs,
+        passed: worst <= 1.0,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// The `extern "C" __global__` symbols of a `.cu` source.
+pub fn kernel_symbols(source: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let pat = "extern \"C\" __global__ void ";
+    let mut rest = source;
+    while let Some(i) = rest.find(pat) {
+        rest = &rest[i + pat.len()..];
+        let name: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        out.insert(name);
+    }
+    out
+}
+
+/// One line per outcome, for the CLI and the GPU report.
+pub fn format_outcomes(outcomes: &[Outcome]) -> String {
+    let mut s = format!("{:<52} {:>9} {:>10} {:>10} {:>8}  {}\n", "case", "elements", "max|err|", "err/tol", "seconds", "");
+    for o in outcomes {
+        s += &format!(
+            "{:<52} {:>9} {:>10.3e} {:>10.3} {:>8.3}  {}\n",
+            o.name,
+            o.elements,
+            o.max_abs_err,
+            o.worst_ratio,
+            o.seconds,
+            if o.passed { "ok" } else { "FAIL" }
+        );
+    }
+    s
+}
+
+/// Fail with a readable table if any outcome failed.
+pub fn check_all(outcomes: &[Outcome]) -> Result<()> {
+    if outcomes.iter().all(|o| o.passed) {
+        return Ok(());
+    }
+    Err(Error::Other(format!("kernel parity failed:\n{}", format_outcomes(outcomes))))
+}

@@ -1,0 +1,7 @@
+//! Parity cases: reduction kernels.
+
+use super::Case;
+
+pub fn cases() -> Vec<Case> {
+    Vec::new()
+}
