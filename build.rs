@@ -10,6 +10,10 @@
 mod nvrtc;
 #[path = "build/ptxas.rs"]
 mod ptxas;
+// ---- CPU emulation of the kernels (build/emu.rs) ----
+#[path = "build/emu.rs"]
+mod emu;
+// ---- end CPU emulation ----
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -58,6 +62,10 @@ fn main() {
     for s in &sources {
         println!("cargo:rerun-if-changed={}", s.display());
     }
+
+    // ---- CPU emulation of the kernels (build/emu.rs): needs only a C++17 compiler, never CUDA ----
+    emu::build(&kernels_dir, &out_dir, &sources);
+    // ---- end CPU emulation ----
 
     let cuda_dir = env::var_os("INSTAGEN_CUDA_DIR")
         .filter(|v| !v.is_empty())

@@ -93,3 +93,4 @@ pub fn module_for_capability(file: &str, major: i32, minor: i32) -> Option<&'sta
 fn arch_number(arch: &str) -> Option<i32> {
     arch.strip_prefix("sm_").and_then(|n| n.parse().ok())
 }
+

@@ -5,6 +5,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod emu;
 pub mod launch;
 
 use crate::error::Result;
@@ -88,6 +89,11 @@ pub trait Backend {
     fn write(&self, mem: &mut Self::Mem, offset: usize, data: &[u8]) -> Result<()>;
     fn read(&self, mem: &Self::Mem, offset: usize, out: &mut [u8]) -> Result<()>;
 
+    /// Wait for all queued work (a no-op on synchronous backends).
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// Compute node `id` of `graph`. `ins[i]` locates its i-th input and `out` its output. When
     /// `inplace == Some(i)`, `out` and `ins[i]` are the same bytes (the planner's in-place reuse); no other
     /// input overlaps `out`.
@@ -114,4 +120,34 @@ pub trait Backend {
 
     /// Sum of squares of a float tensor (for gradient-norm clipping), accumulated in f64.
     fn sum_squares(&self, loc: Loc, dtype: DType, mems: &Mems<Self::Mem>) -> Result<f64>;
+}
+
+/// The backends a user can pick (`--backend`, or `INSTAGEN_BACKEND`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    Cpu,
+    Emu,
+    Cuda,
+}
+
+impl BackendKind {
+    pub fn parse(s: &str) -> crate::error::Result<Self> {
+        match s {
+            "cpu" => Ok(BackendKind::Cpu),
+            "emu" => Ok(BackendKind::Emu),
+            "cuda" => Ok(BackendKind::Cuda),
+            other => Err(crate::error::Error::Other(format!("unknown backend '{other}' (cpu, emu, cuda)"))),
+        }
+    }
+
+    /// `INSTAGEN_BACKEND` if set; else `cuda` when a GPU is found and kernels were compiled; else `cpu`.
+    pub fn default_for_machine() -> crate::error::Result<Self> {
+        if let Ok(s) = std::env::var("INSTAGEN_BACKEND") {
+            return Self::parse(&s);
+        }
+        if crate::kernels::compiled() && cuda::probe::probe().has_gpu() {
+            return Ok(BackendKind::Cuda);
+        }
+        Ok(BackendKind::Cpu)
+    }
 }

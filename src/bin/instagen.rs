@@ -1,6 +1,7 @@
 //! The `instagen` command line: parses, calls a library function, prints. No logic here.
 
 use clap::{Parser, Subcommand};
+use instagen::backend::BackendKind;
 
 #[derive(Parser)]
 #[command(name = "instagen", version, about = "Stable Diffusion as an object-detection dataset factory")]
@@ -15,6 +16,37 @@ enum Cmd {
     Info,
     /// A short engine check on the CPU: train a small MLP, plan and verify a transformer block.
     Selfcheck,
+    /// Run the kernel parity suite on a backend against the CPU reference.
+    Parity {
+        /// cpu, emu or cuda (default: INSTAGEN_BACKEND, else cuda if a GPU is found, else cpu).
+        #[arg(long)]
+        backend: Option<String>,
+        /// Only cases whose name contains this.
+        #[arg(long, default_value = "")]
+        filter: String,
+        /// Seed of the random inputs (default: from the clock, so every run draws fresh inputs).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// Benchmarks: `kernels` times every kernel bench case on a backend.
+    Bench {
+        /// What to bench: kernels.
+        what: String,
+        #[arg(long)]
+        backend: Option<String>,
+        #[arg(long, default_value = "")]
+        filter: String,
+        /// Minimum seconds of timed runs per case.
+        #[arg(long, default_value_t = 0.5)]
+        min_seconds: f64,
+    },
+}
+
+fn backend_kind(s: Option<String>) -> instagen::Result<BackendKind> {
+    match s {
+        Some(s) => BackendKind::parse(&s),
+        None => BackendKind::default_for_machine(),
+    }
 }
 
 fn main() {
@@ -25,6 +57,18 @@ fn main() {
             Ok(())
         }
         Cmd::Selfcheck => instagen::pipeline::selfcheck::run().map(|s| print!("{s}")),
+        Cmd::Parity { backend, filter, seed } => {
+            let seed = seed.unwrap_or_else(|| {
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+            });
+            backend_kind(backend).and_then(|k| instagen::pipeline::kernels::parity(k, &filter, seed)).map(|s| print!("{s}"))
+        }
+        Cmd::Bench { what, backend, filter, min_seconds } => match what.as_str() {
+            "kernels" => backend_kind(backend)
+                .and_then(|k| instagen::pipeline::kernels::bench(k, &filter, min_seconds))
+                .map(|s| print!("{s}")),
+            other => Err(instagen::Error::Other(format!("unknown bench '{other}' (kernels)"))),
+        },
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

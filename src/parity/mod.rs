@@ -11,8 +11,6 @@ pub mod movement;
 pub mod norm;
 pub mod reduce;
 
-use std::collections::BTreeSet;
-
 use crate::backend::cpu::CpuBackend;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
@@ -230,19 +228,6 @@ pub fn run_adamw<B: Backend, F: Fn() -> B>(make: F, seed: u64) -> Result<Outcome
     })
 }
 
-/// The `extern "C" __global__` symbols of a `.cu` source.
-pub fn kernel_symbols(source: &str) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    let pat = "extern \"C\" __global__ void ";
-    let mut rest = source;
-    while let Some(i) = rest.find(pat) {
-        rest = &rest[i + pat.len()..];
-        let name: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
-        out.insert(name);
-    }
-    out
-}
-
 /// One line per outcome, for the CLI and the GPU report.
 pub fn format_outcomes(outcomes: &[Outcome]) -> String {
     let mut s = format!("{:<52} {:>9} {:>10} {:>10} {:>8}  {}\n", "case", "elements", "max|err|", "err/tol", "seconds", "");
@@ -266,4 +251,94 @@ pub fn check_all(outcomes: &[Outcome]) -> Result<()> {
         return Ok(());
     }
     Err(Error::Other(format!("kernel parity failed:\n{}", format_outcomes(outcomes))))
+}
+
+/// One bench measurement.
+#[derive(Clone, Debug)]
+pub struct BenchResult {
+    pub name: String,
+    pub work: Work,
+    pub seconds_per_run: f64,
+}
+
+impl BenchResult {
+    /// GB/s or TFLOP/s.
+    pub fn rate(&self) -> (f64, &'static str) {
+        match self.work {
+            Work::Bytes(b) => (b as f64 / self.seconds_per_run / 1e9, "GB/s"),
+            Work::Flops(f) => (f as f64 / self.seconds_per_run / 1e12, "TFLOP/s"),
+        }
+    }
+}
+
+/// Time `case` on `backend`: its inputs become parameters (uploaded once), so a run is the kernels alone.
+/// Two warm-up runs, then at least `min_runs` timed runs and at least `min_seconds` of them.
+pub fn bench_case<B: Backend>(case: &Case, work: Work, backend: B, min_runs: usize, min_seconds: f64) -> Result<BenchResult> {
+    let mut g = Graph::new();
+    let mut rng = Rng::new(1);
+    let mut store = ParamStore::new();
+    let mut ids = Vec::new();
+    for (i, (shape, dtype, how)) in case.inputs.iter().enumerate() {
+        let name = format!("in{i}");
+        ids.push(g.param(&name, shape, *dtype)?);
+        store.insert(&name, random_tensor(shape, *dtype, *how, &mut rng)?);
+    }
+    let out = (case.build)(&mut g, &ids)?;
+    g.mark_output(out);
+    let mut ex = Executor::new(backend, g, &store)?;
+    for _ in 0..2 {
+        ex.run(&[])?;
+    }
+    ex.backend().synchronize()?;
+    let start = std::time::Instant::now();
+    let mut runs = 0;
+    while runs < min_runs || start.elapsed().as_secs_f64() < min_seconds {
+        ex.run(&[])?;
+        runs += 1;
+        if runs % 8 == 0 {
+            ex.backend().synchronize()?;
+        }
+    }
+    ex.backend().synchronize()?;
+    Ok(BenchResult { name: case.name.clone(), work, seconds_per_run: start.elapsed().as_secs_f64() / runs as f64 })
+}
+
+/// Every family's bench cases.
+pub fn all_bench_cases() -> Vec<(Case, Work)> {
+    let mut v = Vec::new();
+    v.extend(elementwise::bench_cases());
+    v.extend(movement::bench_cases());
+    v.extend(reduce::bench_cases());
+    v.extend(norm::bench_cases());
+    v.extend(gemm::bench_cases());
+    v
+}
+
+/// Measured ceilings of known devices (`../shared/docs/ANCHORS.md`): dense f16/bf16 tensor TFLOP/s and
+/// memory GB/s.
+pub fn device_ceiling(device_name: &str) -> Option<(f64, f64)> {
+    if device_name.contains("H200") {
+        Some((790.0, 4300.0))
+    } else if device_name.contains("H100") {
+        Some((800.0, 3000.0))
+    } else {
+        None
+    }
+}
+
+/// The bench table: name, time, rate, and the fraction of the device ceiling where it is known (tensor-core
+/// TFLOP/s for f16/bf16 FLOP work, memory GB/s for byte work).
+pub fn format_bench(results: &[BenchResult], device_name: &str) -> String {
+    let ceiling = device_ceiling(device_name);
+    let mut s = format!("{:<56} {:>11} {:>12} {:>9}\n", "kernel case", "time", "rate", "of peak");
+    for r in results {
+        let (rate, unit) = r.rate();
+        let frac = match (ceiling, r.work) {
+            (Some((_, gbs)), Work::Bytes(_)) => format!("{:.0}%", 100.0 * rate / gbs),
+            (Some((tf, _)), Work::Flops(_)) if !r.name.contains("f32") => format!("{:.0}%", 100.0 * rate / tf),
+            _ => "-".into(),
+        };
+        s += &format!("{:<56} {:>8.3} ms {:>7.2} {unit:<7} {frac:>6}\n", r.name, r.seconds_per_run * 1e3, rate);
+    }
+    s
 }

@@ -1,3 +1,4 @@
-//! The InstaGen stages. For now: the engine self-check that `instagen selfcheck` runs.
+//! The InstaGen stages. For now: the engine self-check, and the kernel parity suite / benches.
 
+pub mod kernels;
 pub mod selfcheck;

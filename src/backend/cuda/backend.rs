@@ -35,13 +35,15 @@ pub struct CudaMem {
     bytes: usize,
 }
 
+/// Cheap to clone: clones share the context, stream and module caches.
+#[derive(Clone)]
 pub struct CudaBackend {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     arch: (i32, i32),
     sync: bool,
-    modules: Mutex<HashMap<ModuleKey, Arc<CudaModule>>>,
-    functions: Mutex<HashMap<(ModuleKey, String), CudaFunction>>,
+    modules: Arc<Mutex<HashMap<ModuleKey, Arc<CudaModule>>>>,
+    functions: Arc<Mutex<HashMap<(ModuleKey, String), CudaFunction>>>,
 }
 
 impl CudaBackend {
@@ -62,15 +64,16 @@ impl CudaBackend {
         let arch = ctx.compute_capability().map_err(|e| cuda_err("compute capability", e))?;
         let sync = std::env::var("INSTAGEN_SYNC").is_ok_and(|v| v == "1");
         let stream = ctx.default_stream();
-        Ok(CudaBackend { ctx, stream, arch, sync, modules: Mutex::default(), functions: Mutex::default() })
+        Ok(CudaBackend { ctx, stream, arch, sync, modules: Arc::default(), functions: Arc::default() })
     }
 
     pub fn arch(&self) -> (i32, i32) {
         self.arch
     }
 
-    pub fn synchronize(&self) -> Result<()> {
-        self.stream.synchronize().map_err(|e| cuda_err("synchronize", e))
+    /// The device's name, e.g. "NVIDIA H100 80GB HBM3".
+    pub fn device_name(&self) -> String {
+        self.ctx.name().unwrap_or_else(|e| format!("unknown ({e:?})"))
     }
 
     /// The module for `file` with `defines`, loaded once per key. Modules built at build time (no defines) are
@@ -179,6 +182,10 @@ impl Backend for CudaBackend {
         let buf = mem.buf.as_ref().filter(|_| end <= len).ok_or_else(|| Error::Plan(format!("read {offset}..{end} outside {len} bytes")))?;
         self.stream.memcpy_dtoh(&buf.slice(offset..end), out).map_err(|e| cuda_err("copy from device", e))?;
         self.synchronize()
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(|e| cuda_err("synchronize", e))
     }
 
     fn exec(&self, graph: &Graph, id: NodeId, ins: &[Loc], out: Loc, _inplace: Option<usize>, mems: &mut Mems<CudaMem>) -> Result<()> {

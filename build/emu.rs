@@ -1,0 +1,387 @@
+//! CPU emulation of the kernels: every `kernels/*.cu` is compiled with the host C++ compiler
+//! (`-DINSTAGEN_EMU -std=c++17 -O2`, `kernels/emu/cuda_emu.h` force-included) together with the
+//! emulator runtime (`kernels/emu/*.cpp`) into the static library `instagen_emu`, linked into the
+//! crate. Needs only a C++17 compiler (no CUDA). Generates `OUT_DIR/emu_gen.rs` (included by
+//! `src/backend/emu/ffi.rs`): the launcher declarations and the `(file, kernel, launcher)` table.
+//!
+//! Each `.cu` becomes one translation unit `OUT_DIR/emu/<stem>.cpp` that includes the `.cu` inside an
+//! anonymous namespace (so helpers of different files never collide) and defines, per
+//! `extern "C" __global__` kernel, `extern "C" int instagen_emu_launch_<kernel>(const instagen_emu_dims*,
+//! void**)`. Objects are cached in `OUT_DIR/emu/` by a hash of their inputs, so editing one kernel
+//! recompiles one file (editing a header recompiles all). A C++ error fails the build with the compiler
+//! output.
+
+use std::collections::hash_map::DefaultHasher;
+use std::fmt::Write as _;
+use std::fs;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// One kernel found in a `.cu` file.
+struct Kernel {
+    file: String,
+    name: String,
+}
+
+/// One C++ translation unit to compile.
+struct Unit {
+    /// What to call it in messages (`kernels/x.cu`, `kernels/emu/runtime.cpp`).
+    label: String,
+    source: PathBuf,
+    /// Force-include the emulation header.
+    include_header: bool,
+    /// Content hashed (besides the command line) to name the cached object.
+    key_inputs: Vec<u8>,
+}
+
+/// Builds the emulator library and writes `emu_gen.rs`. Panics (failing the build) on any error.
+pub fn build(kernels_dir: &Path, out_dir: &Path, sources: &[PathBuf]) {
+    let crate_dir = kernels_dir.parent().unwrap_or(kernels_dir);
+    let emu_dir = kernels_dir.join("emu");
+    let header = emu_dir.join("cuda_emu.h");
+    let gen_dir = out_dir.join("emu");
+    fs::create_dir_all(&gen_dir)
+        .unwrap_or_else(|e| panic!("instagen build: cannot create {}: {e}", gen_dir.display()));
+    let headers = header_bytes(kernels_dir, &emu_dir);
+
+    let mut kernels: Vec<Kernel> = Vec::new();
+    // The runtime: every kernels/emu/*.cpp.
+    let mut units: Vec<Unit> = list(&emu_dir, "cpp")
+        .into_iter()
+        .map(|source| Unit {
+            label: format!(
+                "kernels/emu/{}",
+                source.file_name().unwrap_or_default().to_string_lossy()
+            ),
+            key_inputs: [read(&source), headers.clone()].concat(),
+            source,
+            include_header: false,
+        })
+        .collect();
+    for src in sources {
+        let file = super::stem(src);
+        let text = String::from_utf8_lossy(&read(src)).into_owned();
+        let names = kernel_names(&text);
+        if names.is_empty() {
+            continue;
+        }
+        let tu = translation_unit(src, &names);
+        let tu_path = gen_dir.join(format!("{file}.cpp"));
+        write_if_changed(&tu_path, tu.as_bytes());
+        for name in names {
+            if let Some(k) = kernels.iter().find(|k| k.name == name) {
+                panic!(
+                    "instagen build: kernel {name} is defined in both kernels/{}.cu and kernels/{file}.cu; \
+                     kernel names must be unique",
+                    k.file
+                );
+            }
+            kernels.push(Kernel {
+                file: file.clone(),
+                name,
+            });
+        }
+        units.push(Unit {
+            label: format!("kernels/{file}.cu"),
+            source: tu_path,
+            include_header: true,
+            key_inputs: [tu.into_bytes(), text.into_bytes(), headers.clone()].concat(),
+        });
+    }
+
+    let base = cc::Build::new()
+        .cpp(true)
+        .std("c++17")
+        .opt_level(2)
+        .debug(false)
+        .warnings(false)
+        .extra_warnings(false)
+        .define("INSTAGEN_EMU", None)
+        .include(kernels_dir)
+        // Messages name kernels/x.cu rather than an absolute path.
+        .flag_if_supported(format!("-fmacro-prefix-map={}/=", crate_dir.display()))
+        // Kernels pun types freely (float4 loads, half2 <-> unsigned), as CUDA allows.
+        .flag("-fno-strict-aliasing")
+        .flag_if_supported("-fno-math-errno")
+        // Large kernel frames probe every page, so a fibre stack overflow hits its guard page.
+        .flag_if_supported("-fstack-clash-protection")
+        .to_owned();
+    let compiler = base.get_compiler();
+    let objects = compile_all(&compiler, &units, &header, &gen_dir);
+    prune(&gen_dir, &units, &objects);
+    let mut archive = cc::Build::new();
+    archive.cpp(true).objects(&objects);
+    if let Err(e) = archive.try_compile("instagen_emu") {
+        panic!("instagen build: cannot archive the emulator library: {e}");
+    }
+
+    kernels.sort_by(|a, b| a.name.cmp(&b.name));
+    super::write(
+        &out_dir.join("emu_gen.rs"),
+        generated_rs(&kernels).as_bytes(),
+    );
+}
+
+/// Files of `dir` with extension `ext`, sorted.
+fn list(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("instagen build: cannot list {}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == ext))
+        .collect();
+    v.sort();
+    v
+}
+
+fn read(path: &Path) -> Vec<u8> {
+    fs::read(path).unwrap_or_else(|e| panic!("instagen build: cannot read {}: {e}", path.display()))
+}
+
+/// Writes only when the content differs, so unchanged generated sources keep their mtime.
+fn write_if_changed(path: &Path, bytes: &[u8]) {
+    if fs::read(path).is_ok_and(|old| old == bytes) {
+        return;
+    }
+    super::write(path, bytes);
+}
+
+/// Every header a kernel may include (`kernels/*.cuh`, `kernels/*.h`, `kernels/emu/*.h`), with names,
+/// in a stable order: part of every object's cache key.
+fn header_bytes(kernels_dir: &Path, emu_dir: &Path) -> Vec<u8> {
+    let mut paths: Vec<PathBuf> = [kernels_dir, emu_dir]
+        .iter()
+        .filter_map(|d| fs::read_dir(d).ok())
+        .flat_map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "cuh" || x == "h"))
+        .collect();
+    paths.sort();
+    let mut out = Vec::new();
+    for p in paths {
+        out.extend_from_slice(p.to_string_lossy().as_bytes());
+        out.extend_from_slice(&read(&p));
+    }
+    out
+}
+
+/// Removes `//` and `/* */` comments (string literals are left alone).
+fn strip_comments(src: &str) -> String {
+    let b = src.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'"' {
+            let start = i;
+            i += 1;
+            while i < b.len() && b[i] != b'"' {
+                i += if b[i] == b'\\' { 2 } else { 1 };
+            }
+            i = (i + 1).min(b.len());
+            out.extend_from_slice(&b[start..i]);
+        } else if b[i..].starts_with(b"//") {
+            while i < b.len() && b[i] != b'\n' {
+                i += 1;
+            }
+        } else if b[i..].starts_with(b"/*") {
+            i += 2;
+            while i < b.len() && !b[i..].starts_with(b"*/") {
+                i += 1;
+            }
+            i = (i + 2).min(b.len());
+            out.push(b' ');
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Names of the `extern "C" __global__` kernels of a `.cu` source, in order. `__launch_bounds__(...)`
+/// may appear before or after the return type.
+fn kernel_names(src: &str) -> Vec<String> {
+    const MARK: &str = "extern \"C\" __global__";
+    let text = strip_comments(src);
+    let mut names = Vec::new();
+    for (at, _) in text.match_indices(MARK) {
+        let rest = &text[at + MARK.len()..];
+        let mut last_ident = String::new();
+        let mut chars = rest.char_indices().peekable();
+        while let Some((i, c)) = chars.next() {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                let mut end = i + c.len_utf8();
+                while let Some(&(j, d)) = chars.peek() {
+                    if !(d.is_ascii_alphanumeric() || d == '_') {
+                        break;
+                    }
+                    end = j + d.len_utf8();
+                    chars.next();
+                }
+                last_ident = rest[i..end].to_string();
+            } else if c == '(' {
+                if last_ident != "__launch_bounds__" {
+                    break;
+                }
+                let mut depth = 1;
+                for (_, d) in chars.by_ref() {
+                    depth += match d {
+                        '(' => 1,
+                        ')' => -1,
+                        _ => 0,
+                    };
+                    if depth == 0 {
+                        break;
+                    }
+                }
+                last_ident.clear();
+            }
+        }
+        if last_ident.is_empty() {
+            panic!("instagen build: cannot find the kernel name after {MARK:?}");
+        }
+        names.push(last_ident);
+    }
+    names
+}
+
+/// The C++ translation unit of one `.cu` file.
+fn translation_unit(cu: &Path, names: &[String]) -> String {
+    let mut s = format!(
+        "// @generated by build.rs (build/emu.rs): {} compiled for the CPU emulator.\n\
+         namespace {{\n#include {:?}\n}}  // namespace\n\n",
+        cu.display(),
+        cu.display().to_string()
+    );
+    for n in names {
+        let _ = writeln!(
+            s,
+            "extern \"C\" int instagen_emu_launch_{n}(const instagen_emu_dims* d, void** args) {{\n    \
+             return ::instagen_emu::launch<&{n}>(d, \"{n}\", args);\n}}"
+        );
+    }
+    s
+}
+
+/// Compiles every unit (in parallel, reusing cached objects); returns the object paths.
+fn compile_all(compiler: &cc::Tool, units: &[Unit], header: &Path, gen_dir: &Path) -> Vec<PathBuf> {
+    let command = |u: &Unit, obj: Option<&Path>| {
+        let mut cmd = compiler.to_command();
+        if u.include_header {
+            cmd.arg("-include").arg(header);
+        }
+        cmd.arg("-c").arg(&u.source);
+        if let Some(obj) = obj {
+            cmd.arg("-o").arg(obj);
+        }
+        cmd
+    };
+    let objects: Vec<PathBuf> = units
+        .iter()
+        .map(|u| {
+            let mut h = DefaultHasher::new();
+            format!("{:?}", command(u, None)).hash(&mut h);
+            u.key_inputs.hash(&mut h);
+            let stem = u
+                .source
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            gen_dir.join(format!("{stem}-{:016x}.o", h.finish()))
+        })
+        .collect();
+    let todo: Vec<(&Unit, &PathBuf)> = units
+        .iter()
+        .zip(&objects)
+        .filter(|(_, obj)| !obj.is_file())
+        .collect();
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(todo.len())
+        .max(1);
+    let next = AtomicUsize::new(0);
+    let failures: Vec<String> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut failed = Vec::new();
+                    while let Some((unit, obj)) = todo.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        let tmp = obj.with_extension("o.tmp");
+                        let result = command(unit, Some(&tmp)).output();
+                        match result {
+                            Ok(out) if out.status.success() => {
+                                if let Err(e) = fs::rename(&tmp, obj) {
+                                    failed.push(format!(
+                                        "{}: cannot rename {}: {e}",
+                                        unit.label,
+                                        tmp.display()
+                                    ));
+                                }
+                            }
+                            Ok(out) => failed.push(format!(
+                                "{} ({}):\n{}{}",
+                                unit.label,
+                                out.status,
+                                String::from_utf8_lossy(&out.stdout),
+                                String::from_utf8_lossy(&out.stderr)
+                            )),
+                            Err(e) => failed
+                                .push(format!("{}: cannot run the C++ compiler: {e}", unit.label)),
+                        }
+                    }
+                    failed
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| {
+                w.join()
+                    .unwrap_or_else(|_| vec!["a compiler thread panicked".to_string()])
+            })
+            .collect()
+    });
+    if !failures.is_empty() {
+        panic!(
+            "instagen build: compiling for the CPU emulator (kernels/emu/cuda_emu.h) failed:\n{}",
+            failures.join("\n")
+        );
+    }
+    objects
+}
+
+/// Removes generated sources and cached objects of earlier builds that this one no longer uses.
+fn prune(gen_dir: &Path, units: &[Unit], objects: &[PathBuf]) {
+    let Ok(entries) = fs::read_dir(gen_dir) else {
+        return;
+    };
+    for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+        if !objects.contains(&path) && !units.iter().any(|u| u.source == path) {
+            let _ = fs::remove_file(&path);
+        }
+    }
+}
+
+/// Rust source included by `src/backend/emu/ffi.rs` (which defines `Dims`, `EmuKernel`).
+fn generated_rs(kernels: &[Kernel]) -> String {
+    let mut g = String::from(
+        "// @generated by build.rs (build/emu.rs): the kernels compiled for the CPU emulator.\n\n\
+         unsafe extern \"C\" {\n",
+    );
+    for k in kernels {
+        let _ = writeln!(
+            g,
+            "    fn instagen_emu_launch_{}(dims: *const Dims, args: *mut *mut c_void) -> c_int;",
+            k.name
+        );
+    }
+    g.push_str("}\n\n/// Sorted by kernel name.\nstatic GEN_EMU_KERNELS: &[EmuKernel] = &[\n");
+    for k in kernels {
+        let _ = writeln!(
+            g,
+            "    EmuKernel {{ file: {:?}, name: {:?}, launch: instagen_emu_launch_{} }},",
+            k.file, k.name, k.name
+        );
+    }
+    g.push_str("];\n");
+    g
+}

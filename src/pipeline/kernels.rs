@@ -1,0 +1,62 @@
+//! `instagen parity` and `instagen bench kernels`: the kernel parity suite and kernel benches on a chosen
+//! backend (the GPU check script runs both on `cuda`).
+
+use crate::backend::cpu::CpuBackend;
+use crate::backend::cuda::CudaBackend;
+use crate::backend::emu::EmuBackend;
+use crate::backend::{Backend, BackendKind};
+use crate::error::Result;
+use crate::parity::{self, BenchResult, Outcome};
+
+fn parity_on<B: Backend + Clone>(backend: B, filter: &str, seed: u64, progress: bool) -> Result<Vec<Outcome>> {
+    let mut out = Vec::new();
+    for case in parity::all_cases().iter().filter(|c| c.name.contains(filter)) {
+        let o = parity::run_case(case, backend.clone(), seed)?;
+        if progress {
+            eprint!("{}", parity::format_outcomes(std::slice::from_ref(&o)).lines().nth(1).unwrap_or_default());
+            eprintln!();
+        }
+        out.push(o);
+    }
+    if "adamw".contains(filter) || filter.is_empty() {
+        out.push(parity::run_adamw(|| backend.clone(), seed)?);
+    }
+    Ok(out)
+}
+
+/// Run every parity case whose name contains `filter` on `kind`; the table, or an error listing failures.
+pub fn parity(kind: BackendKind, filter: &str, seed: u64) -> Result<String> {
+    let outcomes = match kind {
+        BackendKind::Cpu => parity_on(CpuBackend, filter, seed, true)?,
+        BackendKind::Emu => parity_on(EmuBackend::new(), filter, seed, true)?,
+        BackendKind::Cuda => parity_on(CudaBackend::new(0)?, filter, seed, true)?,
+    };
+    let table = parity::format_outcomes(&outcomes);
+    parity::check_all(&outcomes)?;
+    Ok(format!("{table}{} cases passed (seed {seed})\n", outcomes.len()))
+}
+
+fn bench_on<B: Backend + Clone>(backend: B, filter: &str, min_seconds: f64) -> Result<Vec<BenchResult>> {
+    let mut out = Vec::new();
+    for (case, work) in parity::all_bench_cases().iter().filter(|(c, _)| c.name.contains(filter)) {
+        let r = parity::bench_case(case, *work, backend.clone(), 3, min_seconds)?;
+        eprintln!("{}", parity::format_bench(std::slice::from_ref(&r), "").lines().nth(1).unwrap_or_default());
+        out.push(r);
+    }
+    Ok(out)
+}
+
+/// Time every bench case whose name contains `filter` on `kind`; a table with rates and, on known GPUs, the
+/// fraction of the device's measured ceiling.
+pub fn bench(kind: BackendKind, filter: &str, min_seconds: f64) -> Result<String> {
+    let (results, device) = match kind {
+        BackendKind::Cpu => (bench_on(CpuBackend, filter, min_seconds)?, "cpu".to_string()),
+        BackendKind::Emu => (bench_on(EmuBackend::new(), filter, min_seconds)?, "emu".to_string()),
+        BackendKind::Cuda => {
+            let b = CudaBackend::new(0)?;
+            let name = b.device_name();
+            (bench_on(b, filter, min_seconds)?, name)
+        }
+    };
+    Ok(format!("device: {device}\n{}", parity::format_bench(&results, &device)))
+}
