@@ -1,13 +1,14 @@
 //! Parity cases: elementwise kernels (`kernels/elementwise.cu`): every unary op forward and backward, every
 //! binary op under several broadcast patterns, fill for all six dtypes and cast for all 36 dtype pairs.
 //!
-//! Tolerances are `Tol::for_dtype` throughout. The kernels evaluate transcendental functions in f32 (CUDA's
-//! libm on a GPU, glibc's under emu) while the CPU reference computes them in f64 and rounds once; the
-//! f32 functions are within a few ulp (CUDA documents at most 2 ulp for expf/tanhf/sinf/cosf/powf, 4 for
-//! erfcf), far inside the f32 tolerance of 1e-5 relative (~80 ulp). The derivatives are written without
-//! cancellation (sigmoid pairs, tanh' = 4e/(1+e)^2, GELU through erfc) except at the zeros of silu' and
-//! GELU', where the absolute error (~1e-7) is covered by atol = 1e-6. Measured on emu: see the report of the
-//! helper that wrote these cases (worst err/tol well below 1).
+//! Tolerances are `Tol::for_dtype` throughout, with no widening needed. The kernels evaluate transcendental
+//! functions in f32 (CUDA's libm on a GPU, glibc's under emu) while the CPU reference computes them in f64 and
+//! rounds once; CUDA documents at most 2 ulp for expf/logf/tanhf/sinf/cosf and 4 for erfcf/powf, far inside
+//! the f32 tolerance of 1e-5 relative (~40-80 ulp). The derivatives are written without cancellation (sigmoid
+//! pairs, tanh' = 4e/(1+e)^2, GELU through erfc) except at the zeros of silu' and GELU', where the absolute
+//! error (~1e-7) is covered by atol = 1e-6. Measured on emu over 60 seeds: worst err/tol 0.09 for f32
+//! (GeluTanh backward; forward ops <= 0.02), and at most one f16/bf16 ulp (err/tol <= 0.82, which one ulp
+//! never exceeds 1) where f32 results straddle a rounding boundary. Binary ops, fill and cast are exact.
 
 use super::{Case, Gen, Tol, Work};
 use crate::graph::op::{BinaryOp, Op, UnaryOp};
@@ -81,14 +82,22 @@ fn unary_cases(v: &mut Vec<Case>) {
     for (u, draw) in unary_ops() {
         for dt in FLOATS {
             let k = format!("unary_fwd_{}", dt.name());
-            v.push(Case::new(format!("unary {u:?} {dt} {shape:?}"), vec![(shape.clone(), dt, draw)], Tol::for_dtype(dt), &[&k], move |g, x| {
-                g.unary(u, x[0])
-            }));
+            v.push(Case::new(
+                format!("unary {u:?} {dt} {shape:?}"),
+                vec![(shape.clone(), dt, draw)],
+                Tol::for_dtype(dt),
+                &[&k],
+                move |g, x| g.unary(u, x[0]),
+            ));
             let k = format!("unary_bwd_{}", dt.name());
             let ins = vec![(shape.clone(), dt, draw), (shape.clone(), dt, Gen::Normal)];
-            v.push(Case::new(format!("unary_bwd {u:?} {dt} {shape:?}"), ins, Tol::for_dtype(dt), &[&k], move |g, x| {
-                g.push(Op::UnaryBwd(u), &[x[0], x[1]])
-            }));
+            v.push(Case::new(
+                format!("unary_bwd {u:?} {dt} {shape:?}"),
+                ins,
+                Tol::for_dtype(dt),
+                &[&k],
+                move |g, x| g.push(Op::UnaryBwd(u), &[x[0], x[1]]),
+            ));
         }
     }
 }
@@ -131,9 +140,13 @@ fn cast_cases(v: &mut Vec<Case>) {
             // Small non-negative integers are exact in every dtype.
             let k = format!("cast_{}_{}", src.name(), dst.name());
             let name = format!("cast {src}->{dst} {shape:?} integers 0..100");
-            v.push(Case::new(name, vec![(shape.clone(), src, Gen::Index(100))], Tol::for_dtype(dst), &[&k], move |g, x| {
-                g.cast(x[0], dst)
-            }));
+            v.push(Case::new(
+                name,
+                vec![(shape.clone(), src, Gen::Index(100))],
+                Tol::for_dtype(dst),
+                &[&k],
+                move |g, x| g.cast(x[0], dst),
+            ));
         }
     }
     // Rounding, truncation, saturation and wrapping (inputs are drawn in f32 and cast to the source dtype).
@@ -156,7 +169,9 @@ fn cast_cases(v: &mut Vec<Case>) {
     for (src, dst, draw, what) in edges {
         let k = format!("cast_{}_{}", src.name(), dst.name());
         let name = format!("cast {src}->{dst} {shape:?} {what}");
-        v.push(Case::new(name, vec![(shape.clone(), src, draw)], Tol::for_dtype(dst), &[&k], move |g, x| g.cast(x[0], dst)));
+        v.push(Case::new(name, vec![(shape.clone(), src, draw)], Tol::for_dtype(dst), &[&k], move |g, x| {
+            g.cast(x[0], dst)
+        }));
     }
 }
 
@@ -176,9 +191,13 @@ pub fn bench_cases() -> Vec<(Case, Work)> {
     for dt in [DType::F16, DType::F32] {
         let es = dt.size() as u64;
         let k = format!("unary_fwd_{}", dt.name());
-        let c = Case::new(format!("unary Gelu {dt} {act:?}"), vec![(act.clone(), dt, Gen::Normal)], Tol::for_dtype(dt), &[&k], |g, x| {
-            g.unary(UnaryOp::Gelu, x[0])
-        });
+        let c = Case::new(
+            format!("unary Gelu {dt} {act:?}"),
+            vec![(act.clone(), dt, Gen::Normal)],
+            Tol::for_dtype(dt),
+            &[&k],
+            |g, x| g.unary(UnaryOp::Gelu, x[0]),
+        );
         v.push((c, Work::Bytes(2 * n * es)));
         let k = format!("binary_fwd_{}", dt.name());
         let ins = vec![(act.clone(), dt, Gen::Normal), (act.clone(), dt, Gen::Normal)];
@@ -187,14 +206,22 @@ pub fn bench_cases() -> Vec<(Case, Work)> {
     }
     let (rows, cols) = (8192usize, 1280usize);
     let ins = vec![(vec![rows, cols], DType::F16, Gen::Normal), (vec![cols], DType::F16, Gen::Normal)];
-    let c = Case::new(format!("binary Add f16 [{rows}, {cols}] + [{cols}]"), ins, Tol::for_dtype(DType::F16), &["binary_fwd_f16"], |g, x| {
-        g.add(x[0], x[1])
-    });
+    let c = Case::new(
+        format!("binary Add f16 [{rows}, {cols}] + [{cols}]"),
+        ins,
+        Tol::for_dtype(DType::F16),
+        &["binary_fwd_f16"],
+        |g, x| g.add(x[0], x[1]),
+    );
     v.push((c, Work::Bytes(((2 * rows * cols + cols) * 2) as u64)));
     let m = 16usize << 20;
-    let c = Case::new(format!("cast f32->f16 [{m}]"), vec![(vec![m], DType::F32, Gen::Normal)], Tol::for_dtype(DType::F16), &["cast_f32_f16"], |g, x| {
-        g.cast(x[0], DType::F16)
-    });
+    let c = Case::new(
+        format!("cast f32->f16 [{m}]"),
+        vec![(vec![m], DType::F32, Gen::Normal)],
+        Tol::for_dtype(DType::F16),
+        &["cast_f32_f16"],
+        |g, x| g.cast(x[0], DType::F16),
+    );
     v.push((c, Work::Bytes((m * 6) as u64)));
     v
 }

@@ -7,8 +7,8 @@
 //! is expected to use.
 
 use super::{Case, Gen, Tol, Work};
-use crate::graph::{Graph, NodeId};
 use crate::error::Result;
+use crate::graph::{Graph, NodeId};
 use crate::tensor::DType;
 
 const DTYPES: [DType; 4] = [DType::F32, DType::F16, DType::I64, DType::U8];
@@ -27,7 +27,7 @@ fn copy_kernel(es: usize) -> String {
 fn widened(dt: DType, run: usize) -> String {
     let es = dt.size();
     for w in [8usize, 4, 2] {
-        if w > es && w % es == 0 && (run * es) % w == 0 {
+        if w > es && w.is_multiple_of(es) && (run * es).is_multiple_of(w) {
             return copy_kernel(w);
         }
     }
@@ -37,11 +37,23 @@ fn widened(dt: DType, run: usize) -> String {
 type BuildFn = Box<dyn Fn(&mut Graph, NodeId) -> Result<NodeId> + Send + Sync>;
 
 /// One single-input case per dtype: `kernel(dt)` names the expected kernel.
-fn per_dtype(v: &mut Vec<Case>, what: &str, shape: &[usize], kernel: impl Fn(DType) -> String, build: impl Fn() -> BuildFn) {
+fn per_dtype(
+    v: &mut Vec<Case>,
+    what: &str,
+    shape: &[usize],
+    kernel: impl Fn(DType) -> String,
+    build: impl Fn() -> BuildFn,
+) {
     for dt in DTYPES {
         let b = build();
         let name = format!("{what} {dt} {shape:?}");
-        v.push(Case::new(name, vec![(shape.to_vec(), dt, draw(dt))], Tol::for_dtype(dt), &[&kernel(dt)], move |g, x| b(g, x[0])));
+        v.push(Case::new(
+            name,
+            vec![(shape.to_vec(), dt, draw(dt))],
+            Tol::for_dtype(dt),
+            &[&kernel(dt)],
+            move |g, x| b(g, x[0]),
+        ));
     }
 }
 
@@ -49,15 +61,23 @@ pub fn cases() -> Vec<Case> {
     let mut v = Vec::new();
 
     // Reshape: a copy when the input must survive (it is also a graph output), nothing when in place.
-    per_dtype(&mut v, "reshape copy [6, 35] -> [14, 15]", &[6, 35], |dt| widened(dt, 210), || {
-        Box::new(|g, x| {
-            g.mark_output(x);
-            g.reshape(x, &[14, 15])
-        })
-    });
+    per_dtype(
+        &mut v,
+        "reshape copy [6, 35] -> [14, 15]",
+        &[6, 35],
+        |dt| widened(dt, 210),
+        || {
+            Box::new(|g, x| {
+                g.mark_output(x);
+                g.reshape(x, &[14, 15])
+            })
+        },
+    );
     for dt in DTYPES {
         let name = format!("reshape in place {dt} [3, 5, 7] -> [105]");
-        v.push(Case::new(name, vec![(vec![3, 5, 7], dt, draw(dt))], Tol::for_dtype(dt), &[], |g, x| g.reshape(x[0], &[105])));
+        v.push(Case::new(name, vec![(vec![3, 5, 7], dt, draw(dt))], Tol::for_dtype(dt), &[], |g, x| {
+            g.reshape(x[0], &[105])
+        }));
     }
 
     // Permute, rank 1 to 5.
@@ -73,13 +93,25 @@ pub fn cases() -> Vec<Case> {
         let p = perm.to_vec();
         // Only the identity permutation leaves a contiguous inner run (the whole tensor).
         let run = if perm.iter().enumerate().all(|(i, &q)| i == q) { shape.iter().product() } else { 1 };
-        per_dtype(&mut v, &format!("permute {perm:?}"), shape, move |dt| widened(dt, run), move || {
-            let p = p.clone();
-            Box::new(move |g, x| g.permute(x, &p))
-        });
+        per_dtype(
+            &mut v,
+            &format!("permute {perm:?}"),
+            shape,
+            move |dt| widened(dt, run),
+            move || {
+                let p = p.clone();
+                Box::new(move |g, x| g.permute(x, &p))
+            },
+        );
     }
     // A permute that keeps a contiguous inner axis (the attention head split): 40 elements per run.
-    per_dtype(&mut v, "permute [0, 2, 1, 3]", &[2, 9, 3, 40], |dt| widened(dt, 40), || Box::new(|g, x| g.permute(x, &[0, 2, 1, 3])));
+    per_dtype(
+        &mut v,
+        "permute [0, 2, 1, 3]",
+        &[2, 9, 3, 40],
+        |dt| widened(dt, 40),
+        || Box::new(|g, x| g.permute(x, &[0, 2, 1, 3])),
+    );
 
     // BroadcastTo.
     let bcasts: [(&[usize], &[usize], usize); 4] = [
@@ -90,10 +122,16 @@ pub fn cases() -> Vec<Case> {
     ];
     for (shape, to, run) in bcasts {
         let t = to.to_vec();
-        per_dtype(&mut v, &format!("broadcast_to {to:?}"), shape, move |dt| widened(dt, run), move || {
-            let t = t.clone();
-            Box::new(move |g, x| g.broadcast_to(x, &t))
-        });
+        per_dtype(
+            &mut v,
+            &format!("broadcast_to {to:?}"),
+            shape,
+            move |dt| widened(dt, run),
+            move || {
+                let t = t.clone();
+                Box::new(move |g, x| g.broadcast_to(x, &t))
+            },
+        );
     }
 
     // Slice (axis, start, end) of [5, 37, 29] and of a rank-1 tensor.
@@ -110,9 +148,13 @@ pub fn cases() -> Vec<Case> {
         let inner: usize = shape[axis + 1..].iter().product();
         let in_row = if axis > 0 { shape[axis] * inner } else { 0 };
         let run = gcd(gcd((end - start) * inner, start * inner), in_row);
-        per_dtype(&mut v, &format!("slice axis {axis} {start}..{end}"), shape, move |dt| widened(dt, run), move || {
-            Box::new(move |g, x| g.slice(x, axis, start, end))
-        });
+        per_dtype(
+            &mut v,
+            &format!("slice axis {axis} {start}..{end}"),
+            shape,
+            move |dt| widened(dt, run),
+            move || Box::new(move |g, x| g.slice(x, axis, start, end)),
+        );
     }
 
     // Pad (axis, before, after): zeros outside, the input inside, one kernel.
@@ -129,9 +171,13 @@ pub fn cases() -> Vec<Case> {
         // Merged walk: the pad axis times everything inside it; bounds at before*inner and (before+len)*inner.
         let outer_run = (shape[axis] + before + after) * inner;
         let run = gcd(gcd(outer_run, before * inner), shape[axis] * inner);
-        per_dtype(&mut v, &format!("pad axis {axis} ({before}, {after})"), shape, move |dt| widened(dt, run), move || {
-            Box::new(move |g, x| g.pad(x, axis, before, after))
-        });
+        per_dtype(
+            &mut v,
+            &format!("pad axis {axis} ({before}, {after})"),
+            shape,
+            move |dt| widened(dt, run),
+            move || Box::new(move |g, x| g.pad(x, axis, before, after)),
+        );
     }
 
     // Concat of three inputs along each axis of rank-3 shapes.
@@ -170,8 +216,12 @@ fn gcd(a: usize, b: usize) -> usize {
 pub fn bench_cases() -> Vec<(Case, Work)> {
     let shape = vec![2, 4096, 8, 40];
     let bytes = shape.iter().product::<usize>() as u64 * 2 * 2;
-    let c = Case::new(format!("permute f16 {shape:?} -> [0, 2, 1, 3]"), vec![(shape, DType::F16, Gen::Normal)], Tol::for_dtype(DType::F16), &["copy_strided_b8"], |g, x| {
-        g.permute(x[0], &[0, 2, 1, 3])
-    });
+    let c = Case::new(
+        format!("permute f16 {shape:?} -> [0, 2, 1, 3]"),
+        vec![(shape, DType::F16, Gen::Normal)],
+        Tol::for_dtype(DType::F16),
+        &["copy_strided_b8"],
+        |g, x| g.permute(x[0], &[0, 2, 1, 3]),
+    );
     vec![(c, Work::Bytes(bytes))]
 }

@@ -20,6 +20,7 @@ fn parity_on<B: Backend + Clone>(backend: B, filter: &str, seed: u64, progress: 
     }
     if "adamw".contains(filter) || filter.is_empty() {
         out.push(parity::run_adamw(|| backend.clone(), seed)?);
+        out.push(parity::norm::run_adamw_direct(|| backend.clone(), seed)?);
     }
     Ok(out)
 }
@@ -40,6 +41,11 @@ fn bench_on<B: Backend + Clone>(backend: B, filter: &str, min_seconds: f64) -> R
     let mut out = Vec::new();
     for (case, work) in parity::all_bench_cases().iter().filter(|(c, _)| c.name.contains(filter)) {
         let r = parity::bench_case(case, *work, backend.clone(), 3, min_seconds)?;
+        eprintln!("{}", parity::format_bench(std::slice::from_ref(&r), "").lines().nth(1).unwrap_or_default());
+        out.push(r);
+    }
+    if "adamw".contains(filter) || filter.is_empty() {
+        let r = parity::norm::bench_adamw(backend, parity::norm::ADAMW_BENCH_NUMEL, 3, min_seconds)?;
         eprintln!("{}", parity::format_bench(std::slice::from_ref(&r), "").lines().nth(1).unwrap_or_default());
         out.push(r);
     }

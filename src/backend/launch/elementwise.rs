@@ -5,11 +5,11 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::movement::{magic_div, merge_axes, wide_index, MAX_DIMS};
-use super::{grid_for, suffix, Arg, Launch, NodeCtx, BLOCK};
+use super::movement::{MAX_DIMS, magic_div, merge_axes, wide_index};
+use super::{Arg, BLOCK, Launch, NodeCtx, grid_for, suffix};
 use crate::error::{Error, Result};
 use crate::graph::op::{BinaryOp, Op, UnaryOp};
-use crate::tensor::{strides, DType};
+use crate::tensor::{DType, strides};
 
 const FILE: &str = "elementwise";
 
@@ -130,7 +130,10 @@ pub fn launches(ctx: &NodeCtx) -> Result<Option<Vec<Launch>>> {
         _ => return Ok(None),
     };
     if ctx.inputs.len() != arity || ctx.ins.len() != arity {
-        return Err(err(ctx, format!("expects {arity} inputs, got {} ({} locations)", ctx.inputs.len(), ctx.ins.len())));
+        return Err(err(
+            ctx,
+            format!("expects {arity} inputs, got {} ({} locations)", ctx.inputs.len(), ctx.ins.len()),
+        ));
     }
     let floating = |ds: &[DType]| ds.iter().all(|d| d.is_float() && *d == dt);
     if n == 0 {
@@ -143,7 +146,14 @@ pub fn launches(ctx: &NodeCtx) -> Result<Option<Vec<Launch>>> {
                 return Ok(None);
             }
             let (code, p0, p1) = unary_code(u);
-            let args = vec![Arg::Ptr(ctx.ins[0]), Arg::Ptr(ctx.out), Arg::I32(code), Arg::F32(p0), Arg::F32(p1), Arg::I64(n as i64)];
+            let args = vec![
+                Arg::Ptr(ctx.ins[0]),
+                Arg::Ptr(ctx.out),
+                Arg::I32(code),
+                Arg::F32(p0),
+                Arg::F32(p1),
+                Arg::I64(n as i64),
+            ];
             launch(format!("unary_fwd_{sfx}"), n.div_ceil(pack(dt)), args)
         }
         Op::UnaryBwd(u) => {
@@ -155,14 +165,23 @@ pub fn launches(ctx: &NodeCtx) -> Result<Option<Vec<Launch>>> {
             }
             let (code, p0, p1) = unary_code(u);
             let (x, dy) = (ctx.ins[0], ctx.ins[1]);
-            let args = vec![Arg::Ptr(x), Arg::Ptr(dy), Arg::Ptr(ctx.out), Arg::I32(code), Arg::F32(p0), Arg::F32(p1), Arg::I64(n as i64)];
+            let args = vec![
+                Arg::Ptr(x),
+                Arg::Ptr(dy),
+                Arg::Ptr(ctx.out),
+                Arg::I32(code),
+                Arg::F32(p0),
+                Arg::F32(p1),
+                Arg::I64(n as i64),
+            ];
             launch(format!("unary_bwd_{sfx}"), n.div_ceil(pack(dt)), args)
         }
         Op::Binary(b) => {
             if !floating(&[ctx.inputs[0].dtype, ctx.inputs[1].dtype]) {
                 return Ok(None);
             }
-            let s = bcast_shape(&ctx.inputs[0].shape, &ctx.inputs[1].shape, &ctx.node.shape, dt).map_err(|m| err(ctx, m))?;
+            let s = bcast_shape(&ctx.inputs[0].shape, &ctx.inputs[1].shape, &ctx.node.shape, dt)
+                .map_err(|m| err(ctx, m))?;
             let threads = n.div_ceil(s.vec as usize);
             let args = vec![
                 Arg::Ptr(ctx.ins[0]),
@@ -174,13 +193,18 @@ pub fn launches(ctx: &NodeCtx) -> Result<Option<Vec<Launch>>> {
             ];
             launch(format!("binary_fwd_{sfx}"), threads, args)
         }
-        Op::Fill { value } => {
-            launch(format!("fill_{sfx}"), n.div_ceil(pack(dt)), vec![Arg::Ptr(ctx.out), Arg::F32(value), Arg::I64(n as i64)])
-        }
+        Op::Fill { value } => launch(
+            format!("fill_{sfx}"),
+            n.div_ceil(pack(dt)),
+            vec![Arg::Ptr(ctx.out), Arg::F32(value), Arg::I64(n as i64)],
+        ),
         Op::Cast { dtype } => {
             let src = ctx.inputs[0].dtype;
             if dtype != dt || ctx.inputs[0].numel() != n {
-                return Err(err(ctx, format!("casts {src} {:?} to {dtype}, output {dt} {:?}", ctx.inputs[0].shape, ctx.node.shape)));
+                return Err(err(
+                    ctx,
+                    format!("casts {src} {:?} to {dtype}, output {dt} {:?}", ctx.inputs[0].shape, ctx.node.shape),
+                ));
             }
             let args = vec![Arg::Ptr(ctx.ins[0]), Arg::Ptr(ctx.out), Arg::I64(n as i64)];
             launch(format!("cast_{}_{}", suffix(src), sfx), n.div_ceil(4), args)

@@ -10,11 +10,11 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{grid_for, Arg, Launch, NodeCtx, BLOCK};
+use super::{Arg, BLOCK, Launch, NodeCtx, grid_for};
 use crate::backend::Loc;
 use crate::error::{Error, Result};
 use crate::graph::Op;
-use crate::tensor::{strides, DType};
+use crate::tensor::{DType, strides};
 
 /// Most axes a strided kernel takes after merging (`STRIDED_MAX_DIMS` in kernels/strided.cuh).
 pub(super) const MAX_DIMS: usize = 8;
@@ -50,16 +50,15 @@ pub(super) fn div_with_magic(n: u32, (magic, shift): (u32, u32)) -> u32 {
     ((hi + n as u64) >> shift) as u32
 }
 
+/// Merged axes: dims and per-operand strides (outermost first), and where the kept axis went with its scale.
+pub(super) type Merged<const K: usize> = (Vec<usize>, [Vec<i64>; K], Option<(usize, i64)>);
+
 /// Merges row-major `shape` walked with `K` operands' element strides: drops size-1 axes and merges each axis
 /// into the one before it when every operand is contiguous across the pair. `keep` is an axis that must not
 /// be merged into its outer neighbour (the pad bound); merging inner axes into it multiplies `scale[keep]`.
 /// Returns (dims, per-operand strides, the index of `keep` in dims, the factor `keep`'s coordinate was scaled
 /// by), outermost first, at least one axis.
-pub(super) fn merge_axes<const K: usize>(
-    shape: &[usize],
-    st: [&[i64]; K],
-    keep: Option<usize>,
-) -> (Vec<usize>, [Vec<i64>; K], Option<(usize, i64)>) {
+pub(super) fn merge_axes<const K: usize>(shape: &[usize], st: [&[i64]; K], keep: Option<usize>) -> Merged<K> {
     let mut dims: Vec<usize> = Vec::new();
     let mut out: [Vec<i64>; K] = std::array::from_fn(|_| Vec::new());
     let mut kept: Option<(usize, i64)> = None;
@@ -169,7 +168,7 @@ impl Walk {
         let mut es = es;
         if ins[last] == 1 && outs[last] == 1 {
             for w in [8usize, 4, 2] {
-                if w <= es || w % es != 0 {
+                if w <= es || !w.is_multiple_of(es) {
                     continue;
                 }
                 let f = (w / es) as i64;
@@ -178,8 +177,8 @@ impl Walk {
                     && ins[..last].iter().chain(&outs[..last]).all(|s| s % f == 0)
                     && in_off % f == 0
                     && out_off % f == 0
-                    && x.offset % w == 0
-                    && y.offset % w == 0
+                    && x.offset.is_multiple_of(w)
+                    && y.offset.is_multiple_of(w)
                     && inner_bound_ok;
                 if ok {
                     dims[last] /= f as usize;
@@ -246,7 +245,12 @@ pub(super) fn contiguous_copy(ctx: &NodeCtx, numel: usize, dtype: DType, x: Loc,
 pub fn launches(ctx: &NodeCtx) -> Result<Option<Vec<Launch>>> {
     let movement = matches!(
         ctx.node.op,
-        Op::Reshape { .. } | Op::Permute { .. } | Op::BroadcastTo { .. } | Op::Slice { .. } | Op::Pad { .. } | Op::Concat { .. }
+        Op::Reshape { .. }
+            | Op::Permute { .. }
+            | Op::BroadcastTo { .. }
+            | Op::Slice { .. }
+            | Op::Pad { .. }
+            | Op::Concat { .. }
     );
     if !movement {
         return Ok(None);
@@ -259,7 +263,8 @@ pub fn launches(ctx: &NodeCtx) -> Result<Option<Vec<Launch>>> {
     if ctx.inputs.iter().any(|n| n.dtype != ctx.node.dtype) {
         return Err(err(ctx, "inputs and output differ in dtype".into()));
     }
-    let single = |w: Walk| -> Result<Option<Vec<Launch>>> { Ok(Some(w.launch(ctx, es, x, ctx.out)?.into_iter().collect())) };
+    let single =
+        |w: Walk| -> Result<Option<Vec<Launch>>> { Ok(Some(w.launch(ctx, es, x, ctx.out)?.into_iter().collect())) };
     match &ctx.node.op {
         Op::Reshape { .. } => {
             // The planner may hand the input's bytes to the output: then there is nothing to move.
@@ -270,13 +275,20 @@ pub fn launches(ctx: &NodeCtx) -> Result<Option<Vec<Launch>>> {
         }
         Op::Permute { perm } => {
             let st = row_major(&xn.shape);
-            let in_st = perm.iter().map(|&p| st.get(p).copied().ok_or_else(|| err(ctx, format!("bad perm {perm:?}")))).collect::<Result<Vec<_>>>()?;
+            let in_st = perm
+                .iter()
+                .map(|&p| st.get(p).copied().ok_or_else(|| err(ctx, format!("bad perm {perm:?}"))))
+                .collect::<Result<Vec<_>>>()?;
             single(Walk::contiguous_out(out, in_st, 0))
         }
         Op::BroadcastTo { .. } => {
             let st = row_major(&xn.shape);
-            let pad = out.len().checked_sub(xn.shape.len()).ok_or_else(|| err(ctx, "input rank exceeds the output's".into()))?;
-            let in_st = (0..out.len()).map(|i| if i < pad || xn.shape[i - pad] == 1 { 0 } else { st[i - pad] }).collect();
+            let pad = out
+                .len()
+                .checked_sub(xn.shape.len())
+                .ok_or_else(|| err(ctx, "input rank exceeds the output's".into()))?;
+            let in_st =
+                (0..out.len()).map(|i| if i < pad || xn.shape[i - pad] == 1 { 0 } else { st[i - pad] }).collect();
             single(Walk::contiguous_out(out, in_st, 0))
         }
         Op::Slice { axis, start, .. } => {
@@ -347,6 +359,75 @@ mod tests {
                 assert_eq!(div_with_magic(n, m), (n as u64 / d) as u32, "{n} / {d} with {m:?}");
             }
         }
+    }
+
+    use crate::backend::Space;
+    use crate::graph::{Graph, NodeId, Plan};
+
+    /// The launches of the last node of `g`, with every tensor at its planned arena location.
+    fn planned_launches(g: &mut Graph) -> Vec<Launch> {
+        let id = NodeId(g.len() - 1);
+        g.mark_output(id);
+        let plan = Plan::new(g);
+        let loc = |n: NodeId| {
+            let b = plan.buffers[n.0].expect("planned");
+            Loc { space: Space::Arena, offset: b.offset, bytes: b.bytes }
+        };
+        let ins: Vec<Loc> = g.node(id).inputs.iter().map(|&i| loc(i)).collect();
+        super::super::node_launches(g, id, &ins, loc(id)).unwrap()
+    }
+
+    fn shape_of(l: &Launch) -> CopyShape {
+        match &l.args[2] {
+            Arg::Bytes(b) => bytemuck::pod_read_unaligned(b),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn reshape_in_place_launches_nothing_and_a_copy_widens() {
+        let mut g = Graph::new();
+        let x = g.input("x", &[3, 5, 7], DType::F16).unwrap();
+        let y = g.unary(crate::graph::UnaryOp::Exp, x).unwrap();
+        g.reshape(y, &[105]).unwrap();
+        assert_eq!(planned_launches(&mut g), vec![]);
+        let mut g = Graph::new();
+        let x = g.input("x", &[6, 35], DType::F32).unwrap();
+        g.mark_output(x);
+        g.reshape(x, &[210]).unwrap();
+        let l = planned_launches(&mut g);
+        assert_eq!(l.len(), 1);
+        assert_eq!(l[0].kernel, "copy_strided_b8");
+        assert_eq!((shape_of(&l[0]).ndim, shape_of(&l[0]).shape[0]), (1, 105));
+    }
+
+    #[test]
+    fn permute_pad_and_concat_describe_their_walks() {
+        // The attention head split of the bench: 40 contiguous halves per run move as ten 8-byte units.
+        let mut g = Graph::new();
+        let x = g.input("x", &[2, 4096, 8, 40], DType::F16).unwrap();
+        g.permute(x, &[0, 2, 1, 3]).unwrap();
+        let l = planned_launches(&mut g);
+        let s = shape_of(&l[0]);
+        assert_eq!(l[0].kernel, "copy_strided_b8");
+        assert_eq!((s.ndim, &s.shape[..4], &s.in_stride[..4]), (4, &[10, 4096, 8, 2][..], &[1, 80, 10, 327_680][..]));
+        // Pad: one launch over the output, zeros outside the bound on the merged axis.
+        let mut g = Graph::new();
+        let x = g.input("x", &[5, 37, 29], DType::U8).unwrap();
+        g.pad(x, 1, 2, 3).unwrap();
+        let l = planned_launches(&mut g);
+        let s = shape_of(&l[0]);
+        assert_eq!((l.len(), l[0].kernel.as_str()), (1, "copy_strided_b1"));
+        assert_eq!((s.ndim, s.bound_dim, s.bound_lo, s.bound_hi, s.in_off), (2, 0, 58, 58 + 37 * 29, -58));
+        // Concat: one launch per non-empty input, each at its offset along the axis.
+        let mut g = Graph::new();
+        let a = g.input("a", &[4, 2, 7], DType::I64).unwrap();
+        let b = g.input("b", &[4, 0, 7], DType::I64).unwrap();
+        let c = g.input("c", &[4, 5, 7], DType::I64).unwrap();
+        g.concat(&[a, b, c], 1).unwrap();
+        let l = planned_launches(&mut g);
+        assert_eq!(l.len(), 2);
+        assert_eq!((shape_of(&l[0]).out_off, shape_of(&l[1]).out_off), (0, 14));
     }
 
     #[test]
