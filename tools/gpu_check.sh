@@ -12,6 +12,8 @@ bin=./target/release/instagen
   echo "== instagen GPU check, $(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD 2>/dev/null)"
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>/dev/null
   $bin info
+  echo "== selfcheck on cuda"
+  INSTAGEN_SYNC=1 timeout 120 $bin selfcheck --backend cuda; echo "selfcheck exit code: $?"
   echo "== parity on cuda (INSTAGEN_SYNC=1)"
   INSTAGEN_SYNC=1 timeout 240 $bin parity --backend cuda 2>/dev/null; echo "parity exit code: $?"
   echo "== kernel benches on cuda"

@@ -14,8 +14,13 @@ struct Cli {
 enum Cmd {
     /// Backends, NVRTC version, compiled kernels with their ptxas figures, GPUs found.
     Info,
-    /// A short engine check on the CPU: train a small MLP, plan and verify a transformer block.
-    Selfcheck,
+    /// A short engine check: train a small MLP, plan and verify a transformer block (on the CPU), then run the
+    /// block on the chosen backend and compare.
+    Selfcheck {
+        /// cpu, emu or cuda (default: INSTAGEN_BACKEND, else cuda if a GPU is found, else cpu).
+        #[arg(long)]
+        backend: Option<String>,
+    },
     /// Run the kernel parity suite on a backend against the CPU reference.
     Parity {
         /// cpu, emu or cuda (default: INSTAGEN_BACKEND, else cuda if a GPU is found, else cpu).
@@ -56,7 +61,9 @@ fn main() {
             print!("{}", instagen::info::report());
             Ok(())
         }
-        Cmd::Selfcheck => instagen::pipeline::selfcheck::run().map(|s| print!("{s}")),
+        Cmd::Selfcheck { backend } => {
+            backend_kind(backend).and_then(instagen::pipeline::selfcheck::run).map(|s| print!("{s}"))
+        }
         Cmd::Parity { backend, filter, seed } => {
             let seed = seed.unwrap_or_else(|| {
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)

@@ -2,6 +2,9 @@
 //! block forward + backward with and without the memory planner and compare the results bit for bit.
 
 use crate::backend::cpu::CpuBackend;
+use crate::backend::cuda::CudaBackend;
+use crate::backend::emu::EmuBackend;
+use crate::backend::{Backend, BackendKind};
 use crate::error::{Error, Result};
 use crate::graph::{autodiff, Executor, Graph, Plan, UnaryOp};
 use crate::nn;
@@ -96,8 +99,36 @@ pub fn plan_transformer(batch: usize, seq: usize, width: usize, heads: usize, se
     Ok(PlanReport { nodes: g.len(), planned_bytes: planned, naive_bytes: naive, identical })
 }
 
-/// Run the self-check and return a printable report; an error if any part fails.
-pub fn run() -> Result<String> {
+/// The transformer block forward + backward on `backend` against the CPU backend: the worst relative L2 error
+/// over every output.
+pub fn compare_backend<B: Backend>(backend: B, seed: u64) -> Result<f32> {
+    let (batch, seq, width, heads) = (2, 16, 32, 4);
+    let g = transformer_graph(batch, seq, width, heads)?;
+    let store = nn::init_params(&g, seed)?;
+    let mut rng = Rng::new(seed);
+    let n = batch * seq * width;
+    let x = HostTensor::from_f32(&[batch, seq, width], DType::F32, &rng.normal_vec(n, 1.0))?;
+    let t = HostTensor::from_f32(&[batch, seq, width], DType::F32, &rng.normal_vec(n, 1.0))?;
+    let mask = nn::causal_mask(seq, DType::F32)?;
+    let feed = [("x", &x), ("mask", &mask), ("target", &t)];
+    let mut cpu = Executor::new(CpuBackend, g.clone(), &store)?;
+    let mut other = Executor::new(backend, g.clone(), &store)?;
+    other.poison_arena()?;
+    cpu.run(&feed)?;
+    other.run(&feed)?;
+    let mut worst = 0f32;
+    for &o in g.outputs() {
+        let (want, got) = (cpu.get(o)?.to_f32(), other.get(o)?.to_f32());
+        let num: f32 = got.iter().zip(&want).map(|(a, b)| (a - b) * (a - b)).sum::<f32>().sqrt();
+        let den: f32 = want.iter().map(|b| b * b).sum::<f32>().sqrt().max(1e-30);
+        worst = worst.max(if num.is_nan() { f32::INFINITY } else { num / den });
+    }
+    Ok(worst)
+}
+
+/// Run the self-check and return a printable report; an error if any part fails. With a non-CPU backend,
+/// the transformer block also runs there and is compared with the CPU.
+pub fn run(kind: BackendKind) -> Result<String> {
     let mlp = train_mlp(300, 42)?;
     let plan = plan_transformer(4, 32, 64, 4, 7)?;
     let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
@@ -116,6 +147,17 @@ pub fn run() -> Result<String> {
     s += &format!("planned run equals unplanned run bit for bit: {}\n", plan.identical);
     if !plan.identical {
         return Err(Error::Plan(format!("planned and unplanned runs differ\n{s}")));
+    }
+    let other = match kind {
+        BackendKind::Cpu => None,
+        BackendKind::Emu => Some(compare_backend(EmuBackend::new(), 3)?),
+        BackendKind::Cuda => Some(compare_backend(CudaBackend::new(0)?, 3)?),
+    };
+    if let Some(err) = other {
+        s += &format!("transformer block fwd+bwd on {kind:?} vs cpu: worst relative L2 error {err:.2e}\n");
+        if !(err < 1e-5) {
+            return Err(Error::Other(format!("{kind:?} backend disagrees with the CPU reference\n{s}")));
+        }
     }
     if !(mlp.final_loss < 0.1 * mlp.first_loss) {
         return Err(Error::Other(format!("MLP did not train (loss fell less than 10x)\n{s}")));
