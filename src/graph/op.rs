@@ -33,6 +33,30 @@ pub enum UnaryOp {
     Powf(f32),
 }
 
+impl UnaryOp {
+    /// One instance of every unary op (parameterised ones with example parameters), for tests.
+    pub const EXAMPLES: [UnaryOp; 18] = [
+        UnaryOp::Neg,
+        UnaryOp::Exp,
+        UnaryOp::Log,
+        UnaryOp::Sqrt,
+        UnaryOp::Rsqrt,
+        UnaryOp::Recip,
+        UnaryOp::Abs,
+        UnaryOp::Square,
+        UnaryOp::Tanh,
+        UnaryOp::Sigmoid,
+        UnaryOp::Relu,
+        UnaryOp::Gelu,
+        UnaryOp::GeluTanh,
+        UnaryOp::Silu,
+        UnaryOp::Sin,
+        UnaryOp::Cos,
+        UnaryOp::Affine { mul: -1.5, add: 0.25 },
+        UnaryOp::Powf(2.5),
+    ];
+}
+
 /// Elementwise functions of two tensors with numpy broadcasting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BinaryOp {
