@@ -5,10 +5,12 @@
 //! See `docs/DESIGN.md`.
 
 pub mod backend;
+pub mod detection;
 pub mod error;
 pub mod graph;
 pub mod info;
 pub mod kernels;
+pub mod models;
 pub mod nn;
 pub mod optim;
 pub mod parity;

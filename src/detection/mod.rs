@@ -1,0 +1,3 @@
+//! Detection toolkit: COCO data and evaluation, box ops, matching.
+
+pub mod hungarian;

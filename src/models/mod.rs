@@ -1,0 +1,5 @@
+//! Models: build graphs from parameter stores; never launch kernels. (CLIP text, UNet, VAE, scheduler,
+//! grounding head, Faster R-CNN as the issues land.)
+
+pub mod scheduler;
+pub mod tokenizer;
