@@ -32,6 +32,9 @@ pub fn parity(kind: BackendKind, filter: &str, seed: u64) -> Result<String> {
         BackendKind::Emu => parity_on(EmuBackend::new(), filter, seed, true)?,
         BackendKind::Cuda => parity_on(CudaBackend::new(0)?, filter, seed, true)?,
     };
+    if outcomes.is_empty() {
+        return Err(crate::error::Error::Other(format!("no parity case name contains '{filter}'")));
+    }
     let table = parity::format_outcomes(&outcomes);
     parity::check_all(&outcomes)?;
     Ok(format!("{table}{} cases passed (seed {seed})\n", outcomes.len()))
@@ -64,5 +67,8 @@ pub fn bench(kind: BackendKind, filter: &str, min_seconds: f64) -> Result<String
             (bench_on(b, filter, min_seconds)?, name)
         }
     };
+    if results.is_empty() {
+        return Err(crate::error::Error::Other(format!("no bench case name contains '{filter}'")));
+    }
     Ok(format!("device: {device}\n{}", parity::format_bench(&results, &device)))
 }
