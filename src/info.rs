@@ -27,7 +27,11 @@ pub fn report_with(gpus: &GpuProbe) -> String {
         }
     };
     let _ = writeln!(r, "  cuda  {cuda}");
-    let _ = writeln!(r, "  emu   not yet built (issue 3)");
+    let _ = writeln!(
+        r,
+        "  emu   available: {} kernels compiled for the CPU through the CUDA emulator",
+        crate::backend::emu::kernels().len()
+    );
 
     let _ = writeln!(
         r,
