@@ -40,6 +40,22 @@ fn bench_all<B: Backend + Clone>(c: &mut Criterion, backend: B) {
             })
         });
     }
+    // AdamW is not a graph op: time the backend's fused update directly (4 reads + 3 writes of 4 bytes/param).
+    let n = parity::norm::ADAMW_BENCH_NUMEL;
+    if let Ok((mut mems, slot)) =
+        parity::norm::adamw_setup(&backend, n, instagen::DType::F32, instagen::DType::F32, false, &mut Rng::new(1))
+    {
+        let cfg = instagen::optim::AdamWConfig::default();
+        group.throughput(Throughput::Bytes(28 * n as u64));
+        let mut step = 0;
+        group.bench_function(format!("adamw f32 [{n}]"), |b| {
+            b.iter(|| {
+                step += 1;
+                backend.adamw(&slot, &cfg, step, 1.0, &mut mems).unwrap();
+                backend.synchronize().unwrap();
+            })
+        });
+    }
     group.finish();
 }
 

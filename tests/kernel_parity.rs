@@ -51,3 +51,55 @@ fn every_kernel_matches_the_cpu_reference_on_emu() {
     let missing: Vec<String> = all_kernel_symbols().into_iter().filter(|k| !launched.contains(k)).collect();
     assert!(missing.is_empty(), "kernels with no emulated parity case: {missing:?}");
 }
+
+/// Every bench case launches the kernels it names (checked from the launch plan, without running the
+/// SD-sized graphs), and every kernel family (a symbol without its dtype suffix) has at least one bench line.
+#[test]
+fn bench_cases_launch_their_kernels_and_cover_every_family() {
+    use instagen::backend::launch::node_launches;
+    use instagen::backend::{Loc, Space};
+    use instagen::graph::{Graph, Op, Plan};
+
+    let mut benched = BTreeSet::new();
+    for (case, _) in parity::all_bench_cases() {
+        let mut g = Graph::new();
+        let ids: Vec<_> =
+            case.inputs.iter().enumerate().map(|(i, (s, d, _))| g.param(&format!("in{i}"), s, *d).unwrap()).collect();
+        let out = (case.build)(&mut g, &ids).unwrap();
+        g.mark_output(out);
+        let plan = Plan::new(&g);
+        let loc = |id: instagen::NodeId| match plan.buffers[id.0] {
+            Some(b) => Loc { space: Space::Arena, offset: b.offset, bytes: b.bytes },
+            None => Loc { space: Space::Params, offset: 0, bytes: g.node(id).bytes() },
+        };
+        let mut launched = BTreeSet::new();
+        for (i, n) in g.nodes().iter().enumerate() {
+            let id = instagen::NodeId(i);
+            if plan.buffers[i].is_none() || matches!(n.op, Op::Input { .. } | Op::Param { .. }) {
+                continue;
+            }
+            let ins: Vec<Loc> = n.inputs.iter().map(|x| loc(*x)).collect();
+            for l in node_launches(&g, id, &ins, loc(id)).unwrap_or_else(|e| panic!("{}: {e}", case.name)) {
+                launched.insert(l.kernel);
+            }
+        }
+        for k in &case.kernels {
+            assert!(launched.contains(k), "bench case {} does not launch {k} (launches {launched:?})", case.name);
+        }
+        benched.extend(launched);
+    }
+    benched.extend(["adamw_f32".to_string()]); // timed through Backend::adamw in benches/kernels.rs
+    let family = |k: &str| {
+        let mut parts: Vec<&str> = k.split('_').collect();
+        while parts.last().is_some_and(|p| ["f32", "f16", "bf16", "i32", "i64", "u8"].contains(p)) {
+            parts.pop();
+        }
+        let f = parts.join("_");
+        // copy_strided_b1/b2/b4/b8 are one kernel per element size.
+        f.trim_end_matches(|c: char| c.is_ascii_digit()).trim_end_matches("_b").to_string()
+    };
+    let benched_families: BTreeSet<String> = benched.iter().map(|k| family(k)).collect();
+    let missing: BTreeSet<String> =
+        all_kernel_symbols().iter().map(|k| family(k)).filter(|f| !benched_families.contains(f)).collect();
+    assert!(missing.is_empty(), "kernel families without a bench line: {missing:?}");
+}

@@ -203,6 +203,20 @@ pub fn bench_cases() -> Vec<(Case, Work)> {
         let ins = vec![(act.clone(), dt, Gen::Normal), (act.clone(), dt, Gen::Normal)];
         let c = Case::new(format!("binary Add {dt} {act:?}"), ins, Tol::for_dtype(dt), &[&k], |g, x| g.add(x[0], x[1]));
         v.push((c, Work::Bytes(3 * n * es)));
+        let k = format!("unary_bwd_{}", dt.name());
+        let ins = vec![(act.clone(), dt, Gen::Normal), (act.clone(), dt, Gen::Normal)];
+        let c = Case::new(format!("unary_bwd Silu {dt} {act:?}"), ins, Tol::for_dtype(dt), &[&k], |g, x| {
+            g.push(crate::graph::Op::UnaryBwd(UnaryOp::Silu), &[x[0], x[1]])
+        });
+        v.push((c, Work::Bytes(3 * n * es)));
+        let k = format!("fill_{}", dt.name());
+        let shape = act.clone();
+        let c = Case::new(format!("fill {dt} {act:?}"), vec![(vec![1], dt, Gen::Normal)], Tol::for_dtype(dt), &[&k], move |g, x| {
+            let f = g.fill(0.5, &shape, g.dtype(x[0]));
+            let _ = x;
+            Ok(f)
+        });
+        v.push((c, Work::Bytes(n * es)));
     }
     let (rows, cols) = (8192usize, 1280usize);
     let ins = vec![(vec![rows, cols], DType::F16, Gen::Normal), (vec![cols], DType::F16, Gen::Normal)];

@@ -223,5 +223,15 @@ pub fn bench_cases() -> Vec<(Case, Work)> {
         &["copy_strided_b8"],
         |g, x| g.permute(x[0], &[0, 2, 1, 3]),
     );
-    vec![(c, Work::Bytes(bytes))]
+    let mut v = vec![(c, Work::Bytes(bytes))];
+    // Zero padding of an f16 activation's channel axis (2-byte copies): [2, 4096, 77] -> [2, 4096, 80].
+    let c = Case::new(
+        "pad f16 [2, 4096, 77] axis 2 (0, 3)",
+        vec![(vec![2, 4096, 77], DType::F16, Gen::Normal)],
+        Tol::for_dtype(DType::F16),
+        &["copy_strided_b2"],
+        |g, x| g.pad(x[0], 2, 0, 3),
+    );
+    v.push((c, Work::Bytes((2 * 4096 * (77 + 80) * 2) as u64)));
+    v
 }

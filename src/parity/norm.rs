@@ -89,6 +89,13 @@ pub fn bench_cases() -> Vec<(Case, Work)> {
         let bytes = 2 * rows * d * 2 + 2 * d * 2;
         v.push((layer_norm_case(DType::F16, &[rows, d], true, false), Work::Bytes(bytes as u64)));
     }
+    // Backward passes (x, w, dy in; dx out) and the column variants (softmax over a non-last axis).
+    let (rows, d) = (2 * 4096usize, 320usize);
+    v.push((layer_norm_case(DType::F16, &[rows, d], true, true), Work::Bytes((4 * rows * d * 2) as u64)));
+    let (r, k) = (8 * 4096usize, 4096usize);
+    v.push((softmax_case(DType::F16, &[r, k], 1, true), Work::Bytes((3 * r * k * 2) as u64)));
+    v.push((softmax_case(DType::F16, &[16, 4096, 77], 1, false), Work::Bytes((2 * 16 * 4096 * 77 * 2) as u64)));
+    v.push((softmax_case(DType::F16, &[16, 4096, 77], 1, true), Work::Bytes((3 * 16 * 4096 * 77 * 2) as u64)));
     v
 }
 
@@ -96,7 +103,7 @@ pub fn bench_cases() -> Vec<(Case, Work)> {
 
 /// One AdamW setup on a backend's memory: params in `Params`, the gradient in `Arena`, m/v/master in
 /// `State`, every tensor 256-byte aligned.
-fn adamw_setup<B: Backend>(
+pub fn adamw_setup<B: Backend>(
     b: &B,
     n: usize,
     pdt: DType,

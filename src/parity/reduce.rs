@@ -55,5 +55,13 @@ pub fn cases() -> Vec<Case> {
 pub fn bench_cases() -> Vec<(Case, Work)> {
     let (rows, cols) = (4096usize, 4096usize);
     let c = case(ReduceOp::Sum, "sum", DType::F32, &[rows, cols], &[1], false, false);
-    vec![(c, Work::Bytes((rows * cols * 4 + rows * 4) as u64))]
+    let mut v = vec![(c, Work::Bytes((rows * cols * 4 + rows * 4) as u64))];
+    // Bias-gradient-like column reductions over tokens and row reductions over channels, SD-sized, f16.
+    let (t, ch) = (2 * 4096usize, 320usize);
+    v.push((case(ReduceOp::Sum, "sum", DType::F16, &[t, ch], &[0], false, true), Work::Bytes((t * ch * 2 + ch * 2) as u64)));
+    v.push((case(ReduceOp::Mean, "mean", DType::F16, &[t, ch], &[0], false, true), Work::Bytes((t * ch * 2 + ch * 2) as u64)));
+    v.push((case(ReduceOp::Max, "max", DType::F16, &[t, ch], &[0], false, true), Work::Bytes((t * ch * 2 + ch * 2) as u64)));
+    v.push((case(ReduceOp::Mean, "mean", DType::F16, &[t, ch], &[1], false, false), Work::Bytes((t * ch * 2 + t * 2) as u64)));
+    v.push((case(ReduceOp::Max, "max", DType::F16, &[t, ch], &[1], false, false), Work::Bytes((t * ch * 2 + t * 2) as u64)));
+    v
 }
