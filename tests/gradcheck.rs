@@ -289,8 +289,25 @@ fn every_op_kind_is_gradient_checked() {
     softmax_and_layer_norm();
     data_movement();
     linear_and_attention_params();
+
+    // @conv
+
+    // @attn
+
+    // @box
+
+    // @roi
+
     DRY.with(|d| d.set(false));
     let seen = SEEN.lock().unwrap();
     let missing: Vec<&&str> = instagen::graph::op::OP_KINDS.iter().filter(|k| !seen.contains(**k)).collect();
     assert!(missing.is_empty(), "op kinds without a gradient check: {missing:?}");
 }
+
+// @conv
+
+// @attn
+
+// @box
+
+// @roi

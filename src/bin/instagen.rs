@@ -45,6 +45,11 @@ enum Cmd {
         #[arg(long, default_value_t = 0.5)]
         min_seconds: f64,
     },
+
+    // @coco
+
+    // @models
+
 }
 
 fn backend_kind(s: Option<String>) -> instagen::Result<BackendKind> {
@@ -76,6 +81,11 @@ fn main() {
                 .map(|s| print!("{s}")),
             other => Err(instagen::Error::Other(format!("unknown bench '{other}' (kernels)"))),
         },
+
+        // @coco
+
+        // @models
+
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

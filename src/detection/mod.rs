@@ -1,3 +1,10 @@
 //! Detection toolkit: COCO data and evaluation, box ops, matching.
 
 pub mod hungarian;
+
+// @coco
+
+// @box
+
+// @roi
+

@@ -217,6 +217,14 @@ fn input_grads(g: &mut Graph, id: NodeId, dy: NodeId, needs: &[bool]) -> Result<
             }
             vec![Some(g.cast(dy, d)?)]
         }
+        // @conv
+
+        // @attn
+
+        // @box
+
+        // @roi
+
         Op::UnaryBwd(_) | Op::SoftmaxBwd { .. } | Op::LayerNormBwd { .. } => {
             return Err(Error::graph(node.op.describe(), "second-order gradients are not supported"));
         }

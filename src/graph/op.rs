@@ -122,12 +122,30 @@ pub enum Op {
     /// Zero padding along `axis`.
     Pad { axis: usize, before: usize, after: usize },
     Cast { dtype: DType },
+
+    // @conv
+
+    // @attn
+
+    // @box
+
+    // @roi
+
 }
 
 /// Every op kind by name; the gradient-check coverage test walks this list.
 pub const OP_KINDS: &[&str] = &[
     "input", "param", "fill", "unary", "unary_bwd", "binary", "reduce", "matmul", "softmax", "softmax_bwd",
     "layer_norm", "layer_norm_bwd", "reshape", "permute", "broadcast_to", "concat", "slice", "pad", "cast",
+
+    // @conv
+
+    // @attn
+
+    // @box
+
+    // @roi
+
 ];
 
 impl Op {
@@ -153,6 +171,15 @@ impl Op {
             Op::Slice { .. } => "slice",
             Op::Pad { .. } => "pad",
             Op::Cast { .. } => "cast",
+
+            // @conv
+
+            // @attn
+
+            // @box
+
+            // @roi
+
         }
     }
 
@@ -227,6 +254,15 @@ pub fn infer(op: &Op, shapes: &[&[usize]], dtypes: &[DType]) -> Result<(Vec<usiz
         Op::LayerNorm { affine, .. } => Some(if *affine { 3 } else { 1 }),
         Op::LayerNormBwd { affine, .. } => Some(if *affine { 3 } else { 2 }),
         Op::Concat { .. } => None,
+
+        // @conv
+
+        // @attn
+
+        // @box
+
+        // @roi
+
     };
     if let Some(n) = arity {
         if shapes.len() != n {
@@ -377,5 +413,14 @@ pub fn infer(op: &Op, shapes: &[&[usize]], dtypes: &[DType]) -> Result<(Vec<usiz
             Ok((out, dtypes[0]))
         }
         Op::Cast { dtype } => Ok((shapes[0].to_vec(), *dtype)),
+
+        // @conv
+
+        // @attn
+
+        // @box
+
+        // @roi
+
     }
 }

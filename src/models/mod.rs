@@ -3,3 +3,6 @@
 
 pub mod scheduler;
 pub mod tokenizer;
+
+// @models
+

@@ -11,6 +11,15 @@ pub mod movement;
 pub mod norm;
 pub mod reduce;
 
+// @conv
+
+// @attn
+
+// @box
+
+// @roi
+
+
 use crate::backend::cpu::CpuBackend;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
@@ -99,6 +108,15 @@ pub fn all_cases() -> Vec<Case> {
     v.extend(reduce::cases());
     v.extend(norm::cases());
     v.extend(gemm::cases());
+
+    // @conv
+
+    // @attn
+
+    // @box
+
+    // @roi
+
     v
 }
 
@@ -311,6 +329,15 @@ pub fn all_bench_cases() -> Vec<(Case, Work)> {
     v.extend(reduce::bench_cases());
     v.extend(norm::bench_cases());
     v.extend(gemm::bench_cases());
+
+    // @conv
+
+    // @attn
+
+    // @box
+
+    // @roi
+
     v
 }
 

@@ -11,6 +11,15 @@ mod movement;
 mod norm;
 mod reduce;
 
+// @conv
+
+// @attn
+
+// @box
+
+// @roi
+
+
 use std::collections::BTreeSet;
 
 use super::{AdamWSlot, Loc};
@@ -133,8 +142,22 @@ pub fn node_launches(graph: &Graph, id: NodeId, ins: &[Loc], out: Loc) -> Result
     let inputs: Vec<&Node> = node.inputs.iter().map(|i| graph.node(*i)).collect();
     let ctx = NodeCtx { graph, id, node, inputs, ins, out };
     // Each family answers for the ops (and dtypes) it has kernels for, and `None` otherwise.
-    let families: [fn(&NodeCtx) -> Result<Option<Vec<Launch>>>; 5] =
-        [elementwise::launches, movement::launches, reduce::launches, norm::launches, gemm::launches];
+    let families: &[fn(&NodeCtx) -> Result<Option<Vec<Launch>>>] = &[
+        elementwise::launches,
+        movement::launches,
+        reduce::launches,
+        norm::launches,
+        gemm::launches,
+
+        // @conv
+
+        // @attn
+
+        // @box
+
+        // @roi
+
+    ];
     for family in families {
         if let Some(l) = family(&ctx)? {
             return Ok(l);

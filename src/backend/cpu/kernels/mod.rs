@@ -18,6 +18,15 @@ mod reduce;
 mod scratch;
 mod walk;
 
+// @conv
+
+// @attn
+
+// @box
+
+// @roi
+
+
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use rayon::prelude::*;
@@ -131,6 +140,15 @@ pub fn run_op(op: &Op, ins: &[View], out: &View, out_bytes: &mut [u8]) -> Result
         Op::Slice { axis, start, end } => movement::slice(*axis, *start, *end, &ins[0], out_bytes),
         Op::Pad { axis, before, after } => movement::pad(*axis, *before, *after, &ins[0], out, out_bytes),
         Op::Cast { dtype } => movement::cast(&ins[0], *dtype, out_bytes),
+
+        // @conv
+
+        // @attn
+
+        // @box
+
+        // @roi
+
     }
 }
 
