@@ -38,6 +38,10 @@ pub enum Gen {
     Uniform(f32, f32),
     /// Integers in [0, n) (for integer inputs and casts).
     Index(usize),
+    /// Valid `x1, y1, x2, y2` boxes (last axis 4) inside a `size` x `size` image, sides 1% to 50% of `size`.
+    Boxes(f32),
+    /// RoIs `batch_index, x1, y1, x2, y2` (last axis 5): a batch index below `images`, then a box as in `Boxes`.
+    Rois { images: usize, size: f32 },
 }
 
 /// Accept `|got - ref| <= atol + rtol * |ref|` elementwise (NaN or inf where the reference is finite fails).
@@ -138,9 +142,28 @@ pub fn random_tensor(shape: &[usize], dtype: DType, g: Gen, rng: &mut Rng) -> Re
         Gen::Normal => rng.normal_vec(n, 1.0),
         Gen::Uniform(lo, hi) => rng.uniform_vec(n, lo, hi),
         Gen::Index(k) => (0..n).map(|_| rng.below(k) as f32).collect(),
+        Gen::Boxes(size) => random_boxes(n / 4, size, rng).concat(),
+        Gen::Rois { images, size } => {
+            let boxes = random_boxes(n / 5, size, rng);
+            boxes.iter().flat_map(|b| [rng.below(images) as f32, b[0], b[1], b[2], b[3]]).collect()
+        }
     };
+    if vals.len() != n {
+        return Err(crate::Error::Other(format!("{g:?} cannot fill shape {shape:?} (last axis must be 4 / 5)")));
+    }
     let t = HostTensor::from_f32(shape, DType::F32, &vals)?;
     Ok(t.cast(dtype))
+}
+
+fn random_boxes(n: usize, size: f32, rng: &mut Rng) -> Vec<[f32; 4]> {
+    (0..n)
+        .map(|_| {
+            let mut u = |lo: f32, hi: f32| lo + (hi - lo) * rng.uniform();
+            let (w, h) = (u(0.01, 0.5) * size, u(0.01, 0.5) * size);
+            let (x1, y1) = (u(0.0, size - w), u(0.0, size - h));
+            [x1, y1, x1 + w, y1 + h]
+        })
+        .collect()
 }
 
 /// Compare `got` with `want` under `tol`: (worst ratio, max abs error).
