@@ -50,6 +50,8 @@ enum Cmd {
 
     // @models
 
+    // @unet
+
 }
 
 fn backend_kind(s: Option<String>) -> instagen::Result<BackendKind> {
@@ -85,6 +87,8 @@ fn main() {
         // @coco
 
         // @models
+
+        // @unet
 
     };
     if let Err(e) = result {

@@ -6,3 +6,5 @@ pub mod tokenizer;
 
 // @models
 
+// @unet
+
