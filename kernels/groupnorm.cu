@@ -6,9 +6,11 @@
 //
 // One block per (n, group) (grid.x = N * groups), 512 threads. A group is S pixels of cpg = C / groups
 // contiguous channels: thread t walks elements e = t, t + 512, ... of the group as (pixel, channel) with
-// incremental carries (no division per element). Statistics: per-thread Welford (count, mean, M2) merged
-// with Chan's formula across the block (f32, no catastrophic cancellation for large means), so x is read once
-// for the statistics and once for the output (twice more in the backward pass for its two sums).
+// incremental carries (no division per element). Statistics as layernorm.cu: a compensated sum for the mean
+// (kept as hi + lo), then the variance about it, x - mean formed as (x - hi) - lo, so groups whose spread is
+// small next to their mean keep f32 accuracy (a one-pass Welford in f32 lost up to 100 ulps of dx on small
+// groups in parity). x is read twice for the statistics and once for the output (the backward pass reads x
+// and dy once more for its two sums).
 // Why one block per group: the SD shapes have 64 groups per batch of 2 (enough blocks for a 64x64x320 map,
 // whose group is 80 KB and stays in L2 between passes). A group split over several blocks would need a
 // second kernel and scratch memory for the partial statistics, which `Launch` cannot express yet; the VAE's
@@ -16,40 +18,6 @@
 #include "reduce_util.cuh"
 
 #define GN_THREADS 512
-
-struct Welford {
-    float n, mean, m2;
-};
-
-__device__ __forceinline__ Welford welford_merge(Welford a, Welford b) {
-    const float n = a.n + b.n;
-    if (n == 0.0f) return a;
-    const float d = b.mean - a.mean, fb = b.n / n;
-    Welford r;
-    r.n = n;
-    r.mean = a.mean + d * fb;
-    r.m2 = a.m2 + b.m2 + d * d * a.n * fb;
-    return r;
-}
-
-// Block-wide merge of every thread's Welford state; every thread gets the result.
-__device__ __forceinline__ Welford welford_block(Welford w, Welford* sm) {
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) {
-        Welford o;
-        o.n = __shfl_xor_sync(0xffffffffu, w.n, off);
-        o.mean = __shfl_xor_sync(0xffffffffu, w.mean, off);
-        o.m2 = __shfl_xor_sync(0xffffffffu, w.m2, off);
-        w = welford_merge(w, o);
-    }
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    if (lane == 0) sm[warp] = w;
-    __syncthreads();
-    Welford r = sm[0];
-    for (int i = 1; i < nw; ++i) r = welford_merge(r, sm[i]);
-    __syncthreads();
-    return r;
-}
 
 // Block-wide sum of two floats; every thread gets the result.
 __device__ __forceinline__ void sum2_block(float& a, float& b, float* sm) {
@@ -92,36 +60,43 @@ __device__ __forceinline__ void gn_walk(long long count, int cpg, long long c, F
     }
 }
 
-// Mean and rstd of the group starting at xg.
+// Mean (as hi + lo) and rstd of the group starting at xg: a compensated sum for the mean, then the
+// variance about it, with x - mean formed as (x - hi) - lo, which stays accurate when the spread is small
+// next to the mean.
 template <typename T>
-__device__ __forceinline__ void gn_stats(const T* xg, long long count, int cpg, long long c, float eps, float& mean,
-                                         float& rstd, Welford* sm) {
-    Welford w = {0.0f, 0.0f, 0.0f};
+__device__ __forceinline__ void gn_stats(const T* xg, long long count, int cpg, long long c, float eps, float& hi,
+                                         float& lo, float& rstd, KSum* smk, float* smf) {
+    KSum s = ksum_zero();
+    gn_walk(count, cpg, c, [&](long long off, int) { s = ksum_add(s, to_f32(xg[off])); });
+    s = group_allreduce(s, KSumF(), smk);
+    // The mean: the sum's hi + lo divided by count, split again into a rounded part and a remainder.
+    const float inv = 1.0f / (float)count;
+    hi = ksum_value(s) * inv;
+    lo = fmaf(-hi, (float)count, s.hi) + s.lo;  // sum - hi * count, nearly exact
+    lo *= inv;
+    float q = 0.0f;
     gn_walk(count, cpg, c, [&](long long off, int) {
-        const float v = to_f32(xg[off]);
-        w.n += 1.0f;
-        const float d = v - w.mean;
-        w.mean += d / w.n;
-        w.m2 = fmaf(d, v - w.mean, w.m2);
+        const float d = (to_f32(xg[off]) - hi) - lo;
+        q = fmaf(d, d, q);
     });
-    const Welford r = welford_block(w, sm);
-    mean = r.mean;
-    rstd = rsqrtf(r.m2 / (float)count + eps);
+    q = group_allreduce(q, SumF(), smf);
+    rstd = rsqrtf(q * inv + eps);
 }
 
 template <typename T>
 __device__ __forceinline__ void gn_fwd(const T* x, const T* w, const T* b, T* y, long long s, long long c, int groups,
                                        float eps, int silu) {
-    __shared__ Welford sm[GN_THREADS / 32];
+    __shared__ KSum smk[GN_THREADS / 32];
+    __shared__ float smf[GN_THREADS / 32];
     const int cpg = (int)(c / groups);
     const long long ng = blockIdx.x, n = ng / groups, g = ng - n * groups;
     const long long base = n * s * c + g * cpg, count = s * cpg;
-    float mean, rstd;
-    gn_stats(x + base, count, cpg, c, eps, mean, rstd, sm);
+    float hi, lo, rstd;
+    gn_stats(x + base, count, cpg, c, eps, hi, lo, rstd, smk, smf);
     const T* wg = w + g * cpg;
     const T* bg = b + g * cpg;
     gn_walk(count, cpg, c, [&](long long off, int j) {
-        float z = (to_f32(x[base + off]) - mean) * rstd * to_f32(wg[j]) + to_f32(bg[j]);
+        float z = ((to_f32(x[base + off]) - hi) - lo) * rstd * to_f32(wg[j]) + to_f32(bg[j]);
         if (silu) z = z * sigmoid_f32(z);
         y[base + off] = from_f32<T>(z);
     });
@@ -130,18 +105,19 @@ __device__ __forceinline__ void gn_fwd(const T* x, const T* w, const T* b, T* y,
 template <typename T>
 __device__ __forceinline__ void gn_bwd(const T* x, const T* w, const T* b, const T* dy, T* dx, long long s,
                                        long long c, int groups, float eps, int silu) {
-    __shared__ Welford sm[GN_THREADS / 32];
+    __shared__ KSum smk[GN_THREADS / 32];
+    __shared__ float smf[GN_THREADS / 32];
     __shared__ float sm2[2 * (GN_THREADS / 32)];
     const int cpg = (int)(c / groups);
     const long long ng = blockIdx.x, n = ng / groups, g = ng - n * groups;
     const long long base = n * s * c + g * cpg, count = s * cpg;
-    float mean, rstd;
-    gn_stats(x + base, count, cpg, c, eps, mean, rstd, sm);
+    float hi, lo, rstd;
+    gn_stats(x + base, count, cpg, c, eps, hi, lo, rstd, smk, smf);
     const T* wg = w + g * cpg;
     const T* bg = b + g * cpg;
     // gw and xhat of one element.
     auto terms = [&](long long off, int j, float& gw, float& xhat) {
-        xhat = (to_f32(x[base + off]) - mean) * rstd;
+        xhat = ((to_f32(x[base + off]) - hi) - lo) * rstd;
         const float wv = to_f32(wg[j]);
         float gv = to_f32(dy[base + off]);
         if (silu) {
