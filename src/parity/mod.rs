@@ -12,6 +12,7 @@ pub mod norm;
 pub mod reduce;
 
 // @conv
+pub mod conv;
 
 // @attn
 
@@ -114,6 +115,7 @@ pub fn all_cases() -> Vec<Case> {
     v.extend(gemm::cases());
 
     // @conv
+    v.extend(conv::cases());
 
     // @attn
 
@@ -354,6 +356,7 @@ pub fn all_bench_cases() -> Vec<(Case, Work)> {
     v.extend(gemm::bench_cases());
 
     // @conv
+    v.extend(conv::bench_cases());
 
     // @attn
 

@@ -12,6 +12,8 @@ mod norm;
 mod reduce;
 
 // @conv
+mod conv;
+mod groupnorm;
 
 // @attn
 
@@ -150,6 +152,8 @@ pub fn node_launches(graph: &Graph, id: NodeId, ins: &[Loc], out: Loc) -> Result
         gemm::launches,
 
         // @conv
+        conv::launches,
+        groupnorm::launches,
 
         // @attn
 
