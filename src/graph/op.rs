@@ -129,7 +129,6 @@ pub enum Op {
     // @conv
 
     // @attn
-
     /// Fused multi-head attention: inputs `(q [B,Tq,H,D], k [B,Tk,H,D], v [B,Tk,H,D])` -> `[B,Tq,H,D]` =
     /// `softmax(q k^T * scale) v` per (batch, head), f32 accumulation; `causal` masks key j > query i.
     Attention { causal: bool, scale: f32 },

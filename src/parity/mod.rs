@@ -14,6 +14,7 @@ pub mod reduce;
 // @conv
 
 // @attn
+pub mod attention;
 
 // @box
 
@@ -116,6 +117,7 @@ pub fn all_cases() -> Vec<Case> {
     // @conv
 
     // @attn
+    v.extend(attention::cases());
 
     // @box
 
@@ -356,6 +358,7 @@ pub fn all_bench_cases() -> Vec<(Case, Work)> {
     // @conv
 
     // @attn
+    v.extend(attention::bench_cases());
 
     // @box
 

@@ -14,6 +14,8 @@ mod reduce;
 // @conv
 
 // @attn
+mod attention;
+mod sd_misc;
 
 // @box
 
@@ -152,6 +154,8 @@ pub fn node_launches(graph: &Graph, id: NodeId, ins: &[Loc], out: Loc) -> Result
         // @conv
 
         // @attn
+        attention::launches,
+        sd_misc::launches,
 
         // @box
 
