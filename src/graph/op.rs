@@ -142,7 +142,6 @@ pub enum Op {
     GroupNormBwd { groups: usize, eps: f32, silu: bool },
 
     // @attn
-
     /// Fused multi-head attention: inputs `(q [B,Tq,H,D], k [B,Tk,H,D], v [B,Tk,H,D])` -> `[B,Tq,H,D]` =
     /// `softmax(q k^T * scale) v` per (batch, head), f32 accumulation; `causal` masks key j > query i.
     Attention { causal: bool, scale: f32 },

@@ -15,6 +15,7 @@ pub mod reduce;
 pub mod conv;
 
 // @attn
+pub mod attention;
 
 // @box
 
@@ -118,6 +119,7 @@ pub fn all_cases() -> Vec<Case> {
     v.extend(conv::cases());
 
     // @attn
+    v.extend(attention::cases());
 
     // @box
 
@@ -359,6 +361,7 @@ pub fn all_bench_cases() -> Vec<(Case, Work)> {
     v.extend(conv::bench_cases());
 
     // @attn
+    v.extend(attention::bench_cases());
 
     // @box
 

@@ -16,6 +16,8 @@ mod conv;
 mod groupnorm;
 
 // @attn
+mod attention;
+mod sd_misc;
 
 // @box
 
@@ -156,6 +158,8 @@ pub fn node_launches(graph: &Graph, id: NodeId, ins: &[Loc], out: Loc) -> Result
         groupnorm::launches,
 
         // @attn
+        attention::launches,
+        sd_misc::launches,
 
         // @box
 
