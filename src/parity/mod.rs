@@ -16,6 +16,7 @@ pub mod reduce;
 // @attn
 
 // @box
+pub mod boxes;
 
 // @roi
 
@@ -118,6 +119,7 @@ pub fn all_cases() -> Vec<Case> {
     // @attn
 
     // @box
+    v.extend(boxes::cases());
 
     // @roi
 
@@ -358,6 +360,7 @@ pub fn all_bench_cases() -> Vec<(Case, Work)> {
     // @attn
 
     // @box
+    v.extend(boxes::bench_cases());
 
     // @roi
 

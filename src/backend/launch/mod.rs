@@ -16,6 +16,7 @@ mod reduce;
 // @attn
 
 // @box
+mod boxes;
 
 // @roi
 
@@ -154,6 +155,7 @@ pub fn node_launches(graph: &Graph, id: NodeId, ins: &[Loc], out: Loc) -> Result
         // @attn
 
         // @box
+        boxes::launches,
 
         // @roi
 
