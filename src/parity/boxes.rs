@@ -109,6 +109,8 @@ pub fn cases() -> Vec<Case> {
     v.push(nms_case(DType::F32, DType::I64, 300, 1, 0.3, 20));
     v.push(nms_case(DType::F32, DType::I32, 200, 5, 0.7, 1000));
     v.push(nms_case(DType::F16, DType::I64, 1, 1, 0.5, 4));
+    // More boxes than threads (each thread scans several), stopped by the cap.
+    v.push(nms_case(DType::F32, DType::I64, 1500, 20, 0.5, 60));
     for it in INDEX {
         for dt in [DType::F32, DType::F16, DType::BF16, DType::I32, DType::I64] {
             v.push(gather_case(dt, it, &[4, 7, 5], &[4, 3, 5], 1));
