@@ -164,3 +164,31 @@ fn box_coder_matches_torchvision() {
         }
     }
 }
+
+#[test]
+fn bad_inputs_are_errors() {
+    // A gather index out of range is an error on the CPU (the GPU kernel writes 0 instead).
+    let mut g = Graph::new();
+    let x = g.input("x", &[2, 3], DType::F32).unwrap();
+    let i = g.input("i", &[2, 1], DType::I64).unwrap();
+    let out = g.push(Op::Gather { axis: 1 }, &[x, i]).unwrap();
+    g.mark_output(out);
+    let mut ex = Executor::new(CpuBackend, g, &ParamStore::new()).unwrap();
+    let (tx, ti) = (t(&[2, 3], DType::F32, &[1.0; 6]), t(&[2, 1], DType::I64, &[0.0, 3.0]));
+    assert!(ex.run(&[("x", &tx), ("i", &ti)]).is_err());
+    // Shape rules: NMS needs f32 boxes [N, 4]; top-k needs k <= the last axis.
+    let mut g = Graph::new();
+    let b = g.input("b", &[5, 4], DType::F16).unwrap();
+    let s = g.input("s", &[5], DType::F32).unwrap();
+    let c = g.input("c", &[5], DType::I64).unwrap();
+    assert!(g.push(Op::Nms { iou_threshold: 0.5, max_out: 3 }, &[b, s, c]).is_err());
+    assert!(g.push(Op::TopK { k: 6 }, &[s]).is_err());
+    // The GPU top-k takes k <= 4096: a larger k is refused by the launcher (emu), not computed wrongly.
+    let mut g = Graph::new();
+    let x = g.input("x", &[5000], DType::F32).unwrap();
+    let out = g.push(Op::TopK { k: 4097 }, &[x]).unwrap();
+    g.mark_output(out);
+    let tx = t(&[5000], DType::F32, &(0..5000).map(|i| i as f32).collect::<Vec<_>>());
+    let mut ex = Executor::new(EmuBackend::new(), g, &ParamStore::new()).unwrap();
+    assert!(ex.run(&[("x", &tx)]).is_err());
+}
