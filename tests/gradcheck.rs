@@ -300,6 +300,7 @@ fn every_op_kind_is_gradient_checked() {
     sd_misc_ops();
 
     // @box
+    gather_and_box_ops();
 
     // @roi
 
@@ -393,5 +394,57 @@ fn sd_misc_ops() {
 }
 
 // @box
+
+/// A constant f32 tensor built from fills (the non-differentiable box ops get fixed boxes, so the finite
+/// differences see only the differentiable path).
+fn constant(g: &mut Graph, vals: &[f32], shape: &[usize]) -> NodeId {
+    let parts: Vec<NodeId> = vals.iter().map(|&v| g.fill(v, &[1], DType::F32)).collect();
+    let c = g.concat(&parts, 0).unwrap();
+    g.reshape(c, shape).unwrap()
+}
+
+#[test]
+fn gather_and_box_ops() {
+    use instagen::graph::Op;
+    // Reading the top-k values: gather along the last axis at TopK's indices (values 0.07 apart, so +-h never
+    // changes which are the top 3; TopK itself has no gradient).
+    check("gather of topk", &[(&[3, 8], Gen::Distinct)], |g, x| {
+        let idx = g.push(Op::TopK { k: 3 }, &[x[0]])?;
+        g.push(Op::Gather { axis: 1 }, &[x[0], idx])
+    });
+    // Axis 0, indices smaller than x off the axis (the gradient is padded back), repeated indices summed.
+    check("gather axis 0, smaller idx", &[(&[4, 6], Gen::Normal), (&[5, 4], Gen::Distinct)], |g, x| {
+        let idx = g.push(Op::TopK { k: 2 }, &[x[1]])?; // [5, 2], values in 0..4
+        let idx = g.permute(idx, &[1, 0])?; // [2, 5]
+        let twice = g.concat(&[idx, idx], 0)?; // [4, 5]: every index twice
+        g.push(Op::Gather { axis: 0 }, &[x[0], twice])
+    });
+    // The box ops are not differentiable: they run on constant boxes and scale a differentiable input.
+    let a = [0.0, 0.0, 10.0, 10.0, 5.0, 5.0, 15.0, 20.0, 2.0, 1.0, 9.0, 12.0];
+    let b = [1.0, 1.0, 11.0, 9.0, 30.0, 30.0, 40.0, 45.0];
+    check("box_iou / giou on constant boxes", &[(&[3, 2], Gen::Normal)], move |g, x| {
+        let (ca, cb) = (constant(g, &a, &[3, 4]), constant(g, &b, &[2, 4]));
+        let iou = g.push(Op::BoxIou { giou: false }, &[ca, cb])?;
+        let giou = g.push(Op::BoxIou { giou: true }, &[ca, cb])?;
+        let y = g.mul(x[0], iou)?;
+        g.add(y, giou)
+    });
+    check("box_encode / decode on constant boxes", &[(&[3, 4], Gen::Normal)], move |g, x| {
+        let (r, t) = (constant(g, &a, &[3, 4]), constant(g, &[&b[..], &b[..4]].concat(), &[3, 4]));
+        let d = g.push(Op::BoxEncode { weights: [10.0, 10.0, 5.0, 5.0] }, &[r, t])?;
+        let back = g.push(Op::BoxDecode { weights: [10.0, 10.0, 5.0, 5.0], clamp: 4.135 }, &[r, d])?;
+        let y = g.mul(x[0], d)?;
+        g.add(y, back)
+    });
+    check("nms on constant boxes", &[(&[4], Gen::Normal)], move |g, x| {
+        let bx = constant(g, &a, &[3, 4]);
+        let s = constant(g, &[0.9, 0.8, 0.7], &[3]);
+        let c = constant(g, &[0.0, 0.0, 1.0], &[3]);
+        let c = g.cast(c, DType::I64)?;
+        let keep = g.push(Op::Nms { iou_threshold: 0.3, max_out: 3 }, &[bx, s, c])?;
+        let keep = g.cast(keep, DType::F32)?;
+        g.mul(x[0], keep)
+    });
+}
 
 // @roi

@@ -5,6 +5,7 @@ pub mod hungarian;
 // @coco
 
 // @box
+pub mod boxes;
 
 // @roi
 

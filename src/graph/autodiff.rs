@@ -321,6 +321,24 @@ fn input_grads(g: &mut Graph, id: NodeId, dy: NodeId, needs: &[bool]) -> Result<
         }
 
         // @box
+        Op::BoxIou { .. } | Op::BoxEncode { .. } | Op::BoxDecode { .. } => vec![None, None],
+        Op::Nms { .. } => vec![None, None, None],
+        Op::TopK { .. } => vec![None],
+        Op::Gather { axis } => {
+            // Scatter-add into x's size along the axis, then zero-pad the other axes where idx is smaller.
+            let xs = shape_of(g, 0);
+            let mut dx = g.push(Op::GatherBwd { axis: *axis, size: xs[*axis] }, &[ins[1], dy])?;
+            for (d, &n) in xs.iter().enumerate() {
+                let have = g.shape(dx)[d];
+                if have < n {
+                    dx = g.pad(dx, d, 0, n - have)?;
+                }
+            }
+            vec![Some(dx), None]
+        }
+        Op::GatherBwd { .. } => {
+            return Err(Error::graph(node.op.describe(), "second-order gradients are not supported"));
+        }
 
         // @roi
 

@@ -161,6 +161,24 @@ pub enum Op {
     TimestepEmbedding { dim: usize, flip_sin_to_cos: bool, shift: f32, max_period: f32 },
 
     // @box
+    /// IoU (or GIoU when `giou`) of every pair: inputs (a [..., N, 4], b [..., M, 4]) xyxy boxes with the same
+    /// leading axes -> [..., N, M] (torchvision `box_iou` / `generalized_box_iou`). Not differentiable.
+    BoxIou { giou: bool },
+    /// Faster R-CNN box deltas of `target` relative to `reference` (both [N, 4]) -> [N, 4] (torchvision
+    /// `BoxCoder.encode_single(target, reference)`). Not differentiable.
+    BoxEncode { weights: [f32; 4] },
+    /// Boxes from deltas: inputs (reference [N, 4], deltas [N, 4K]) -> [N, 4K], dw/dh clamped to `clamp` from
+    /// above (torchvision `BoxCoder.decode_single`). Not differentiable.
+    BoxDecode { weights: [f32; 4], clamp: f32 },
+    /// Batched (per-class) NMS: inputs (boxes [N, 4] f32, scores [N] float, classes [N] i32/i64) -> i64
+    /// [max_out + 1]: kept indices by descending score, padded with -1, then the count kept.
+    Nms { iou_threshold: f32, max_out: usize },
+    /// Indices (i64) of the `k` largest along the last axis, descending, ties to the lower index, NaN largest.
+    TopK { k: usize },
+    /// torch.gather: inputs (x, idx i32/i64 of x's rank, idx.shape[d] <= x.shape[d] off `axis`) -> idx's shape.
+    Gather { axis: usize },
+    /// Scatter-add of `dy` at `idx` along `axis` into an output of `size` there: inputs (idx, dy) -> dx.
+    GatherBwd { axis: usize, size: usize },
 
     // @roi
 
@@ -178,6 +196,7 @@ pub const OP_KINDS: &[&str] = &[
     "attention", "attention_stats", "attention_bwd", "geglu", "geglu_bwd", "timestep_embedding",
 
     // @box
+    "box_iou", "box_encode", "box_decode", "nms", "topk", "gather", "gather_bwd",
 
     // @roi
 
@@ -223,6 +242,13 @@ impl Op {
             Op::TimestepEmbedding { .. } => "timestep_embedding",
 
             // @box
+            Op::BoxIou { .. } => "box_iou",
+            Op::BoxEncode { .. } => "box_encode",
+            Op::BoxDecode { .. } => "box_decode",
+            Op::Nms { .. } => "nms",
+            Op::TopK { .. } => "topk",
+            Op::Gather { .. } => "gather",
+            Op::GatherBwd { .. } => "gather_bwd",
 
             // @roi
 
@@ -315,6 +341,10 @@ pub fn infer(op: &Op, shapes: &[&[usize]], dtypes: &[DType]) -> Result<(Vec<usiz
         Op::GegluBwd => Some(2),
 
         // @box
+        Op::TopK { .. } => Some(1),
+        Op::BoxIou { .. } | Op::BoxEncode { .. } | Op::BoxDecode { .. } => Some(2),
+        Op::Gather { .. } | Op::GatherBwd { .. } => Some(2),
+        Op::Nms { .. } => Some(3),
 
         // @roi
 
@@ -605,6 +635,82 @@ pub fn infer(op: &Op, shapes: &[&[usize]], dtypes: &[DType]) -> Result<(Vec<usiz
         }
 
         // @box
+        Op::BoxIou { .. } => {
+            require_float(op, dtypes)?;
+            let d = same_dtype(op, dtypes)?;
+            let (a, b) = (shapes[0], shapes[1]);
+            let (ra, rb) = (a.len(), b.len());
+            if ra < 2 || ra != rb || a[ra - 1] != 4 || b[rb - 1] != 4 || a[..ra - 2] != b[..rb - 2] {
+                return err(format!("needs boxes [..., N, 4] and [..., M, 4] with the same leading axes, got {a:?} and {b:?}"));
+            }
+            let mut out = a[..ra - 1].to_vec();
+            out.push(b[rb - 2]);
+            Ok((out, d))
+        }
+        Op::BoxEncode { .. } | Op::BoxDecode { .. } => {
+            require_float(op, dtypes)?;
+            let d = same_dtype(op, dtypes)?;
+            let (r, t) = (shapes[0], shapes[1]);
+            let enc = matches!(op, Op::BoxEncode { .. });
+            let ok = r.len() == 2
+                && r[1] == 4
+                && t.len() == 2
+                && t[0] == r[0]
+                && if enc { t[1] == 4 } else { t[1] % 4 == 0 };
+            if !ok {
+                let want = if enc { "[N, 4] and [N, 4]" } else { "[N, 4] and [N, 4K]" };
+                return err(format!("needs {want}, got {r:?} and {t:?}"));
+            }
+            Ok((t.to_vec(), d))
+        }
+        Op::Nms { .. } => {
+            let (b, s, c) = (shapes[0], shapes[1], shapes[2]);
+            if dtypes[0] != DType::F32 || !dtypes[1].is_float() || !matches!(dtypes[2], DType::I32 | DType::I64) {
+                return err(format!("needs f32 boxes, float scores and i32/i64 classes, got {dtypes:?}"));
+            }
+            if b.len() != 2 || b[1] != 4 || s != [b[0]] || c != [b[0]] {
+                return err(format!("needs boxes [N, 4], scores [N], classes [N], got {b:?}, {s:?}, {c:?}"));
+            }
+            let Op::Nms { max_out, .. } = op else { unreachable!() };
+            Ok((vec![max_out + 1], DType::I64))
+        }
+        Op::TopK { k } => {
+            require_float(op, dtypes)?;
+            let s = shapes[0];
+            match s.last() {
+                Some(&n) if *k <= n => {
+                    let mut out = s.to_vec();
+                    *out.last_mut().unwrap() = *k;
+                    Ok((out, DType::I64))
+                }
+                _ => err(format!("k = {k} needs a last axis of at least k, got {s:?}")),
+            }
+        }
+        Op::Gather { axis } => {
+            let (x, idx) = (shapes[0], shapes[1]);
+            if !matches!(dtypes[1], DType::I32 | DType::I64) {
+                return err(format!("indices must be i32 or i64, got {}", dtypes[1]));
+            }
+            check_axis(op, *axis, x.len(), x)?;
+            if idx.len() != x.len() || idx.iter().zip(x).enumerate().any(|(d, (i, s))| d != *axis && i > s) {
+                return err(format!("indices {idx:?} must have the rank of {x:?} and no larger size off axis {axis}"));
+            }
+            Ok((idx.to_vec(), dtypes[0]))
+        }
+        Op::GatherBwd { axis, size } => {
+            let (idx, dy) = (shapes[0], shapes[1]);
+            if !matches!(dtypes[0], DType::I32 | DType::I64) {
+                return err(format!("indices must be i32 or i64, got {}", dtypes[0]));
+            }
+            require_float(op, &dtypes[1..])?;
+            check_axis(op, *axis, dy.len(), dy)?;
+            if idx != dy {
+                return err(format!("indices {idx:?} and dy {dy:?} differ in shape"));
+            }
+            let mut out = dy.to_vec();
+            out[*axis] = *size;
+            Ok((out, dtypes[1]))
+        }
 
         // @roi
 

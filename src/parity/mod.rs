@@ -18,6 +18,7 @@ pub mod conv;
 pub mod attention;
 
 // @box
+pub mod boxes;
 
 // @roi
 
@@ -122,6 +123,7 @@ pub fn all_cases() -> Vec<Case> {
     v.extend(attention::cases());
 
     // @box
+    v.extend(boxes::cases());
 
     // @roi
 
@@ -364,6 +366,7 @@ pub fn all_bench_cases() -> Vec<(Case, Work)> {
     v.extend(attention::bench_cases());
 
     // @box
+    v.extend(boxes::bench_cases());
 
     // @roi
 

@@ -20,6 +20,7 @@ mod attention;
 mod sd_misc;
 
 // @box
+mod boxes;
 
 // @roi
 
@@ -162,6 +163,7 @@ pub fn node_launches(graph: &Graph, id: NodeId, ins: &[Loc], out: Loc) -> Result
         sd_misc::launches,
 
         // @box
+        boxes::launches,
 
         // @roi
 

@@ -27,6 +27,7 @@ mod attention;
 mod sd_misc;
 
 // @box
+mod boxes;
 
 // @roi
 
@@ -178,6 +179,15 @@ pub fn run_op(op: &Op, ins: &[View], out: &View, out_bytes: &mut [u8]) -> Result
         }
 
         // @box
+        Op::BoxIou { giou } => boxes::box_iou(*giou, &ins[0], &ins[1], out, out_bytes),
+        Op::BoxEncode { weights } => boxes::box_encode(*weights, &ins[0], &ins[1], out, out_bytes),
+        Op::BoxDecode { weights, clamp } => boxes::box_decode(*weights, *clamp, &ins[0], &ins[1], out, out_bytes),
+        Op::Nms { iou_threshold, max_out } => {
+            boxes::nms(*iou_threshold, *max_out, &ins[0], &ins[1], &ins[2], out_bytes)
+        }
+        Op::TopK { k } => boxes::topk(*k, &ins[0], out_bytes),
+        Op::Gather { axis } => boxes::gather(*axis, &ins[0], &ins[1], out_bytes),
+        Op::GatherBwd { axis, size } => boxes::gather_bwd(*axis, *size, &ins[0], &ins[1], out, out_bytes),
 
         // @roi
 
