@@ -18,6 +18,7 @@ pub mod reduce;
 // @box
 
 // @roi
+pub mod roi;
 
 
 use crate::backend::cpu::CpuBackend;
@@ -120,6 +121,7 @@ pub fn all_cases() -> Vec<Case> {
     // @box
 
     // @roi
+    v.extend(roi::cases());
 
     v
 }
@@ -360,6 +362,7 @@ pub fn all_bench_cases() -> Vec<(Case, Work)> {
     // @box
 
     // @roi
+    v.extend(roi::bench_cases());
 
     v
 }

@@ -18,6 +18,8 @@ mod reduce;
 // @box
 
 // @roi
+mod det_losses;
+mod roi;
 
 
 use std::collections::BTreeSet;
@@ -156,6 +158,8 @@ pub fn node_launches(graph: &Graph, id: NodeId, ins: &[Loc], out: Loc) -> Result
         // @box
 
         // @roi
+        roi::launches,
+        det_losses::launches,
 
     ];
     for family in families {
