@@ -174,14 +174,14 @@ __device__ __forceinline__ void roi_align_bwd(const float* rois, const T* dy, T*
     }
 }
 
-// torchvision LevelMapper in f32; a NaN level (degenerate box) maps to k_min. `cols` is 5 (rois) or 4 (boxes).
+// torchvision LevelMapper in f32 (floor(k0 + log2(s / s0) + eps)); a NaN level (degenerate box) maps to k_min. `cols` is 5 (rois) or 4 (boxes).
 template <typename T>
 __device__ __forceinline__ void fpn_levels(const T* rois, long long* out, long long k_count, int cols, int k_min,
                                            int k_max, float s0, int k0, float eps) {
     for (long long i = gidx(); i < k_count; i += gstride()) {
         const T* r = rois + i * cols + (cols - 4);
         const float area = (to_f32(r[2]) - to_f32(r[0])) * (to_f32(r[3]) - to_f32(r[1]));
-        float l = floorf((float)k0 + log2f(sqrtf(area) / s0 + eps));
+        float l = floorf(((float)k0 + log2f(sqrtf(area) / s0)) + eps);
         l = l != l ? (float)k_min : fminf(fmaxf(l, (float)k_min), (float)k_max);
         out[i] = (long long)l - k_min;
     }

@@ -146,7 +146,9 @@ pub enum Op {
         w: usize,
     },
     /// FPN level of each RoI (torchvision LevelMapper): input rois [K,5] (or boxes [K,4]) -> i64 [K] =
-    /// clamp(floor(canonical_level + log2(sqrt(area) / canonical_scale + eps)), k_min, k_max) - k_min.
+    /// clamp(floor(canonical_level + log2(sqrt(area) / canonical_scale) + eps), k_min, k_max) - k_min (eps added
+    /// to the level as torchvision's code does). mmdet's `finest_scale = 56` mapper is canonical_scale 56,
+    /// canonical_level = k_min (or equivalently 224 at level k_min + 2).
     FpnLevels { k_min: i32, k_max: i32, canonical_scale: f32, canonical_level: i32, eps: f32 },
     /// torchvision.ops.sigmoid_focal_loss, reduction none; inputs (logits, targets) same shape -> same shape.
     /// `alpha < 0` disables the alpha weighting.

@@ -183,11 +183,12 @@ pub(super) fn roi_align_bwd(p: &RoiParams, rois: &View, dy: &View, out: &View, o
     })
 }
 
-/// torchvision LevelMapper, in f32 as torch computes it; a NaN level (degenerate box) maps to `k_min`.
+/// torchvision LevelMapper, in f32 as torch computes it (`floor(k0 + log2(s / s0) + eps)`: torchvision adds eps
+/// to the level, not inside the log); a NaN level (degenerate box) maps to `k_min`.
 pub(crate) fn fpn_level(box4: &[f32], k_min: i32, k_max: i32, s0: f32, k0: i32, eps: f32) -> i64 {
     let area = (box4[2] - box4[0]) * (box4[3] - box4[1]);
     let s = area.sqrt();
-    let l = (k0 as f32 + (s / s0 + eps).log2()).floor();
+    let l = ((k0 as f32 + (s / s0).log2()) + eps).floor();
     let l = if l.is_nan() { k_min as f32 } else { l.clamp(k_min as f32, k_max as f32) };
     l as i64 - k_min as i64
 }
