@@ -178,3 +178,50 @@ fn giou_loss_matches_torchvision() {
     }
     eprintln!("giou_loss: {m} pairs, worst err/tol loss {:.3}, dpred {:.3}", worst[0], worst[1]);
 }
+
+#[test]
+fn multi_scale_roi_align_matches_torchvision() {
+    use instagen::detection::roi::MultiScaleRoiAlign;
+    let f = fixture("multiscale.json");
+    let k = f["k"].as_u64().unwrap() as usize;
+    let scales: Vec<f32> = floats(&f["scales"]);
+    let mut g = Graph::new();
+    let mut feeds = Vec::new();
+    let mut ids = Vec::new();
+    for (i, lv) in f["feats"].as_array().unwrap().iter().enumerate() {
+        let shape: Vec<usize> = lv["shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+        ids.push(g.input(&format!("p{i}"), &shape, DType::F32).unwrap());
+        feeds.push((format!("p{i}"), tensor(&shape, &floats(&lv["data"]))));
+    }
+    let r = g.input("rois", &[k, 5], DType::F32).unwrap();
+    feeds.push(("rois".into(), tensor(&[k, 5], &floats(&f["rois"]))));
+    let pool = MultiScaleRoiAlign {
+        out_h: 3,
+        out_w: 3,
+        sampling_ratio: f["sampling_ratio"].as_i64().unwrap() as i32,
+        aligned: false,
+        canonical_scale: f["canonical_scale"].as_f64().unwrap() as f32,
+        canonical_level: f["canonical_level"].as_i64().unwrap() as i32,
+        eps: 1e-6,
+    };
+    let y = pool.apply(&mut g, &ids, &scales, r).unwrap();
+    let feed: Vec<(&str, &HostTensor)> = feeds.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let want = floats(&f["out"]);
+    let mut worst = 0f32;
+    for (backend, got) in [("cpu", run(CpuBackend, &g, &feed, &[y])), ("emu", run(EmuBackend::new(), &g, &feed, &[y]))] {
+        worst = worst.max(check(&format!("multi-scale roi_align {backend}"), &got[0], &want, 1e-5, 1e-5));
+    }
+    // The RoIs really spread over the levels.
+    let mut lg = Graph::new();
+    let lr = lg.input("rois", &[k, 5], DType::F32).unwrap();
+    let lv = instagen::detection::roi::fpn_levels(&mut lg, lr, 2, 5).unwrap();
+    let op = Op::FpnLevels { k_min: 2, k_max: 5, canonical_scale: pool.canonical_scale, canonical_level: 4, eps: 1e-6 };
+    let lv2 = lg.push(op, &[lr]).unwrap();
+    let levels = run(CpuBackend, &lg, &[("rois", &feeds[4].1)], &[lv, lv2]);
+    let mut hist = [0usize; 4];
+    for &l in &levels[1] {
+        hist[l as usize] += 1;
+    }
+    assert!(hist.iter().all(|&c| c > 0), "levels {hist:?}");
+    eprintln!("multi-scale roi_align: {k} RoIs over levels {hist:?} on cpu and emu, worst err/tol {worst:.3}");
+}

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Fixtures for tests/roi_ops.rs: inputs and torchvision outputs for RoI Align (forward and the input gradient),
-the MultiScaleRoIAlign level mapper, sigmoid_focal_loss (+ grad) and generalized_box_iou_loss (+ grad).
+the MultiScaleRoIAlign level mapper, sigmoid_focal_loss (+ grad), generalized_box_iou_loss (+ grad) and
+MultiScaleRoIAlign (multi-level RoI Align over an FPN).
 
 Run by hand (never in CI) with the project's torch/torchvision venv:
     /tmp/ddimvenv/bin/python tools/make_roi_fixtures.py
@@ -138,9 +139,41 @@ def make_losses():
     })
 
 
+def make_multiscale():
+    """torchvision.ops.MultiScaleRoIAlign over a 4-level FPN of a batch of two 64x64 images (maps 16..2 pixels,
+    scales 1/4..1/32), canonical scale 28 at level 4 so that small RoIs spread over all levels."""
+    from collections import OrderedDict
+
+    from torchvision.ops import MultiScaleRoIAlign
+
+    gen = np.random.default_rng(5)
+    n, c, size = 2, 2, 64
+    feats = OrderedDict((f"p{l}", torch.tensor(gen.standard_normal((n, c, size >> l, size >> l)), dtype=torch.float32))
+                        for l in range(2, 6))
+    boxes = []
+    for _ in range(n):
+        k = 8
+        s = np.exp(gen.uniform(np.log(3), np.log(60), k))
+        s[-1] = 62.0  # one RoI of almost the whole image per image (the coarsest level)
+        x1, y1 = gen.uniform(0, size - s), gen.uniform(0, size - s)
+        hf = gen.uniform(0.6, 1.0, k)
+        hf[-1] = 1.0
+        boxes.append(torch.tensor(np.stack([x1, y1, x1 + s, y1 + s * hf], 1), dtype=torch.float32))
+    pool = MultiScaleRoIAlign(list(feats.keys()), 3, 2, canonical_scale=28, canonical_level=4)
+    out = pool(feats, boxes, [(size, size)] * n)
+    rois = torch.cat([torch.cat([torch.full((len(b), 1), float(i)), b], 1) for i, b in enumerate(boxes)])
+    dump("multiscale.json", {
+        "torchvision": torchvision.__version__, "scales": [0.25, 0.125, 0.0625, 0.03125],
+        "feats": [{"shape": [n, f.shape[2], f.shape[3], c], "data": flat(f.permute(0, 2, 3, 1))} for f in feats.values()],
+        "rois": flat(rois), "k": int(rois.shape[0]), "out": flat(out.permute(0, 2, 3, 1)), "out_hw": [3, 3],
+        "canonical_scale": 28, "canonical_level": 4, "sampling_ratio": 2,
+    })
+
+
 if __name__ == "__main__":
     os.makedirs(OUT, exist_ok=True)
     torch.manual_seed(0)
     make_roi_align()
     make_levels()
     make_losses()
+    make_multiscale()

@@ -7,4 +7,5 @@ pub mod hungarian;
 // @box
 
 // @roi
+pub mod roi;
 
