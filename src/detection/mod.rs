@@ -8,4 +8,5 @@ pub mod hungarian;
 pub mod boxes;
 
 // @roi
+pub mod roi;
 

@@ -341,6 +341,32 @@ fn input_grads(g: &mut Graph, id: NodeId, dy: NodeId, needs: &[bool]) -> Result<
         }
 
         // @roi
+        Op::RoiAlign { out_h, out_w, spatial_scale, sampling_ratio, aligned } => {
+            // Linear in the features; the RoI coordinates get no gradient.
+            let fs = shape_of(g, 0);
+            let op = Op::RoiAlignBwd {
+                out_h: *out_h,
+                out_w: *out_w,
+                spatial_scale: *spatial_scale,
+                sampling_ratio: *sampling_ratio,
+                aligned: *aligned,
+                n: fs[0],
+                h: fs[1],
+                w: fs[2],
+            };
+            vec![if needs[0] { Some(g.push(op, &[ins[1], dy])?) } else { None }, None]
+        }
+        Op::FpnLevels { .. } => vec![None],
+        Op::SigmoidFocalLoss { alpha, gamma } => {
+            let op = Op::SigmoidFocalLossBwd { alpha: *alpha, gamma: *gamma };
+            vec![if needs[0] { Some(g.push(op, &[ins[0], ins[1], dy])?) } else { None }, None]
+        }
+        Op::GiouLoss { eps } => {
+            vec![if needs[0] { Some(g.push(Op::GiouLossBwd { eps: *eps }, &[ins[0], ins[1], dy])?) } else { None }, None]
+        }
+        Op::RoiAlignBwd { .. } | Op::SigmoidFocalLossBwd { .. } | Op::GiouLossBwd { .. } => {
+            return Err(Error::graph(node.op.describe(), "second-order gradients are not supported"));
+        }
 
         Op::UnaryBwd(_) | Op::SoftmaxBwd { .. } | Op::LayerNormBwd { .. } => {
             return Err(Error::graph(node.op.describe(), "second-order gradients are not supported"));

@@ -181,6 +181,36 @@ pub enum Op {
     GatherBwd { axis: usize, size: usize },
 
     // @roi
+    /// RoI Align as torchvision.ops.roi_align on NHWC features; inputs (feat [N,H,W,C], rois [K,5] f32 =
+    /// (batch_index, x1, y1, x2, y2) in input pixels) -> [K, out_h, out_w, C]. `sampling_ratio <= 0`: adaptive
+    /// (ceil(roi_size / out_size) samples per bin and axis).
+    RoiAlign { out_h: usize, out_w: usize, spatial_scale: f32, sampling_ratio: i32, aligned: bool },
+    /// Gradient of `RoiAlign` w.r.t. the features; inputs (rois [K,5] f32, dy [K,out_h,out_w,C]) -> [n,h,w,C].
+    RoiAlignBwd {
+        out_h: usize,
+        out_w: usize,
+        spatial_scale: f32,
+        sampling_ratio: i32,
+        aligned: bool,
+        n: usize,
+        h: usize,
+        w: usize,
+    },
+    /// FPN level of each RoI (torchvision LevelMapper): input rois [K,5] (or boxes [K,4]) -> i64 [K] =
+    /// clamp(floor(canonical_level + log2(sqrt(area) / canonical_scale) + eps), k_min, k_max) - k_min (eps added
+    /// to the level as torchvision's code does). mmdet's `finest_scale = 56` mapper is canonical_scale 56,
+    /// canonical_level = k_min (or equivalently 224 at level k_min + 2).
+    FpnLevels { k_min: i32, k_max: i32, canonical_scale: f32, canonical_level: i32, eps: f32 },
+    /// torchvision.ops.sigmoid_focal_loss, reduction none; inputs (logits, targets) same shape -> same shape.
+    /// `alpha < 0` disables the alpha weighting.
+    SigmoidFocalLoss { alpha: f32, gamma: f32 },
+    /// Gradient of `SigmoidFocalLoss` w.r.t. the logits; inputs (logits, targets, dy) -> dlogits.
+    SigmoidFocalLossBwd { alpha: f32, gamma: f32 },
+    /// 1 - GIoU of matching boxes (torchvision generalized_box_iou_loss, reduction none); inputs
+    /// (pred [..., 4], target [..., 4]) -> [...].
+    GiouLoss { eps: f32 },
+    /// Gradient of `GiouLoss` w.r.t. pred; inputs (pred, target, dy [...]) -> dpred [..., 4].
+    GiouLossBwd { eps: f32 },
 
 }
 
@@ -199,6 +229,8 @@ pub const OP_KINDS: &[&str] = &[
     "box_iou", "box_encode", "box_decode", "nms", "topk", "gather", "gather_bwd",
 
     // @roi
+    "roi_align", "roi_align_bwd", "fpn_levels", "sigmoid_focal_loss", "sigmoid_focal_loss_bwd", "giou_loss",
+    "giou_loss_bwd",
 
 ];
 
@@ -251,6 +283,13 @@ impl Op {
             Op::GatherBwd { .. } => "gather_bwd",
 
             // @roi
+            Op::RoiAlign { .. } => "roi_align",
+            Op::RoiAlignBwd { .. } => "roi_align_bwd",
+            Op::FpnLevels { .. } => "fpn_levels",
+            Op::SigmoidFocalLoss { .. } => "sigmoid_focal_loss",
+            Op::SigmoidFocalLossBwd { .. } => "sigmoid_focal_loss_bwd",
+            Op::GiouLoss { .. } => "giou_loss",
+            Op::GiouLossBwd { .. } => "giou_loss_bwd",
 
         }
     }
@@ -347,6 +386,9 @@ pub fn infer(op: &Op, shapes: &[&[usize]], dtypes: &[DType]) -> Result<(Vec<usiz
         Op::Nms { .. } => Some(3),
 
         // @roi
+        Op::FpnLevels { .. } => Some(1),
+        Op::RoiAlign { .. } | Op::RoiAlignBwd { .. } | Op::SigmoidFocalLoss { .. } | Op::GiouLoss { .. } => Some(2),
+        Op::SigmoidFocalLossBwd { .. } | Op::GiouLossBwd { .. } => Some(3),
 
     };
     if let Some(n) = arity {
@@ -713,6 +755,67 @@ pub fn infer(op: &Op, shapes: &[&[usize]], dtypes: &[DType]) -> Result<(Vec<usiz
         }
 
         // @roi
+        Op::RoiAlign { out_h, out_w, .. } | Op::RoiAlignBwd { out_h, out_w, .. } => {
+            let bwd = matches!(op, Op::RoiAlignBwd { .. });
+            let (ri, di) = if bwd { (0, 1) } else { (1, 0) };
+            let (rois, data) = (shapes[ri], shapes[di]);
+            if dtypes[ri] != DType::F32 {
+                return err(format!("rois must be f32 (box coordinates in f16/bf16 are too coarse), got {}", dtypes[ri]));
+            }
+            require_float(op, &dtypes[di..di + 1])?;
+            if rois.len() != 2 || rois[1] != 5 {
+                return err(format!("rois must be [K, 5], got {rois:?}"));
+            }
+            if *out_h == 0 || *out_w == 0 {
+                return err("out_h and out_w must be positive".into());
+            }
+            if data.len() != 4 {
+                return err(format!("{} must be rank 4, got {data:?}", if bwd { "dy" } else { "feat [N,H,W,C]" }));
+            }
+            if let Op::RoiAlignBwd { n, h, w, .. } = op {
+                if data[..3] != [rois[0], *out_h, *out_w] {
+                    return err(format!("dy {data:?} must be [K={}, {out_h}, {out_w}, C]", rois[0]));
+                }
+                Ok((vec![*n, *h, *w, data[3]], dtypes[di]))
+            } else {
+                Ok((vec![rois[0], *out_h, *out_w, data[3]], dtypes[di]))
+            }
+        }
+        Op::FpnLevels { k_min, k_max, .. } => {
+            require_float(op, dtypes)?;
+            let s = shapes[0];
+            if s.len() != 2 || (s[1] != 5 && s[1] != 4) {
+                return err(format!("needs rois [K, 5] or boxes [K, 4], got {s:?}"));
+            }
+            if k_min > k_max {
+                return err(format!("k_min {k_min} > k_max {k_max}"));
+            }
+            Ok((vec![s[0]], DType::I64))
+        }
+        Op::SigmoidFocalLoss { .. } | Op::SigmoidFocalLossBwd { .. } => {
+            require_float(op, dtypes)?;
+            let d = same_dtype(op, dtypes)?;
+            if shapes.iter().any(|s| *s != shapes[0]) {
+                return err(format!("inputs must have the same shape, got {shapes:?}"));
+            }
+            Ok((shapes[0].to_vec(), d))
+        }
+        Op::GiouLoss { .. } | Op::GiouLossBwd { .. } => {
+            require_float(op, dtypes)?;
+            let d = same_dtype(op, dtypes)?;
+            let (p, t) = (shapes[0], shapes[1]);
+            if p.last() != Some(&4) || p != t {
+                return err(format!("pred and target must be the same shape [..., 4], got {p:?} and {t:?}"));
+            }
+            let lead = p[..p.len() - 1].to_vec();
+            if let Op::GiouLossBwd { .. } = op {
+                if shapes[2] != lead.as_slice() {
+                    return err(format!("dy {:?} must be {lead:?}", shapes[2]));
+                }
+                return Ok((p.to_vec(), d));
+            }
+            Ok((lead, d))
+        }
 
     }
 }

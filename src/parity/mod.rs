@@ -21,6 +21,7 @@ pub mod attention;
 pub mod boxes;
 
 // @roi
+pub mod roi;
 
 
 use crate::backend::cpu::CpuBackend;
@@ -126,6 +127,7 @@ pub fn all_cases() -> Vec<Case> {
     v.extend(boxes::cases());
 
     // @roi
+    v.extend(roi::cases());
 
     v
 }
@@ -369,6 +371,7 @@ pub fn all_bench_cases() -> Vec<(Case, Work)> {
     v.extend(boxes::bench_cases());
 
     // @roi
+    v.extend(roi::bench_cases());
 
     v
 }

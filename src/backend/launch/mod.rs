@@ -23,6 +23,8 @@ mod sd_misc;
 mod boxes;
 
 // @roi
+mod det_losses;
+mod roi;
 
 
 use std::collections::BTreeSet;
@@ -166,6 +168,8 @@ pub fn node_launches(graph: &Graph, id: NodeId, ins: &[Loc], out: Loc) -> Result
         boxes::launches,
 
         // @roi
+        roi::launches,
+        det_losses::launches,
 
     ];
     for family in families {

@@ -30,6 +30,8 @@ mod sd_misc;
 mod boxes;
 
 // @roi
+mod det_losses;
+mod roi;
 
 
 use half::slice::HalfFloatSliceExt;
@@ -190,6 +192,37 @@ pub fn run_op(op: &Op, ins: &[View], out: &View, out_bytes: &mut [u8]) -> Result
         Op::GatherBwd { axis, size } => boxes::gather_bwd(*axis, *size, &ins[0], &ins[1], out, out_bytes),
 
         // @roi
+        Op::RoiAlign { out_h, out_w, spatial_scale, sampling_ratio, aligned } => {
+            let p = roi::RoiParams {
+                out_h: *out_h,
+                out_w: *out_w,
+                scale: *spatial_scale,
+                sampling_ratio: *sampling_ratio,
+                aligned: *aligned,
+            };
+            roi::roi_align(&p, &ins[0], &ins[1], out, out_bytes)
+        }
+        Op::RoiAlignBwd { out_h, out_w, spatial_scale, sampling_ratio, aligned, .. } => {
+            let p = roi::RoiParams {
+                out_h: *out_h,
+                out_w: *out_w,
+                scale: *spatial_scale,
+                sampling_ratio: *sampling_ratio,
+                aligned: *aligned,
+            };
+            roi::roi_align_bwd(&p, &ins[0], &ins[1], out, out_bytes)
+        }
+        Op::FpnLevels { k_min, k_max, canonical_scale, canonical_level, eps } => {
+            roi::fpn_levels((*k_min, *k_max, *canonical_scale, *canonical_level, *eps), &ins[0], out_bytes)
+        }
+        Op::SigmoidFocalLoss { alpha, gamma } => {
+            det_losses::sigmoid_focal_loss(*alpha, *gamma, &ins[0], &ins[1], None, out, out_bytes)
+        }
+        Op::SigmoidFocalLossBwd { alpha, gamma } => {
+            det_losses::sigmoid_focal_loss(*alpha, *gamma, &ins[0], &ins[1], Some(&ins[2]), out, out_bytes)
+        }
+        Op::GiouLoss { eps } => det_losses::giou(*eps, &ins[0], &ins[1], None, out, out_bytes),
+        Op::GiouLossBwd { eps } => det_losses::giou(*eps, &ins[0], &ins[1], Some(&ins[2]), out, out_bytes),
 
     }
 }
