@@ -82,10 +82,9 @@ pub struct EvalResult {
     pub params: EvalParams,
     pub img_ids: Vec<u64>,
     pub cat_ids: Vec<u64>,
-    /// [T, R, K, A, M] row-major, -1 where absent.
-    pub precision: Vec<f64>,
-    /// [T, K, A, M] row-major, -1 where absent.
-    pub recall: Vec<f64>,
+    /// Per (category, area, maxDets), index `(k * A + a) * M + m`: precision [T, R] and recall [T], `None`
+    /// where pycocotools leaves -1 (see [`EvalResult::precision_at`] for pycocotools' indexing).
+    pub blocks: Vec<Option<(Vec<f64>, Vec<f64>)>>,
     pub stats: [f64; 12],
     pub per_category: Vec<CategoryResult>,
 }
@@ -196,7 +195,10 @@ fn evaluate_img(gts: &[&Annotation], dts: &[&Detection], p: &EvalParams) -> Opti
 
 /// Accumulates one (category, area range, maxDets) over the images: (precision [T, R], recall [T]) or `None`
 /// when pycocotools leaves it at -1.
-fn accumulate_one(evals: &[&ImgEval], max_det: usize, p: &EvalParams) -> Option<(Vec<f64>, Vec<f64>)> {
+/// `sorted` holds (score, image position, detection index) for every detection of `evals`, concatenated in
+/// image order and stably sorted by descending score; the ones with index >= `max_det` are skipped, which
+/// leaves exactly the stable sort of pycocotools' concatenation of each image's first `max_det`.
+fn accumulate_one(evals: &[&ImgEval], sorted: &[(f64, u32, u32)], max_det: usize, p: &EvalParams) -> Option<(Vec<f64>, Vec<f64>)> {
     if evals.is_empty() {
         return None;
     }
@@ -204,14 +206,7 @@ fn accumulate_one(evals: &[&ImgEval], max_det: usize, p: &EvalParams) -> Option<
     if npig == 0 {
         return None;
     }
-    // (score, image position, detection index), concatenated in image order, then stably sorted.
-    let mut dets: Vec<(f64, u32, u32)> = Vec::new();
-    for (ei, e) in evals.iter().enumerate() {
-        for (di, &s) in e.scores.iter().enumerate().take(max_det) {
-            dets.push((s, ei as u32, di as u32));
-        }
-    }
-    dets.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal));
+    let dets: Vec<(f64, u32, u32)> = sorted.iter().filter(|d| (d.2 as usize) < max_det).copied().collect();
     let (t_n, r_n, nd) = (p.iou_thrs.len(), p.rec_thrs.len(), dets.len());
     let mut precision = vec![0.0; t_n * r_n];
     let mut recall = vec![0.0; t_n];
@@ -264,7 +259,6 @@ pub fn evaluate(gt: &Dataset, dts: &[Detection], p: &EvalParams) -> EvalResult {
     cat_ids.sort_unstable();
     cat_ids.dedup();
     let (i_n, k_n, a_n, m_n) = (img_ids.len(), cat_ids.len(), p.area_rngs.len(), p.max_dets.len());
-    let (t_n, r_n) = (p.iou_thrs.len(), p.rec_thrs.len());
     let img_pos: std::collections::HashMap<u64, usize> = img_ids.iter().enumerate().map(|(i, &id)| (id, i)).collect();
     let cat_pos: std::collections::HashMap<u64, usize> = cat_ids.iter().enumerate().map(|(i, &id)| (id, i)).collect();
 
@@ -291,29 +285,19 @@ pub fn evaluate(gt: &Dataset, dts: &[Detection], p: &EvalParams) -> EvalResult {
             let mut v = Vec::with_capacity(a_n * m_n);
             for a in 0..a_n {
                 let evals: Vec<&ImgEval> = (0..i_n).filter_map(|i| per_img[k * i_n + i].as_ref().map(|e| &e[a])).collect();
+                let mut sorted: Vec<(f64, u32, u32)> = Vec::new();
+                for (ei, e) in evals.iter().enumerate() {
+                    sorted.extend(e.scores.iter().enumerate().map(|(di, &s)| (s, ei as u32, di as u32)));
+                }
+                sorted.sort_by(|x, y| y.0.partial_cmp(&x.0).unwrap_or(std::cmp::Ordering::Equal)); // stable
                 for &md in &p.max_dets {
-                    v.push(accumulate_one(&evals, md, p));
+                    v.push(accumulate_one(&evals, &sorted, md, p));
                 }
             }
             v
         })
         .collect();
-    let mut precision = vec![-1.0; t_n * r_n * k_n * a_n * m_n];
-    let mut recall = vec![-1.0; t_n * k_n * a_n * m_n];
-    for (k, v) in per_cat.iter().enumerate() {
-        for a in 0..a_n {
-            for m in 0..m_n {
-                if let Some((pr, rc)) = &v[a * m_n + m] {
-                    for t in 0..t_n {
-                        for r in 0..r_n {
-                            precision[(((t * r_n + r) * k_n + k) * a_n + a) * m_n + m] = pr[t * r_n + r];
-                        }
-                        recall[((t * k_n + k) * a_n + a) * m_n + m] = rc[t];
-                    }
-                }
-            }
-        }
-    }
+    let blocks: Vec<Option<(Vec<f64>, Vec<f64>)>> = per_cat.into_iter().flatten().collect();
     let names: std::collections::HashMap<u64, &str> = gt.categories.iter().map(|c| (c.id, c.name.as_str())).collect();
     let mut num_gt = vec![0usize; k_n];
     for a in &gt.annotations {
@@ -325,8 +309,7 @@ pub fn evaluate(gt: &Dataset, dts: &[Detection], p: &EvalParams) -> EvalResult {
         params: p.clone(),
         img_ids,
         cat_ids: cat_ids.clone(),
-        precision,
-        recall,
+        blocks,
         stats: [-1.0; 12],
         per_category: Vec::new(),
     };
@@ -369,26 +352,36 @@ impl EvalResult {
         self.params.iou_thrs.iter().position(|&t| t == thr)
     }
 
+    fn block(&self, k: usize, a: usize, m: usize) -> Option<&(Vec<f64>, Vec<f64>)> {
+        let (_, _, _, a_n, m_n) = self.dims();
+        self.blocks[(k * a_n + a) * m_n + m].as_ref()
+    }
+
+    /// pycocotools' `eval['precision'][t, r, k, a, m]` (-1 where absent).
+    pub fn precision_at(&self, t: usize, r: usize, k: usize, a: usize, m: usize) -> f64 {
+        self.block(k, a, m).map_or(-1.0, |(p, _)| p[t * self.params.rec_thrs.len() + r])
+    }
+
+    /// pycocotools' `eval['recall'][t, k, a, m]` (-1 where absent).
+    pub fn recall_at(&self, t: usize, k: usize, a: usize, m: usize) -> f64 {
+        self.block(k, a, m).map_or(-1.0, |(_, r)| r[t])
+    }
+
     /// Mean precision over IoU thresholds (one when `t` is given), recall thresholds and categories (one when
-    /// `k` is given), at area index `a` and maxDets index `m`.
+    /// `k` is given), at area index `a` and maxDets index `m`: pycocotools' mean of the entries > -1.
     pub fn mean_precision(&self, t: Option<usize>, k: Option<usize>, a: usize, m: usize) -> f64 {
-        let (t_n, r_n, k_n, a_n, m_n) = self.dims();
-        let ts: Vec<usize> = t.map_or((0..t_n).collect(), |t| vec![t]);
-        let ks: Vec<usize> = k.map_or((0..k_n).collect(), |k| vec![k]);
-        mean_valid(ts.iter().flat_map(|&t| {
-            (0..r_n).flat_map({
-                let ks = &ks;
-                move |r| ks.iter().map(move |&k| self.precision[(((t * r_n + r) * k_n + k) * a_n + a) * m_n + m])
-            })
-        }))
+        let (t_n, r_n, k_n, _, _) = self.dims();
+        let ts = t.map_or(0..t_n, |t| t..t + 1);
+        let ks = k.map_or(0..k_n, |k| k..k + 1);
+        mean_valid(ks.filter_map(|k| self.block(k, a, m)).flat_map(|(p, _)| p[ts.start * r_n..ts.end * r_n].iter().copied()))
     }
 
     /// Mean recall over IoU thresholds (or one) and categories (or one) at area index `a`, maxDets index `m`.
     pub fn mean_recall(&self, t: Option<usize>, k: Option<usize>, a: usize, m: usize) -> f64 {
-        let (t_n, _, k_n, a_n, m_n) = self.dims();
-        let ts: Vec<usize> = t.map_or((0..t_n).collect(), |t| vec![t]);
-        let ks: Vec<usize> = k.map_or((0..k_n).collect(), |k| vec![k]);
-        mean_valid(ts.iter().flat_map(|&t| ks.iter().map(move |&k| self.recall[((t * k_n + k) * a_n + a) * m_n + m])))
+        let (t_n, _, k_n, _, _) = self.dims();
+        let ts = t.map_or(0..t_n, |t| t..t + 1);
+        let ks = k.map_or(0..k_n, |k| k..k + 1);
+        mean_valid(ks.filter_map(|k| self.block(k, a, m)).flat_map(|(_, r)| r[ts.clone()].iter().copied()))
     }
 
     /// pycocotools' `_summarize(ap, iouThr, areaRng, maxDets)`: -1 when the area label, maxDets or IoU threshold
