@@ -411,6 +411,7 @@ fn results_are_validated_and_written_atomically() {
         let (kept, s) = coco::validate_results(Path::new("dt.json"), vec![good, d], &gt, Policy::Lenient).unwrap();
         assert_eq!(kept, vec![good]);
         assert_eq!(s.counts(), vec![(kind, 1)]);
+        assert!(s.to_string().starts_with("dt.json: read 2 detections; skipped 1 record(s):"), "{s}");
     }
     let e = coco::results_from_json(Path::new("dt.json"), br#"[{"image_id": 1, "category_id": 1, "bbox": [1, 2, 3], "score": 1}]"#, &gt, Policy::Strict)
         .unwrap_err();

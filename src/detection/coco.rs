@@ -161,6 +161,8 @@ pub struct LoadSummary {
     pub skipped: Vec<Issue>,
     /// Annotations whose missing `area` was filled with `w * h`.
     pub areas_filled: usize,
+    /// A detection-results file (then `read[1]` counts detections).
+    pub results: bool,
 }
 
 impl LoadSummary {
@@ -179,14 +181,18 @@ impl LoadSummary {
 
 impl fmt::Display for LoadSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}: read {} images, {} annotations, {} categories",
-            self.path.display(),
-            self.read[0],
-            self.read[1],
-            self.read[2]
-        )?;
+        if self.results {
+            write!(f, "{}: read {} detections", self.path.display(), self.read[1])?;
+        } else {
+            write!(
+                f,
+                "{}: read {} images, {} annotations, {} categories",
+                self.path.display(),
+                self.read[0],
+                self.read[1],
+                self.read[2]
+            )?;
+        }
         if self.areas_filled > 0 {
             write!(f, "; {} missing areas filled with w*h", self.areas_filled)?;
         }
@@ -543,7 +549,7 @@ pub fn validate_results(path: &Path, mut dets: Vec<Detection>, gt: &Dataset, pol
     let n = dets.len();
     let mut k = keep.iter();
     dets.retain(|_| *k.next().unwrap());
-    let summary = LoadSummary { path: path.to_path_buf(), read: [0, n, 0], skipped: c.issues, areas_filled: 0 };
+    let summary = LoadSummary { path: path.to_path_buf(), read: [0, n, 0], skipped: c.issues, areas_filled: 0, results: true };
     Ok((dets, summary))
 }
 
