@@ -3,6 +3,8 @@
 pub mod hungarian;
 
 // @coco
+pub mod coco;
+pub mod eval;
 
 // @box
 pub mod boxes;
