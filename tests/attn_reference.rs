@@ -51,7 +51,7 @@ fn timestep_embedding_matches_diffusers() {
         let want = floats(&c["emb"]);
         // Both sides round t * f to f32 the same way; torch's f32 exp/sin/cos (SLEEF, <= 1 ulp) may differ from
         // our correctly rounded ones by an ulp of the frequency, which moves an argument near t = 999 by about
-        // one f32 ulp of 999 (6e-5). Seen: see the printed value.
+        // one f32 ulp of 999 (6e-5). Seen: 5.9e-5 at dim 320 (t = 999), 6e-8 at the small dims.
         let d = max_diff(&got, &want);
         eprintln!("timestep dim {dim}: max |diff| {d:.2e}");
         assert!(d <= 1.5e-4, "dim {dim}: {d}");
