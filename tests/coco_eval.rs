@@ -438,3 +438,30 @@ fn cli_eval_reports_and_writes_json() {
     assert!(e.to_string().contains("coco128_jitter.json: ") && e.to_string().contains("is not a ground-truth image"), "{e}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn lenient_skipping_of_unknown_categories_gives_pycocotools_figures() {
+    // pycocotools silently ignores detections of categories that are not in the GT; strict loading refuses
+    // them, lenient loading skips and counts them and must then give pycocotools' figures.
+    let Some(data) = data_dir() else { return };
+    let exp: Expected = serde_json::from_slice(&std::fs::read(fixtures().join("expected.json")).unwrap()).unwrap();
+    let set = exp.sets.iter().find(|s| s.dt == "tinyval_jitter.json").unwrap();
+    let (gt, _) = Dataset::load(data.join(&set.gt), &LoadOptions::default()).unwrap();
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(fixtures().join(&set.dt)).unwrap()).unwrap();
+    let first = v[0].clone();
+    for (i, cat) in [(0usize, 999u64), (5, 0), (17, 91)] {
+        let mut d = first.clone();
+        d["category_id"] = cat.into();
+        d["score"] = serde_json::json!(0.999);
+        v.as_array_mut().unwrap().insert(i, d);
+    }
+    let json = serde_json::to_vec(&v).unwrap();
+    let e = coco::results_from_json(Path::new("extra.json"), &json, &gt, Policy::Strict).unwrap_err();
+    assert_eq!(e.issues().len(), 3, "{e}");
+    let (dts, s) = coco::results_from_json(Path::new("extra.json"), &json, &gt, Policy::Lenient).unwrap();
+    assert_eq!(s.counts(), vec![(IssueKind::UnknownCategoryId, 3)]);
+    let r = eval::evaluate(&gt, &dts, &EvalParams::default());
+    for i in 0..12 {
+        assert!((r.stats[i] - set.stats[i]).abs() <= exp.tolerance, "stat {i}: {} vs {}", r.stats[i], set.stats[i]);
+    }
+}
