@@ -147,9 +147,13 @@ __device__ __forceinline__ void roi_align_bwd(const float* rois, const T* dy, T*
             if (roi_batch(r, n) != b) continue;
             const RoiGeom g = roi_geom(r, out_h, out_w, scale, sr, aligned);
             if (g.gh <= 0 || g.gw <= 0) continue;
-            // Every sample lies within [start, start + bins * bin].
-            const float ey = g.bin_h * (float)out_h, ex = g.bin_w * (float)out_w;
-            if (g.y1 > yhi + 1.0f || g.y1 + ey < ylo - 1.0f || g.x1 > xhi + 1.0f || g.x1 + ex < xlo - 1.0f) continue;
+            // Every sample lies between start and start + bins * bin (below start for an inverted aligned RoI
+            // with a fixed sampling ratio).
+            const float ey = g.y1 + g.bin_h * (float)out_h, ex = g.x1 + g.bin_w * (float)out_w;
+            if (fminf(g.y1, ey) > yhi + 1.0f || fmaxf(g.y1, ey) < ylo - 1.0f || fminf(g.x1, ex) > xhi + 1.0f ||
+                fmaxf(g.x1, ex) < xlo - 1.0f) {
+                continue;
+            }
             int ty0, ty1, tx0, tx1;
             sample_range(g.y1, g.bin_h, g.gh, out_h, ylo, yhi, ty0, ty1);
             sample_range(g.x1, g.bin_w, g.gw, out_w, xlo, xhi, tx0, tx1);

@@ -54,6 +54,37 @@ pub fn roi_align_bwd_case(dt: DType, feat: [usize; 4], k: usize, s: Setting, tol
     Case::new(name, ins, tol, &[&kernel], move |g, x| g.push(op.clone(), &[x[0], x[1]]))
 }
 
+/// RoI Align forward or backward (f32, features [2, 7, 9, 3]) on RoIs whose corners are swapped.
+fn inverted_case(s: Setting, bwd: bool) -> Case {
+    let (aligned, sampling_ratio, spatial_scale, out_h, out_w) = s;
+    let feat = [2usize, 7, 9, 3];
+    let pass = if bwd { "bwd" } else { "fwd" };
+    let name = format!("roi_align_{pass} f32 inverted rois aligned={aligned} sr={sampling_ratio}");
+    let rois = (vec![6, 5], DType::F32, Gen::Rois { images: 2, size: 9.0 / spatial_scale });
+    let kernel = format!("roi_align_{pass}_f32");
+    let swap = |g: &mut crate::graph::Graph, r| -> crate::error::Result<crate::graph::NodeId> {
+        let b = g.slice(r, 1, 0, 1)?;
+        let lo = g.slice(r, 1, 1, 3)?;
+        let hi = g.slice(r, 1, 3, 5)?;
+        g.concat(&[b, hi, lo], 1)
+    };
+    if bwd {
+        let ins = vec![rois, (vec![6, out_h, out_w, 3], DType::F32, Gen::Normal)];
+        let op = Op::RoiAlignBwd { out_h, out_w, spatial_scale, sampling_ratio, aligned, n: 2, h: 7, w: 9 };
+        Case::new(name, ins, roi_tol(DType::F32), &[&kernel], move |g, x| {
+            let r = swap(g, x[0])?;
+            g.push(op.clone(), &[r, x[1]])
+        })
+    } else {
+        let ins = vec![(feat.to_vec(), DType::F32, Gen::Normal), rois];
+        let op = roi_op(s);
+        Case::new(name, ins, roi_tol(DType::F32), &[&kernel], move |g, x| {
+            let r = swap(g, x[1])?;
+            g.push(op.clone(), &[x[0], r])
+        })
+    }
+}
+
 /// torchvision's MultiScaleRoIAlign mapper for P2..P5.
 pub const FPN_LEVELS: Op = Op::FpnLevels { k_min: 2, k_max: 5, canonical_scale: 224.0, canonical_level: 4, eps: 1e-6 };
 
@@ -115,6 +146,13 @@ pub fn cases() -> Vec<Case> {
             };
             v.push(roi_align_case(dt, feat, 7, s, roi_tol(dt)));
             v.push(roi_align_bwd_case(dt, feat, 7, s, roi_tol(dt)));
+        }
+        if dt == DType::F32 {
+            // Inverted RoIs (x2 < x1, y2 < y1): aligned ones with a fixed sampling ratio sample backwards.
+            for s in [(true, 2, 0.25, 2, 3), (false, 2, 0.25, 2, 2), (true, 0, 0.25, 2, 2)] {
+                v.push(inverted_case(s, false));
+                v.push(inverted_case(s, true));
+            }
         }
         v.push(fpn_case(dt, 300, 5));
         v.push(fpn_case(dt, 50, 4));
