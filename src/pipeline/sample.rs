@@ -229,3 +229,12 @@ pub fn bench_unet(
         secs * 1e3
     ))
 }
+
+/// Writes the captured feature levels to a safetensors file (one tensor per level, `[N, h, w, C]`).
+pub fn save_features(out: &SampleOutput, path: &std::path::Path) -> Result<()> {
+    let mut s = ParamStore::new();
+    for (name, t) in &out.features {
+        s.insert(name, t.clone());
+    }
+    s.save_safetensors(path)
+}
