@@ -132,27 +132,14 @@ fn forward_matches_diffusers_cpu_f16() {
     forward_per_block(CpuBackend, DType::F16).expect("the CPU backend runs every op");
 }
 
-fn emu_available() -> bool {
-    if instagen::kernels::compiled() {
-        return true;
-    }
-    assert!(std::env::var("INSTAGEN_REQUIRE_KERNELS").is_err(), "kernels required but not compiled");
-    eprintln!("skipping: kernels were not compiled");
-    false
-}
-
 #[test]
 fn forward_matches_diffusers_emu_f32() {
-    if emu_available() {
-        forward_per_block(EmuBackend::new(), DType::F32);
-    }
+    forward_per_block(EmuBackend::new(), DType::F32);
 }
 
 #[test]
 fn forward_matches_diffusers_emu_f16() {
-    if emu_available() {
-        forward_per_block(EmuBackend::new(), DType::F16);
-    }
+    forward_per_block(EmuBackend::new(), DType::F16);
 }
 
 /// Three DDIM steps with classifier-free guidance (scale 5), uncond and cond batched in one UNet call, each step
