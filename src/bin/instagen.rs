@@ -33,9 +33,9 @@ enum Cmd {
         #[arg(long)]
         seed: Option<u64>,
     },
-    /// Benchmarks: `kernels` times every kernel bench case on a backend.
+    /// Benchmarks: `kernels` times every kernel bench case on a backend; `unet` times one UNet call.
     Bench {
-        /// What to bench: kernels.
+        /// What to bench: kernels, unet.
         what: String,
         #[arg(long)]
         backend: Option<String>,
@@ -44,6 +44,18 @@ enum Cmd {
         /// Minimum seconds of timed runs per case.
         #[arg(long, default_value_t = 0.5)]
         min_seconds: f64,
+        /// Model benches: a diffusers model folder (config.json [+ weights]) or `sd-v1`.
+        #[arg(long, default_value = "sd-v1")]
+        config: String,
+        /// Model benches: batch size.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Model benches: storage dtype (f32, f16, bf16).
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+        /// UNet bench: latent side (default: the config's sample_size).
+        #[arg(long)]
+        latent: Option<usize>,
     },
 
     // @coco
@@ -80,6 +92,15 @@ fn backend_kind(s: Option<String>) -> instagen::Result<BackendKind> {
     }
 }
 
+fn parse_dtype(s: &str) -> instagen::Result<instagen::DType> {
+    match s {
+        "f32" => Ok(instagen::DType::F32),
+        "f16" => Ok(instagen::DType::F16),
+        "bf16" => Ok(instagen::DType::BF16),
+        other => Err(instagen::Error::Other(format!("unknown dtype '{other}' (f32, f16, bf16)"))),
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
     let result = match cli.cmd {
@@ -96,11 +117,17 @@ fn main() {
             });
             backend_kind(backend).and_then(|k| instagen::pipeline::kernels::parity(k, &filter, seed)).map(|s| print!("{s}"))
         }
-        Cmd::Bench { what, backend, filter, min_seconds } => match what.as_str() {
+        Cmd::Bench { what, backend, filter, min_seconds, config, batch, dtype, latent } => match what.as_str() {
             "kernels" => backend_kind(backend)
                 .and_then(|k| instagen::pipeline::kernels::bench(k, &filter, min_seconds))
                 .map(|s| print!("{s}")),
-            other => Err(instagen::Error::Other(format!("unknown bench '{other}' (kernels)"))),
+            "unet" => parse_dtype(&dtype)
+                .and_then(|d| {
+                    let k = backend_kind(backend)?;
+                    instagen::pipeline::sample::bench_unet(k, &config, batch, latent, d, min_seconds)
+                })
+                .map(|s| print!("{s}")),
+            other => Err(instagen::Error::Other(format!("unknown bench '{other}' (kernels, unet)"))),
         },
 
         // @coco

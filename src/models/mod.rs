@@ -7,4 +7,5 @@ pub mod tokenizer;
 // @models
 
 // @unet
+pub mod unet;
 

@@ -2,3 +2,4 @@
 
 pub mod kernels;
 pub mod selfcheck;
+pub mod sample;

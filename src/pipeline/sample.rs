@@ -1,0 +1,240 @@
+//! Guided DDIM sampling (InstaGen stage 2) and the t=1 feature capture (stage 3) around the UNet graph.
+//!
+//! One UNet call per step on the batch `[uncond (N); cond (N)]`; guidance `uncond + s (cond - uncond)` and the
+//! DDIM step run on the host (`models::scheduler`, f64 per element). Initial latents come from our seeded
+//! [`GaussianNoise`] (not torch's stream): `N * h * w * 4` draws in NHWC order, image after image, times
+//! `init_noise_sigma`. At the last step (t = 1 for SD v1 settings) the feature levels of that same call are read
+//! back when asked for. The returned `decoder_latents` are divided by the VAE scale 0.18215, ready for the VAE
+//! decoder.
+//!
+//! The text encoder and VAE are not called here: the caller passes the `uncond`/`cond` contexts (CLIP outputs) and
+//! decodes `decoder_latents`.
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::graph::{Executor, Plan};
+use crate::models::scheduler::{DdimScheduler, GaussianNoise, LATENT_SCALE, classifier_free_guidance};
+use crate::models::unet::{self, UNetConfig, UNetShape};
+use crate::params::ParamStore;
+use crate::tensor::{DType, HostTensor};
+
+#[derive(Clone, Debug)]
+pub struct SampleOptions {
+    pub steps: usize,
+    pub guidance: f32,
+    pub seed: u64,
+    /// Latent height and width (image size / 8).
+    pub height: usize,
+    pub width: usize,
+    /// Storage dtype of the UNet graph (its weights must be stored in it).
+    pub dtype: DType,
+    /// Read the t=1 feature levels at the last step.
+    pub capture_features: bool,
+    /// Start from these latents (`[N, h, w, 4]` NHWC values) instead of the seeded draw.
+    pub init_latents: Option<Vec<f32>>,
+}
+
+impl Default for SampleOptions {
+    /// InstaGen's generation settings: 50 steps, guidance 5, seed 42, 64x64 latents, f16.
+    fn default() -> Self {
+        SampleOptions { steps: 50, guidance: 5.0, seed: 42, height: 64, width: 64, dtype: DType::F16, capture_features: false, init_latents: None }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct SampleOutput {
+    /// The final latents `[N, h, w, 4]` (NHWC), as the scheduler left them.
+    pub latents: HostTensor,
+    /// `latents / 0.18215`, the VAE decoder's input.
+    pub decoder_latents: HostTensor,
+    /// `(name, [N, h, w, C])` feature levels of the last step's call, when captured.
+    pub features: Vec<(String, HostTensor)>,
+    /// The memory plan of the UNet graph (`planned X MiB (naive Y MiB)`).
+    pub plan: String,
+    pub timesteps: Vec<usize>,
+}
+
+/// Seeded initial latents `[n, h, w, 4]` (f32 values; see the module doc for the order).
+pub fn initial_latents(seed: u64, n: usize, h: usize, w: usize, sigma: f32) -> Vec<f32> {
+    GaussianNoise::new(seed).sample(n * h * w * 4, sigma)
+}
+
+/// Runs the guided DDIM loop. `uncond` is `[1 or N, T, D]` (broadcast over the batch when 1), `cond` `[N, T, D]`;
+/// both in `opts.dtype`. `progress(step, total)` is called after each step.
+pub fn sample<B: Backend>(
+    backend: B,
+    cfg: &UNetConfig,
+    weights: &ParamStore,
+    mut sched: DdimScheduler,
+    uncond: &HostTensor,
+    cond: &HostTensor,
+    opts: &SampleOptions,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<SampleOutput> {
+    let bad = |msg: String| Error::Mismatch { what: "sample".into(), msg };
+    if cond.shape.len() != 3 || uncond.shape.len() != 3 || uncond.shape[1..] != cond.shape[1..] {
+        return Err(bad(format!("contexts must be [N, T, D] and [1 or N, T, D]; got uncond {:?}, cond {:?}", uncond.shape, cond.shape)));
+    }
+    let (n, t, d) = (cond.shape[0], cond.shape[1], cond.shape[2]);
+    if uncond.shape[0] != 1 && uncond.shape[0] != n {
+        return Err(bad(format!("uncond batch {} must be 1 or {n}", uncond.shape[0])));
+    }
+    if uncond.dtype != opts.dtype || cond.dtype != opts.dtype {
+        return Err(bad(format!("contexts must be {} (got {} and {})", opts.dtype, uncond.dtype, cond.dtype)));
+    }
+    let shape = UNetShape {
+        batch: 2 * n,
+        height: opts.height,
+        width: opts.width,
+        context_len: t,
+        dtype: opts.dtype,
+        features: opts.capture_features,
+        taps: false,
+    };
+    let ug = unet::build(cfg, &shape)?;
+    let plan = Plan::new(&ug.graph);
+    let plan_text = plan.summary();
+    let mut ex = Executor::with_plan(backend, ug.graph.clone(), plan, weights)?;
+
+    // Context [uncond x N; cond], fixed for the whole run.
+    let row = t * d * opts.dtype.size();
+    let mut ctx = Vec::with_capacity(2 * n * row);
+    for i in 0..n {
+        let j = if uncond.shape[0] == 1 { 0 } else { i };
+        ctx.extend_from_slice(&uncond.data[j * row..(j + 1) * row]);
+    }
+    ctx.extend_from_slice(&cond.data);
+    let context = HostTensor::from_bytes(&[2 * n, t, d], opts.dtype, ctx)?;
+
+    sched.set_timesteps(opts.steps)?;
+    let timesteps = sched.timesteps().to_vec();
+    let (h, w) = (opts.height, opts.width);
+    let mut latents = match &opts.init_latents {
+        Some(v) if v.len() == n * h * w * 4 => v.iter().map(|x| x * sched.init_noise_sigma()).collect(),
+        Some(v) => return Err(bad(format!("init_latents has {} values, want {n}x{h}x{w}x4", v.len()))),
+        None => initial_latents(opts.seed, n, h, w, sched.init_noise_sigma()),
+    };
+    let len = latents.len();
+    let mut features = Vec::new();
+    for (i, &ts) in timesteps.iter().enumerate() {
+        let model_in = sched.scale_model_input(&latents, ts);
+        let doubled: Vec<f32> = model_in.iter().chain(model_in.iter()).copied().collect();
+        let sample = HostTensor::from_f32(&[2 * n, h, w, 4], opts.dtype, &doubled)?;
+        let tt = HostTensor::from_f32(&[2 * n], DType::F32, &vec![ts as f32; 2 * n])?;
+        ex.run(&[("sample", &sample), ("timestep", &tt), ("context", &context)])?;
+        let eps = ex.get(ug.nodes.out)?.to_f32();
+        let guided = classifier_free_guidance(&eps[..len], &eps[len..], opts.guidance)?;
+        latents = sched.step(&guided, ts, &latents, 0.0, None)?.prev_sample;
+        if i + 1 == timesteps.len() {
+            for (name, id) in &ug.features {
+                features.push((name.clone(), ex.get(*id)?));
+            }
+        }
+        progress(i + 1, timesteps.len());
+    }
+    let decoder: Vec<f32> = latents.iter().map(|v| v / LATENT_SCALE).collect();
+    Ok(SampleOutput {
+        latents: HostTensor::from_f32(&[n, h, w, 4], DType::F32, &latents)?,
+        decoder_latents: HostTensor::from_f32(&[n, h, w, 4], DType::F32, &decoder)?,
+        features,
+        plan: plan_text,
+        timesteps,
+    })
+}
+
+/// Weights for a UNet config directory: `diffusion_pytorch_model.safetensors` (or its `.fp16` variant) cast to
+/// `dtype`, or, when the directory has no weights, PyTorch-like random ones (for timing only).
+pub fn unet_weights(dir: &std::path::Path, graph: &crate::graph::Graph, dtype: DType) -> Result<(ParamStore, String)> {
+    for file in ["diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors"] {
+        let p = dir.join(file);
+        if p.exists() {
+            let raw = ParamStore::load_safetensors(&p)?;
+            let mut s = ParamStore::new();
+            for (k, v) in raw.iter() {
+                s.insert(k, if v.dtype == dtype { v.clone() } else { v.cast(dtype) });
+            }
+            return Ok((s, p.display().to_string()));
+        }
+    }
+    Ok((crate::nn::init_params(graph, 0)?, "random (no weights in the directory)".into()))
+}
+
+fn time_unet<B: Backend>(
+    backend: B,
+    cfg: &UNetConfig,
+    shape: &UNetShape,
+    weights: &ParamStore,
+    min_seconds: f64,
+) -> Result<(f64, usize, String)> {
+    let ug = unet::build(cfg, shape)?;
+    let plan = Plan::new(&ug.graph);
+    let summary = plan.summary();
+    let mut ex = Executor::with_plan(backend, ug.graph.clone(), plan, weights)?;
+    let n = shape.batch;
+    let sample = HostTensor::from_f32(
+        &[n, shape.height, shape.width, cfg.in_channels],
+        shape.dtype,
+        &initial_latents(1, n, shape.height, shape.width, 1.0)[..n * shape.height * shape.width * cfg.in_channels],
+    )?;
+    let tt = HostTensor::from_f32(&[n], DType::F32, &vec![501.0; n])?;
+    let ctx_vals = GaussianNoise::new(2).sample(n * shape.context_len * cfg.cross_attention_dim, 1.0);
+    let context = HostTensor::from_f32(&[n, shape.context_len, cfg.cross_attention_dim], shape.dtype, &ctx_vals)?;
+    let feed = [("sample", &sample), ("timestep", &tt), ("context", &context)];
+    ex.run(&feed)?; // warm-up (module loads, first-touch of the arena)
+    ex.get(ug.nodes.out)?;
+    let start = std::time::Instant::now();
+    let mut calls = 0;
+    while calls < 2 || start.elapsed().as_secs_f64() < min_seconds {
+        ex.run(&feed)?;
+        ex.get(ug.nodes.out)?; // waits for the device
+        calls += 1;
+    }
+    Ok((start.elapsed().as_secs_f64() / calls as f64, calls, summary))
+}
+
+/// `instagen bench unet`: the time per UNet call at `config_dir`'s config (a diffusers `unet/` folder with
+/// `config.json`, or `sd-v1` for SD v1.x with random weights) and the given batch, latent size and dtype.
+pub fn bench_unet(
+    kind: crate::backend::BackendKind,
+    config: &str,
+    batch: usize,
+    latent: Option<usize>,
+    dtype: DType,
+    min_seconds: f64,
+) -> Result<String> {
+    use crate::backend::BackendKind;
+    let (cfg, dir) = if config == "sd-v1" {
+        (UNetConfig::sd_v1(), None)
+    } else {
+        let dir = std::path::PathBuf::from(config);
+        let file = if dir.is_dir() { dir.join("config.json") } else { dir.clone() };
+        (UNetConfig::from_file(&file)?, file.parent().map(|p| p.to_path_buf()))
+    };
+    let side = latent.unwrap_or(cfg.sample_size);
+    let shape = UNetShape { batch, height: side, width: side, context_len: 77, dtype, features: false, taps: false };
+    let graph = unet::build(&cfg, &shape)?.graph;
+    let (weights, source) = match &dir {
+        Some(d) => unet_weights(d, &graph, dtype)?,
+        None => (crate::nn::init_params(&graph, 0)?, "random".into()),
+    };
+    let (secs, calls, plan) = match kind {
+        BackendKind::Cpu => time_unet(crate::backend::cpu::CpuBackend, &cfg, &shape, &weights, min_seconds)?,
+        BackendKind::Emu => time_unet(crate::backend::emu::EmuBackend::new(), &cfg, &shape, &weights, min_seconds)?,
+        BackendKind::Cuda => time_unet(crate::backend::cuda::CudaBackend::new(0)?, &cfg, &shape, &weights, min_seconds)?,
+    };
+    Ok(format!(
+        "unet {config}: batch {batch}, latent {side}x{side}, context 77x{}, {dtype}, backend {kind:?}, weights {source}\n\
+         memory: {plan}\n{:.3} ms per call ({calls} calls)\n",
+        cfg.cross_attention_dim,
+        secs * 1e3
+    ))
+}
+
+/// Writes the captured feature levels to a safetensors file (one tensor per level, `[N, h, w, C]`).
+pub fn save_features(out: &SampleOutput, path: &std::path::Path) -> Result<()> {
+    let mut s = ParamStore::new();
+    for (name, t) in &out.features {
+        s.insert(name, t.clone());
+    }
+    s.save_safetensors(path)
+}
