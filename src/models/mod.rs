@@ -5,6 +5,8 @@ pub mod scheduler;
 pub mod tokenizer;
 
 // @models
+pub mod config;
+pub mod weights;
 
 // @unet
 
