@@ -291,6 +291,9 @@ fn every_op_kind_is_gradient_checked() {
     linear_and_attention_params();
 
     // @conv
+    conv2d_cases();
+    group_norm_cases();
+    upsample_nearest2x_case();
 
     // @attn
 
@@ -305,6 +308,50 @@ fn every_op_kind_is_gradient_checked() {
 }
 
 // @conv
+#[test]
+fn conv2d_cases() {
+    use instagen::graph::Op;
+    // (x shape, cout, k, stride, padding): 3x3 and 1x1, stride 1 and 2, padding 0 and 1, odd sizes.
+    let cases: [(&[usize], usize, usize, usize, usize); 5] = [
+        (&[2, 4, 5, 3], 2, 3, 1, 1),
+        (&[1, 5, 5, 2], 3, 3, 2, 1),
+        (&[1, 6, 5, 2], 2, 3, 2, 0),
+        (&[2, 3, 4, 3], 2, 1, 1, 0),
+        (&[1, 5, 4, 2], 3, 1, 2, 0),
+    ];
+    for (xs, cout, k, s, p) in cases {
+        check(&format!("conv2d {xs:?} -> {cout} k{k} s{s} p{p} (params)"), &[(xs, Gen::Normal)], |g, x| {
+            nn::spatial::conv2d(g, x[0], "conv", xs[3], cout, k, s, p)
+        });
+    }
+    check("conv2d no bias, weight as input", &[(&[1, 4, 4, 2], Gen::Normal), (&[3, 2, 3, 3], Gen::Normal)], |g, x| {
+        g.push(Op::Conv2d { stride: 1, padding: 1, bias: false }, &[x[0], x[1]])
+    });
+    // The backward ops are linear in each input; their own gradients are convolutions again.
+    check("conv2d_bwd_data as a forward op", &[(&[1, 3, 3, 2], Gen::Normal), (&[2, 3, 3, 3], Gen::Normal)], |g, x| {
+        g.push(Op::Conv2dBwdData { stride: 2, padding: 1, h: 6, w: 5 }, &[x[0], x[1]])
+    });
+    check("conv2d_bwd_weight as a forward op", &[(&[1, 5, 4, 2], Gen::Normal), (&[1, 3, 2, 3], Gen::Normal)], |g, x| {
+        g.push(Op::Conv2dBwdWeight { stride: 2, padding: 1, kh: 3, kw: 3 }, &[x[0], x[1]])
+    });
+}
+
+#[test]
+fn group_norm_cases() {
+    for (silu, eps) in [(false, 1e-5), (true, 1e-6)] {
+        check(&format!("group_norm silu={silu} (params)"), &[(&[2, 3, 2, 6], Gen::Normal)], |g, x| {
+            nn::spatial::group_norm(g, x[0], "norm", 3, eps, silu)
+        });
+    }
+    check("group_norm rank 3, one group (params)", &[(&[2, 5, 4], Gen::Normal)], |g, x| {
+        nn::spatial::group_norm(g, x[0], "norm", 1, 1e-5, true)
+    });
+}
+
+#[test]
+fn upsample_nearest2x_case() {
+    check("upsample_nearest2x", &[(&[2, 2, 3, 2], Gen::Normal)], |g, x| nn::spatial::upsample_nearest2x(g, x[0]));
+}
 
 // @attn
 

@@ -218,6 +218,86 @@ fn input_grads(g: &mut Graph, id: NodeId, dy: NodeId, needs: &[bool]) -> Result<
             vec![Some(g.cast(dy, d)?)]
         }
         // @conv
+        Op::Conv2d { stride, padding, bias } => {
+            let (x, w) = (ins[0], ins[1]);
+            let (xs, ws) = (shape_of(g, 0), shape_of(g, 1));
+            let (stride, padding) = (*stride, *padding);
+            let dx = if needs[0] {
+                Some(g.push(Op::Conv2dBwdData { stride, padding, h: xs[1], w: xs[2] }, &[dy, w])?)
+            } else {
+                None
+            };
+            let dw = if needs[1] {
+                Some(g.push(Op::Conv2dBwdWeight { stride, padding, kh: ws[2], kw: ws[3] }, &[x, dy])?)
+            } else {
+                None
+            };
+            let mut v = vec![dx, dw];
+            if *bias {
+                v.push(if needs[2] { Some(g.sum(dy, &[0, 1, 2], false)?) } else { None });
+            }
+            v
+        }
+        // Both backward ops are linear in each input, so their gradients are convolutions again.
+        Op::Conv2dBwdData { stride, padding, .. } => {
+            // dx = BwdData(dy, w): d dy = Conv2d(G, w), d w = BwdWeight(G, dy).
+            let (dyin, w) = (ins[0], ins[1]);
+            let ws = shape_of(g, 1);
+            let (stride, padding) = (*stride, *padding);
+            let a = if needs[0] { Some(g.push(Op::Conv2d { stride, padding, bias: false }, &[dy, w])?) } else { None };
+            let b = if needs[1] {
+                Some(g.push(Op::Conv2dBwdWeight { stride, padding, kh: ws[2], kw: ws[3] }, &[dy, dyin])?)
+            } else {
+                None
+            };
+            vec![a, b]
+        }
+        Op::Conv2dBwdWeight { stride, padding, .. } => {
+            // dw = BwdWeight(x, dy): d x = BwdData(dy, G), d dy = Conv2d(x, G).
+            let (x, dyin) = (ins[0], ins[1]);
+            let xs = shape_of(g, 0);
+            let (stride, padding) = (*stride, *padding);
+            let a = if needs[0] {
+                Some(g.push(Op::Conv2dBwdData { stride, padding, h: xs[1], w: xs[2] }, &[dyin, dy])?)
+            } else {
+                None
+            };
+            let b = if needs[1] { Some(g.push(Op::Conv2d { stride, padding, bias: false }, &[x, dy])?) } else { None };
+            vec![a, b]
+        }
+        Op::GroupNorm { groups, eps, silu } => {
+            let (groups, eps, silu) = (*groups, *eps, *silu);
+            let (x, w, b) = (ins[0], ins[1], ins[2]);
+            let dx = if needs[0] { Some(g.push(Op::GroupNormBwd { groups, eps, silu }, &[x, w, b, dy])?) } else { None };
+            let (dw, db) = if needs[1] || needs[2] {
+                // xhat = GroupNorm(x, 1, 0); gz = dy * silu'(xhat * w + b) (or dy);
+                // dweight = sum(gz * xhat), dbias = sum(gz) over every axis but the channels.
+                let xs = shape_of(g, 0);
+                let c = xs[xs.len() - 1];
+                let dt = g.dtype(x);
+                let ones = g.fill(1.0, &[c], dt);
+                let zeros = g.fill(0.0, &[c], dt);
+                let xhat = g.push(Op::GroupNorm { groups, eps, silu: false }, &[x, ones, zeros])?;
+                let gz = if silu {
+                    let z = g.mul(xhat, w)?;
+                    let z = g.add(z, b)?;
+                    g.push(Op::UnaryBwd(UnaryOp::Silu), &[z, dy])?
+                } else {
+                    dy
+                };
+                let lead: Vec<usize> = (0..xs.len() - 1).collect();
+                let t = g.mul(gz, xhat)?;
+                let dw = if needs[1] { Some(g.sum(t, &lead, false)?) } else { None };
+                let db = if needs[2] { Some(g.sum(gz, &lead, false)?) } else { None };
+                (dw, db)
+            } else {
+                (None, None)
+            };
+            vec![dx, dw, db]
+        }
+        Op::GroupNormBwd { .. } => {
+            return Err(Error::graph(node.op.describe(), "second-order gradients are not supported"));
+        }
 
         // @attn
 

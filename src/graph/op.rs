@@ -124,6 +124,19 @@ pub enum Op {
     Cast { dtype: DType },
 
     // @conv
+    /// 2-D convolution, NHWC activations: inputs `(x [N,H,W,C], w [O,C,kh,kw][, bias [O]])` -> `[N,Ho,Wo,O]`,
+    /// `Ho = (H + 2*padding - kh) / stride + 1` (zero padding; groups 1, dilation 1).
+    Conv2d { stride: usize, padding: usize, bias: bool },
+    /// Gradient of `Conv2d` w.r.t. x (a transposed convolution): inputs `(dy [N,Ho,Wo,O], w [O,C,kh,kw])` ->
+    /// `dx [N,h,w,C]`.
+    Conv2dBwdData { stride: usize, padding: usize, h: usize, w: usize },
+    /// Gradient of `Conv2d` w.r.t. the weight: inputs `(x [N,H,W,C], dy [N,Ho,Wo,O])` -> `dw [O,C,kh,kw]`.
+    Conv2dBwdWeight { stride: usize, padding: usize, kh: usize, kw: usize },
+    /// Group norm over `x [N, ..., C]` (statistics per sample and group of `C/groups` channels, over every middle
+    /// axis, biased variance), then `* weight[C] + bias[C]`, then SiLU when `silu`; inputs `(x, weight, bias)`.
+    GroupNorm { groups: usize, eps: f32, silu: bool },
+    /// Gradient of `GroupNorm` w.r.t. x; inputs `(x, weight, bias, dy)`.
+    GroupNormBwd { groups: usize, eps: f32, silu: bool },
 
     // @attn
 
@@ -139,6 +152,7 @@ pub const OP_KINDS: &[&str] = &[
     "layer_norm", "layer_norm_bwd", "reshape", "permute", "broadcast_to", "concat", "slice", "pad", "cast",
 
     // @conv
+    "conv2d", "conv2d_bwd_data", "conv2d_bwd_weight", "group_norm", "group_norm_bwd",
 
     // @attn
 
@@ -173,6 +187,11 @@ impl Op {
             Op::Cast { .. } => "cast",
 
             // @conv
+            Op::Conv2d { .. } => "conv2d",
+            Op::Conv2dBwdData { .. } => "conv2d_bwd_data",
+            Op::Conv2dBwdWeight { .. } => "conv2d_bwd_weight",
+            Op::GroupNorm { .. } => "group_norm",
+            Op::GroupNormBwd { .. } => "group_norm_bwd",
 
             // @attn
 
@@ -256,6 +275,10 @@ pub fn infer(op: &Op, shapes: &[&[usize]], dtypes: &[DType]) -> Result<(Vec<usiz
         Op::Concat { .. } => None,
 
         // @conv
+        Op::Conv2d { bias, .. } => Some(if *bias { 3 } else { 2 }),
+        Op::Conv2dBwdData { .. } | Op::Conv2dBwdWeight { .. } => Some(2),
+        Op::GroupNorm { .. } => Some(3),
+        Op::GroupNormBwd { .. } => Some(4),
 
         // @attn
 
@@ -415,6 +438,72 @@ pub fn infer(op: &Op, shapes: &[&[usize]], dtypes: &[DType]) -> Result<(Vec<usiz
         Op::Cast { dtype } => Ok((shapes[0].to_vec(), *dtype)),
 
         // @conv
+        Op::Conv2d { .. } | Op::Conv2dBwdData { .. } | Op::Conv2dBwdWeight { .. } => {
+            require_float(op, dtypes)?;
+            let d = same_dtype(op, dtypes)?;
+            let (a, b) = (shapes[0], shapes[1]);
+            if a.len() != 4 || b.len() != 4 {
+                return err(format!("needs rank-4 inputs, got {a:?} and {b:?}"));
+            }
+            // Output size along one axis: (size + 2*padding - k) / stride + 1.
+            let out = |size: usize, k: usize, stride: usize, padding: usize| -> Result<usize> {
+                if stride == 0 || k == 0 || size + 2 * padding < k {
+                    return Err(Error::graph(
+                        op.describe(),
+                        format!("a {k}-wide kernel (stride {stride}, padding {padding}) does not fit size {size}"),
+                    ));
+                }
+                Ok((size + 2 * padding - k) / stride + 1)
+            };
+            match *op {
+                Op::Conv2d { stride, padding, bias } => {
+                    // (x [N,H,W,C], w [O,C,kh,kw][, bias [O]])
+                    if a[3] != b[1] {
+                        return err(format!("x {a:?} has {} channels but w {b:?} expects {}", a[3], b[1]));
+                    }
+                    if bias && shapes[2] != [b[0]] {
+                        return err(format!("bias shape {:?} is not [{}]", shapes[2], b[0]));
+                    }
+                    Ok((vec![a[0], out(a[1], b[2], stride, padding)?, out(a[2], b[3], stride, padding)?, b[0]], d))
+                }
+                Op::Conv2dBwdData { stride, padding, h, w } => {
+                    // (dy [N,Ho,Wo,O], w [O,C,kh,kw])
+                    let (ho, wo) = (out(h, b[2], stride, padding)?, out(w, b[3], stride, padding)?);
+                    if a[1..] != [ho, wo, b[0]] {
+                        return err(format!("dy {a:?} does not match a {h}x{w} input convolved with w {b:?}"));
+                    }
+                    Ok((vec![a[0], h, w, b[1]], d))
+                }
+                Op::Conv2dBwdWeight { stride, padding, kh, kw } => {
+                    // (x [N,H,W,C], dy [N,Ho,Wo,O])
+                    let (ho, wo) = (out(a[1], kh, stride, padding)?, out(a[2], kw, stride, padding)?);
+                    if a[0] != b[0] || b[1] != ho || b[2] != wo {
+                        return err(format!("dy {b:?} does not match x {a:?} convolved with a {kh}x{kw} kernel"));
+                    }
+                    Ok((vec![b[3], a[3], kh, kw], d))
+                }
+                _ => unreachable!(),
+            }
+        }
+        Op::GroupNorm { groups, .. } | Op::GroupNormBwd { groups, .. } => {
+            require_float(op, dtypes)?;
+            let d = same_dtype(op, dtypes)?;
+            let x = shapes[0];
+            if x.len() < 2 {
+                return err(format!("needs x [N, ..., C] of rank >= 2, got {x:?}"));
+            }
+            let c = x[x.len() - 1];
+            if *groups == 0 || c % groups != 0 {
+                return err(format!("{c} channels do not split into {groups} groups"));
+            }
+            if shapes[1] != [c] || shapes[2] != [c] {
+                return err(format!("weight/bias shapes {:?}/{:?} are not [{c}]", shapes[1], shapes[2]));
+            }
+            if shapes.len() == 4 && shapes[3] != x {
+                return err(format!("dy shape {:?} differs from x shape {x:?}", shapes[3]));
+            }
+            Ok((x.to_vec(), d))
+        }
 
         // @attn
 

@@ -1,6 +1,8 @@
 //! Layers that build sub-graphs and own their parameter names (PyTorch layouts: a Linear weight is
 //! `[out, in]`), so checkpoints load by walking names.
 
+pub mod spatial;
+
 use crate::error::Result;
 use crate::graph::{BinaryOp, Graph, NodeId, UnaryOp};
 use crate::params::ParamStore;

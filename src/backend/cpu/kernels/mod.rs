@@ -19,6 +19,8 @@ mod scratch;
 mod walk;
 
 // @conv
+mod conv;
+mod groupnorm;
 
 // @attn
 
@@ -142,6 +144,22 @@ pub fn run_op(op: &Op, ins: &[View], out: &View, out_bytes: &mut [u8]) -> Result
         Op::Cast { dtype } => movement::cast(&ins[0], *dtype, out_bytes),
 
         // @conv
+        Op::Conv2d { stride, padding, bias } => {
+            let b = if *bias { Some(&ins[2]) } else { None };
+            conv::conv2d(*stride, *padding, &ins[0], &ins[1], b, out, out_bytes)
+        }
+        Op::Conv2dBwdData { stride, padding, .. } => {
+            conv::conv2d_bwd_data(*stride, *padding, &ins[0], &ins[1], out, out_bytes)
+        }
+        Op::Conv2dBwdWeight { stride, padding, .. } => {
+            conv::conv2d_bwd_weight(*stride, *padding, &ins[0], &ins[1], out, out_bytes)
+        }
+        Op::GroupNorm { groups, eps, silu } => {
+            groupnorm::group_norm(*groups, *eps, *silu, &ins[0], &ins[1], &ins[2], out, out_bytes)
+        }
+        Op::GroupNormBwd { groups, eps, silu } => {
+            groupnorm::group_norm_bwd(*groups, *eps, *silu, &ins[0], &ins[1], &ins[2], &ins[3], out, out_bytes)
+        }
 
         // @attn
 
