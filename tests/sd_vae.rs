@@ -8,7 +8,7 @@ mod sd_util;
 use instagen::models::vae::Vae;
 use instagen::models::weights::{Component, SdCheckpoint};
 use instagen::tensor::{DType, HostTensor};
-use sd_util::{activations, fixtures, rel_max, run};
+use sd_util::{activations, fixtures, rel_max, run, run_cpu};
 
 /// Per-tensor bounds on `max|err| / max|ref|` (measured worst on cpu and emu: f32 8.9e-7, f16 2.3e-3).
 /// f32: f32 arithmetic against a float64 reference through ~20 convolutions (sums of up to 288 products), 4
@@ -47,7 +47,7 @@ fn check_encoder(backend: &str, dtype: DType) -> f32 {
     let mut names: Vec<&str> = enc.blocks.iter().map(|b| b.0.as_str()).collect();
     outs.extend([enc.mean, enc.logvar, enc.sample]);
     names.extend(["mean", "logvar", "latent"]);
-    let got = run(backend, &enc.graph, &store, &feed, &outs);
+    let Some(got) = run(backend, &enc.graph, &store, &feed, &outs) else { return 0.0 };
     compare(&format!("encoder {backend}"), dtype, &names, &got)
 }
 
@@ -63,7 +63,7 @@ fn check_decoder(backend: &str, dtype: DType) -> f32 {
     let mut names: Vec<&str> = dec.blocks.iter().map(|b| b.0.as_str()).collect();
     outs.push(dec.image);
     names.push("decoded");
-    let got = run(backend, &dec.graph, &store, &feed, &outs);
+    let Some(got) = run(backend, &dec.graph, &store, &feed, &outs) else { return 0.0 };
     compare(&format!("decoder {backend}"), dtype, &names, &got)
 }
 
@@ -119,7 +119,7 @@ fn compvis_single_file_loads_the_same_vae() {
     assert_eq!(wd.module_keys().collect::<Vec<_>>(), wc.module_keys().collect::<Vec<_>>());
     assert!(wd.path().ends_with("vae/diffusion_pytorch_model.fp16.safetensors"), "fp16 variant: {}", wd.path().display());
     let store = wc.load_for(&dec.graph).unwrap();
-    let got = run("cpu", &dec.graph, &store, &[(Vae::LATENT.to_string(), z.clone())], &[dec.image]);
+    let got = run_cpu(&dec.graph, &store, &[(Vae::LATENT.to_string(), z.clone())], &[dec.image]);
     assert!(rel_max(&got[0].to_f32(), &acts.get("decoded").unwrap().to_f32()) <= bound(DType::F32));
 }
 
@@ -134,8 +134,8 @@ fn scaled_latent_and_our_noise() {
     let scaled = vae.decode_graph(1, z.shape[1], z.shape[2], true, false).unwrap();
     let w = diff.component(Component::Vae).unwrap();
     let zs = HostTensor::from_f32(&z.shape, DType::F32, &z.to_f32().iter().map(|v| v * sf).collect::<Vec<_>>()).unwrap();
-    let a = run("cpu", &plain.graph, &w.load_for(&plain.graph).unwrap(), &[(Vae::LATENT.into(), z.clone())], &[plain.image]);
-    let b = run("cpu", &scaled.graph, &w.load_for(&scaled.graph).unwrap(), &[(Vae::LATENT.into(), zs)], &[scaled.image]);
+    let a = run_cpu(&plain.graph, &w.load_for(&plain.graph).unwrap(), &[(Vae::LATENT.into(), z.clone())], &[plain.image]);
+    let b = run_cpu(&scaled.graph, &w.load_for(&scaled.graph).unwrap(), &[(Vae::LATENT.into(), zs)], &[scaled.image]);
     assert!(rel_max(&b[0].to_f32(), &a[0].to_f32()) < 1e-5);
     let n1 = vae.noise(7, &[1, 4, 4, 4]).unwrap();
     assert_eq!(n1, vae.noise(7, &[1, 4, 4, 4]).unwrap());
