@@ -33,6 +33,7 @@ enum UnaryCode {
     UNARY_COS = 15,
     UNARY_AFFINE = 16,  // y = p0 * x + p1
     UNARY_POWF = 17,    // y = x ^ p0
+    UNARY_QUICK_GELU = 18,  // y = x * sigmoid(1.702 x)
 };
 
 enum BinaryCode {
@@ -110,6 +111,11 @@ UNARY_FUNCTOR(UAffine, return fmaf(p0, x, p1), return p0)
 // PyTorch: the gradient of x^0 is 0 everywhere.
 UNARY_FUNCTOR(UPowf, return powf(x, p0), return p0 == 0.0f ? 0.0f : p0 * powf(x, p0 - 1.0f))
 
+// x sigmoid(k x) with k = 1.702 (CLIP); derivative s + k x s (1 - s).
+#define QUICK_GELU_K 1.702f
+UNARY_FUNCTOR(UQuickGelu, return x * sigmoid_stable(QUICK_GELU_K * x),
+              float s; float sc; sigmoid_pair(QUICK_GELU_K * x, s, sc); return s + QUICK_GELU_K * x * s * sc)
+
 // ---- contiguous maps --------------------------------------------------------------------------------------
 
 // y[i] = f(x[i]) for T storage; 16-byte packs when x and y are aligned, then the tail one element at a time.
@@ -165,6 +171,7 @@ __device__ __forceinline__ void unary_dispatch(int op, float p0, float p1, R run
         case UNARY_COS: run(UCos{p0, p1}); break;
         case UNARY_AFFINE: run(UAffine{p0, p1}); break;
         case UNARY_POWF: run(UPowf{p0, p1}); break;
+        case UNARY_QUICK_GELU: run(UQuickGelu{p0, p1}); break;
         default: break;
     }
 }

@@ -296,6 +296,8 @@ fn every_op_kind_is_gradient_checked() {
     upsample_nearest2x_case();
 
     // @attn
+    attention_ops();
+    sd_misc_ops();
 
     // @box
 
@@ -354,6 +356,41 @@ fn upsample_nearest2x_case() {
 }
 
 // @attn
+
+#[test]
+fn attention_ops() {
+    use instagen::graph::Op;
+    // Cross-attention shape (Tk != Tq, several heads and batches), then causal self-attention.
+    let (q, kv): (&[usize], &[usize]) = (&[2, 3, 2, 4], &[2, 5, 2, 4]);
+    check("attention", &[(q, Gen::Normal), (kv, Gen::Normal), (kv, Gen::Normal)], |g, x| {
+        g.push(Op::Attention { causal: false, scale: 0.6 }, &[x[0], x[1], x[2]])
+    });
+    let s: &[usize] = &[1, 4, 2, 3];
+    check("attention causal", &[(s, Gen::Normal), (s, Gen::Normal), (s, Gen::Normal)], |g, x| {
+        g.push(Op::Attention { causal: true, scale: 0.8 }, &[x[0], x[1], x[2]])
+    });
+    // Only some inputs on the path to the loss (dq and dv slices alone), and the nn wrapper over [B, T, C].
+    check("attention q and v only", &[(q, Gen::Normal), (kv, Gen::Normal)], |g, x| {
+        let k = g.fill(0.3, kv, DType::F32);
+        g.push(Op::Attention { causal: false, scale: 1.0 }, &[x[0], k, x[1]])
+    });
+    check("nn::attention (causal, 2 heads)", &[(&[2, 4, 6], Gen::Normal), (&[2, 4, 6], Gen::Normal), (&[2, 4, 6], Gen::Normal)], |g, x| {
+        nn::attention::attention(g, x[0], x[1], x[2], 2, true)
+    });
+}
+
+#[test]
+fn sd_misc_ops() {
+    use instagen::graph::Op;
+    check("geglu", &[(&[2, 3, 8], Gen::Normal)], |g, x| g.push(Op::Geglu, &[x[0]]));
+    check("unary QuickGelu", &[(&[3, 5], Gen::Normal)], |g, x| g.unary(UnaryOp::QuickGelu, x[0]));
+    // The embedding is not differentiable in t: t is a constant here, the gradient flows to the other factor.
+    check("timestep_embedding (constant t)", &[(&[3, 9], Gen::Normal)], |g, x| {
+        let t = g.fill(17.0, &[3], DType::F32);
+        let e = g.push(Op::TimestepEmbedding { dim: 9, flip_sin_to_cos: true, shift: 0.0, max_period: 10000.0 }, &[t])?;
+        g.mul(e, x[0])
+    });
+}
 
 // @box
 

@@ -300,6 +300,25 @@ fn input_grads(g: &mut Graph, id: NodeId, dy: NodeId, needs: &[bool]) -> Result<
         }
 
         // @attn
+        Op::Attention { causal, scale } => {
+            // Flash-attention 2 style: the backward recomputes P from q, k and the row logsumexp (a first pass
+            // over the keys, `AttentionStats`, which also forms delta = rowsum(dy * o)), then one fused op.
+            let (causal, scale) = (*causal, *scale);
+            let (q, k, v) = (ins[0], ins[1], ins[2]);
+            let (tq, tk) = (g.shape(q)[1], g.shape(k)[1]);
+            let stats = g.push(Op::AttentionStats { causal, scale }, &[q, k, id, dy])?;
+            let all = g.push(Op::AttentionBwd { causal, scale }, &[q, k, v, dy, stats])?;
+            let mut v = Vec::with_capacity(3);
+            for (i, (a, b)) in [(0, tq), (tq, tq + tk), (tq + tk, tq + 2 * tk)].into_iter().enumerate() {
+                v.push(if needs[i] { Some(g.slice(all, 1, a, b)?) } else { None });
+            }
+            v
+        }
+        Op::Geglu => vec![Some(g.push(Op::GegluBwd, &[ins[0], dy])?)],
+        Op::TimestepEmbedding { .. } => vec![None],
+        Op::AttentionStats { .. } | Op::AttentionBwd { .. } | Op::GegluBwd => {
+            return Err(Error::graph(node.op.describe(), "second-order gradients are not supported"));
+        }
 
         // @box
 

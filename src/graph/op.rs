@@ -31,11 +31,13 @@ pub enum UnaryOp {
     Affine { mul: f32, add: f32 },
     /// `y = x ^ p` (x > 0 where p is not an integer).
     Powf(f32),
+    /// `x * sigmoid(1.702 x)` (CLIP's quick GELU).
+    QuickGelu,
 }
 
 impl UnaryOp {
     /// One instance of every unary op (parameterised ones with example parameters), for tests.
-    pub const EXAMPLES: [UnaryOp; 18] = [
+    pub const EXAMPLES: [UnaryOp; 19] = [
         UnaryOp::Neg,
         UnaryOp::Exp,
         UnaryOp::Log,
@@ -54,6 +56,7 @@ impl UnaryOp {
         UnaryOp::Cos,
         UnaryOp::Affine { mul: -1.5, add: 0.25 },
         UnaryOp::Powf(2.5),
+        UnaryOp::QuickGelu,
     ];
 }
 
@@ -140,6 +143,24 @@ pub enum Op {
 
     // @attn
 
+    /// Fused multi-head attention: inputs `(q [B,Tq,H,D], k [B,Tk,H,D], v [B,Tk,H,D])` -> `[B,Tq,H,D]` =
+    /// `softmax(q k^T * scale) v` per (batch, head), f32 accumulation; `causal` masks key j > query i.
+    Attention { causal: bool, scale: f32 },
+    /// Per-row statistics for the attention backward: inputs `(q, k, o, dy)` (o the forward output) ->
+    /// f32 `[B, H, 2, Tq]`: `[.., 0, i]` = logsumexp_j of the scaled (masked) logits of query i, `[.., 1, i]` =
+    /// `sum_d dy[i,d] * o[i,d]`. Not differentiable.
+    AttentionStats { causal: bool, scale: f32 },
+    /// Attention gradients: inputs `(q, k, v, dy, stats)` (stats from `AttentionStats`) -> `[B, Tq + 2 Tk, H, D]`
+    /// = (dq, dk, dv) concatenated along axis 1.
+    AttentionBwd { causal: bool, scale: f32 },
+    /// `x [..., 2C] -> [..., C] = x[..., :C] * gelu_erf(x[..., C:])` (diffusers GEGLU).
+    Geglu,
+    /// Gradient of `Geglu`: inputs `(x [..., 2C], dy [..., C])` -> dx `[..., 2C]`.
+    GegluBwd,
+    /// Sinusoidal timestep embedding, input t `[N]` -> f32 `[N, dim]`, as diffusers `get_timestep_embedding`
+    /// (`shift` = `downscale_freq_shift`). Not differentiable.
+    TimestepEmbedding { dim: usize, flip_sin_to_cos: bool, shift: f32, max_period: f32 },
+
     // @box
 
     // @roi
@@ -155,6 +176,7 @@ pub const OP_KINDS: &[&str] = &[
     "conv2d", "conv2d_bwd_data", "conv2d_bwd_weight", "group_norm", "group_norm_bwd",
 
     // @attn
+    "attention", "attention_stats", "attention_bwd", "geglu", "geglu_bwd", "timestep_embedding",
 
     // @box
 
@@ -194,6 +216,12 @@ impl Op {
             Op::GroupNormBwd { .. } => "group_norm_bwd",
 
             // @attn
+            Op::Attention { .. } => "attention",
+            Op::AttentionStats { .. } => "attention_stats",
+            Op::AttentionBwd { .. } => "attention_bwd",
+            Op::Geglu => "geglu",
+            Op::GegluBwd => "geglu_bwd",
+            Op::TimestepEmbedding { .. } => "timestep_embedding",
 
             // @box
 
@@ -281,6 +309,11 @@ pub fn infer(op: &Op, shapes: &[&[usize]], dtypes: &[DType]) -> Result<(Vec<usiz
         Op::GroupNormBwd { .. } => Some(4),
 
         // @attn
+        Op::Attention { .. } => Some(3),
+        Op::AttentionStats { .. } => Some(4),
+        Op::AttentionBwd { .. } => Some(5),
+        Op::Geglu | Op::TimestepEmbedding { .. } => Some(1),
+        Op::GegluBwd => Some(2),
 
         // @box
 
@@ -506,6 +539,71 @@ pub fn infer(op: &Op, shapes: &[&[usize]], dtypes: &[DType]) -> Result<(Vec<usiz
         }
 
         // @attn
+        // q [B,Tq,H,D], k and v [B,Tk,H,D], o and dy like q, stats [B,H,2,Tq] f32.
+        Op::Attention { .. } | Op::AttentionStats { .. } | Op::AttentionBwd { .. } => {
+            // Every input but the f32 stats shares the storage dtype.
+            let n_same = if matches!(op, Op::AttentionBwd { .. }) { 4 } else { shapes.len() };
+            require_float(op, &dtypes[..n_same])?;
+            let d = same_dtype(op, &dtypes[..n_same])?;
+            let (q, k) = (shapes[0], shapes[1]);
+            if q.len() != 4 || k.len() != 4 || q[0] != k[0] || q[2] != k[2] || q[3] != k[3] {
+                return err(format!("q {q:?} and k {k:?} must be [B, T, H, D] with equal B, H and D"));
+            }
+            let (b, tq, h, hd, tk) = (q[0], q[1], q[2], q[3], k[1]);
+            match op {
+                Op::Attention { .. } => {
+                    if shapes[2] != k {
+                        return err(format!("v {:?} must have k's shape {k:?}", shapes[2]));
+                    }
+                    Ok((q.to_vec(), d))
+                }
+                Op::AttentionStats { .. } => {
+                    if shapes[2] != q || shapes[3] != q {
+                        return err(format!("o {:?} and dy {:?} must have q's shape {q:?}", shapes[2], shapes[3]));
+                    }
+                    Ok((vec![b, h, 2, tq], DType::F32))
+                }
+                _ => {
+                    if shapes[2] != k || shapes[3] != q {
+                        return err(format!("v {:?} must be k's shape {k:?} and dy {:?} q's shape {q:?}", shapes[2], shapes[3]));
+                    }
+                    if shapes[4] != [b, h, 2, tq] || dtypes[4] != DType::F32 {
+                        return err(format!("stats must be f32 {:?}, got {} {:?}", [b, h, 2, tq], dtypes[4], shapes[4]));
+                    }
+                    Ok((vec![b, tq + 2 * tk, h, hd], d))
+                }
+            }
+        }
+        Op::Geglu | Op::GegluBwd => {
+            require_float(op, dtypes)?;
+            let d = same_dtype(op, dtypes)?;
+            let x = shapes[0];
+            let Some(&c2) = x.last() else { return err("needs rank >= 1".into()) };
+            if c2 % 2 != 0 {
+                return err(format!("last axis of {x:?} must be even (hidden and gate halves)"));
+            }
+            let mut half = x.to_vec();
+            *half.last_mut().unwrap() = c2 / 2;
+            if matches!(op, Op::GegluBwd) {
+                if shapes[1] != half.as_slice() {
+                    return err(format!("dy shape {:?} must be {half:?} for x {x:?}", shapes[1]));
+                }
+                return Ok((x.to_vec(), d));
+            }
+            Ok((half, d))
+        }
+        Op::TimestepEmbedding { dim, shift, .. } => {
+            // Float timesteps (cast integer ones first); the embedding is computed in f32 as diffusers does.
+            require_float(op, dtypes)?;
+            let t = shapes[0];
+            if t.len() != 1 {
+                return err(format!("timesteps must have shape [N], got {t:?}"));
+            }
+            if *dim < 2 || (dim / 2) as f32 - shift == 0.0 {
+                return err(format!("dim {dim} with shift {shift} gives no frequencies"));
+            }
+            Ok((vec![t[0], *dim], DType::F32))
+        }
 
         // @box
 
@@ -513,3 +611,4 @@ pub fn infer(op: &Op, shapes: &[&[usize]], dtypes: &[DType]) -> Result<(Vec<usiz
 
     }
 }
+

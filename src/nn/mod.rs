@@ -1,6 +1,7 @@
 //! Layers that build sub-graphs and own their parameter names (PyTorch layouts: a Linear weight is
 //! `[out, in]`), so checkpoints load by walking names.
 
+pub mod attention;
 pub mod spatial;
 
 use crate::error::Result;

@@ -34,6 +34,7 @@ pub(super) fn unary_code(u: UnaryOp) -> (i32, f32, f32) {
         UnaryOp::Cos => (15, 0.0, 0.0),
         UnaryOp::Affine { mul, add } => (16, mul, add),
         UnaryOp::Powf(p) => (17, p, 0.0),
+        UnaryOp::QuickGelu => (18, 0.0, 0.0),
     }
 }
 

@@ -18,6 +18,8 @@ const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
 /// 1 / sqrt(2 pi), the standard normal density at 0.
 const INV_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
 const GELU_TANH_C: f64 = 0.044_715;
+/// The sigmoid slope of quick GELU (CLIP), 1.702 as an f32 constant (what PyTorch multiplies by).
+const QUICK_GELU_K: f64 = 1.702f32 as f64;
 
 fn sigmoid(x: f64) -> f64 {
     if x >= 0.0 {
@@ -66,6 +68,7 @@ fn forward(u: UnaryOp, x: f32) -> f32 {
         UnaryOp::Cos => d.cos() as f32,
         UnaryOp::Affine { mul, add } => (mul as f64 * d + add as f64) as f32,
         UnaryOp::Powf(p) => d.powf(p as f64) as f32,
+        UnaryOp::QuickGelu => (d * sigmoid(QUICK_GELU_K * d)) as f32,
     }
 }
 
@@ -124,6 +127,10 @@ fn derivative(u: UnaryOp, x: f32) -> f64 {
         UnaryOp::Powf(p) => {
             // PyTorch: the gradient of x^0 is 0 everywhere (also at x = 0).
             if p == 0.0 { 0.0 } else { p as f64 * d.powf(p as f64 - 1.0) }
+        }
+        UnaryOp::QuickGelu => {
+            let s = sigmoid(QUICK_GELU_K * d);
+            s + QUICK_GELU_K * d * s * (1.0 - s)
         }
     }
 }
@@ -423,6 +430,7 @@ mod tests {
             UnaryOp::Cos => x.cos(),
             UnaryOp::Affine { mul, add } => mul as f64 * x + add as f64,
             UnaryOp::Powf(p) => x.powf(p as f64),
+            UnaryOp::QuickGelu => x * sigmoid(QUICK_GELU_K * x),
         }
     }
 }

@@ -23,6 +23,8 @@ mod conv;
 mod groupnorm;
 
 // @attn
+mod attention;
+mod sd_misc;
 
 // @box
 
@@ -162,6 +164,18 @@ pub fn run_op(op: &Op, ins: &[View], out: &View, out_bytes: &mut [u8]) -> Result
         }
 
         // @attn
+        Op::Attention { causal, scale } => attention::attention(*causal, *scale, &ins[0], &ins[1], &ins[2], out, out_bytes),
+        Op::AttentionStats { causal, scale } => {
+            attention::attention_stats(*causal, *scale, &ins[0], &ins[1], &ins[2], &ins[3], out, out_bytes)
+        }
+        Op::AttentionBwd { causal, scale } => {
+            attention::attention_bwd(*causal, *scale, &ins[0], &ins[1], &ins[2], &ins[3], &ins[4], out, out_bytes)
+        }
+        Op::Geglu => sd_misc::geglu(&ins[0], out, out_bytes),
+        Op::GegluBwd => sd_misc::geglu_bwd(&ins[0], &ins[1], out, out_bytes),
+        Op::TimestepEmbedding { dim, flip_sin_to_cos, shift, max_period } => {
+            sd_misc::timestep_embedding(*dim, *flip_sin_to_cos, *shift, *max_period, &ins[0], out, out_bytes)
+        }
 
         // @box
 
