@@ -300,8 +300,10 @@ fn every_op_kind_is_gradient_checked() {
     sd_misc_ops();
 
     // @box
+    gather_and_box_ops();
 
     // @roi
+    roi_align_levels_and_detection_losses();
 
     DRY.with(|d| d.set(false));
     let seen = SEEN.lock().unwrap();
@@ -394,4 +396,141 @@ fn sd_misc_ops() {
 
 // @box
 
+/// A constant f32 tensor built from fills (the non-differentiable box ops get fixed boxes, so the finite
+/// differences see only the differentiable path).
+fn constant(g: &mut Graph, vals: &[f32], shape: &[usize]) -> NodeId {
+    let parts: Vec<NodeId> = vals.iter().map(|&v| g.fill(v, &[1], DType::F32)).collect();
+    let c = g.concat(&parts, 0).unwrap();
+    g.reshape(c, shape).unwrap()
+}
+
+#[test]
+fn gather_and_box_ops() {
+    use instagen::graph::Op;
+    // Reading the top-k values: gather along the last axis at TopK's indices (values 0.07 apart, so +-h never
+    // changes which are the top 3; TopK itself has no gradient).
+    check("gather of topk", &[(&[3, 8], Gen::Distinct)], |g, x| {
+        let idx = g.push(Op::TopK { k: 3 }, &[x[0]])?;
+        g.push(Op::Gather { axis: 1 }, &[x[0], idx])
+    });
+    // Axis 0, indices smaller than x off the axis (the gradient is padded back), repeated indices summed.
+    check("gather axis 0, smaller idx", &[(&[4, 6], Gen::Normal), (&[5, 4], Gen::Distinct)], |g, x| {
+        let idx = g.push(Op::TopK { k: 2 }, &[x[1]])?; // [5, 2], values in 0..4
+        let idx = g.permute(idx, &[1, 0])?; // [2, 5]
+        let twice = g.concat(&[idx, idx], 0)?; // [4, 5]: every index twice
+        g.push(Op::Gather { axis: 0 }, &[x[0], twice])
+    });
+    // The box ops are not differentiable: they run on constant boxes and scale a differentiable input.
+    let a = [0.0, 0.0, 10.0, 10.0, 5.0, 5.0, 15.0, 20.0, 2.0, 1.0, 9.0, 12.0];
+    let b = [1.0, 1.0, 11.0, 9.0, 30.0, 30.0, 40.0, 45.0];
+    check("box_iou / giou on constant boxes", &[(&[3, 2], Gen::Normal)], move |g, x| {
+        let (ca, cb) = (constant(g, &a, &[3, 4]), constant(g, &b, &[2, 4]));
+        let iou = g.push(Op::BoxIou { giou: false }, &[ca, cb])?;
+        let giou = g.push(Op::BoxIou { giou: true }, &[ca, cb])?;
+        let y = g.mul(x[0], iou)?;
+        g.add(y, giou)
+    });
+    check("box_encode / decode on constant boxes", &[(&[3, 4], Gen::Normal)], move |g, x| {
+        let (r, t) = (constant(g, &a, &[3, 4]), constant(g, &[&b[..], &b[..4]].concat(), &[3, 4]));
+        let d = g.push(Op::BoxEncode { weights: [10.0, 10.0, 5.0, 5.0] }, &[r, t])?;
+        let back = g.push(Op::BoxDecode { weights: [10.0, 10.0, 5.0, 5.0], clamp: 4.135 }, &[r, d])?;
+        let y = g.mul(x[0], d)?;
+        g.add(y, back)
+    });
+    check("nms on constant boxes", &[(&[4], Gen::Normal)], move |g, x| {
+        let bx = constant(g, &a, &[3, 4]);
+        let s = constant(g, &[0.9, 0.8, 0.7], &[3]);
+        let c = constant(g, &[0.0, 0.0, 1.0], &[3]);
+        let c = g.cast(c, DType::I64)?;
+        let keep = g.push(Op::Nms { iou_threshold: 0.3, max_out: 3 }, &[bx, s, c])?;
+        let keep = g.cast(keep, DType::F32)?;
+        g.mul(x[0], keep)
+    });
+}
+
 // @roi
+
+/// `x` (values on the 1/4 grid of [`Gen::GridB`]) times 4, through an i32 cast: the same values, but constant
+/// under the finite-difference steps and without a gradient (for inputs the ops do not differentiate).
+fn frozen(g: &mut Graph, x: NodeId) -> instagen::Result<NodeId> {
+    let s = g.affine(x, 4.0, 64.5)?;
+    let i = g.cast(s, DType::I32)?;
+    let f = g.cast(i, DType::F32)?;
+    g.affine(f, 1.0, -64.0)
+}
+
+/// RoIs [K,5] from frozen grid values: batch index 0/1, boxes of 0.3 to 7.5 pixels starting in [0.4, 11.6]
+/// (partly off a 10x12 map), times `scale` (so that `scale * spatial_scale` maps them onto the map).
+fn frozen_rois(g: &mut Graph, x: NodeId, scale: f32) -> instagen::Result<NodeId> {
+    let t = frozen(g, x)?;
+    let col = |g: &mut Graph, i: usize| g.slice(t, 1, i, i + 1);
+    let (c0, c1, c2, c3, c4) = (col(g, 0)?, col(g, 1)?, col(g, 2)?, col(g, 3)?, col(g, 4)?);
+    let zero = g.fill(0.0, &[1], DType::F32);
+    let b = g.binary(BinaryOp::Gt, c0, zero)?;
+    let x1 = g.affine(c1, 0.7 * scale, 6.0 * scale)?;
+    let y1 = g.affine(c2, 0.7 * scale, 6.0 * scale)?;
+    let w = g.unary(UnaryOp::Abs, c3)?;
+    let w = g.affine(w, 0.9 * scale, 0.3 * scale)?;
+    let h = g.unary(UnaryOp::Abs, c4)?;
+    let h = g.affine(h, 0.9 * scale, 0.3 * scale)?;
+    let x2 = g.add(x1, w)?;
+    let y2 = g.add(y1, h)?;
+    g.concat(&[b, x1, y1, x2, y2], 1)
+}
+
+#[test]
+fn roi_align_levels_and_detection_losses() {
+    use instagen::graph::Op;
+    // RoI Align is linear in the features (the bilinear kinks are in the RoI coordinates, which are frozen).
+    for (aligned, sr, scale) in [(false, 2, 1.0), (true, 0, 0.5), (true, -1, 0.25), (false, 0, 1.0)] {
+        let name = format!("roi_align aligned={aligned} sampling_ratio={sr} spatial_scale={scale}");
+        check(&name, &[(&[2, 10, 12, 3], Gen::Normal), (&[4, 5], Gen::GridB)], |g, x| {
+            let rois = frozen_rois(g, x[1], 1.0 / scale)?;
+            let op = Op::RoiAlign { out_h: 2, out_w: 3, spatial_scale: scale, sampling_ratio: sr, aligned };
+            g.push(op, &[x[0], rois])
+        });
+    }
+    // The level of each RoI, used as a (non-differentiable) weight: levels 0..3 of canonical 224 at level 4.
+    check("fpn_levels (as a constant factor)", &[(&[6, 3], Gen::Normal), (&[6, 5], Gen::GridB)], |g, x| {
+        let r = frozen(g, x[1])?;
+        let r = g.unary(UnaryOp::Abs, r)?;
+        let r = g.affine(r, 30.0, 1.0)?;
+        let lo = g.slice(r, 1, 0, 3)?;
+        let wh = g.slice(r, 1, 3, 5)?;
+        let xy = g.slice(lo, 1, 1, 3)?;
+        let hi = g.add(xy, wh)?;
+        let rois = g.concat(&[lo, hi], 1)?;
+        let op = Op::FpnLevels { k_min: 2, k_max: 5, canonical_scale: 224.0, canonical_level: 4, eps: 1e-6 };
+        let lv = g.push(op, &[rois])?;
+        let lv = g.cast(lv, DType::F32)?;
+        let lv = g.affine(lv, 0.5, 1.0)?;
+        let lv = g.reshape(lv, &[6, 1])?;
+        g.mul(x[0], lv)
+    });
+    // Focal loss w.r.t. the logits; 0/1 targets from a comparison (no gradient).
+    for (alpha, gamma) in [(0.25, 2.0), (-1.0, 0.0), (0.5, 1.5)] {
+        let name = format!("sigmoid_focal_loss alpha={alpha} gamma={gamma}");
+        check(&name, &[(&[3, 5], Gen::Normal), (&[3, 5], Gen::AwayFromZero)], |g, x| {
+            let zero = g.fill(0.0, &[1], DType::F32);
+            let t = g.binary(BinaryOp::Gt, x[1], zero)?;
+            let x0 = g.scale(x[0], 2.0)?;
+            g.push(Op::SigmoidFocalLoss { alpha, gamma }, &[x0, t])
+        });
+    }
+    // GIoU loss w.r.t. pred: pred corners are odd multiples of 1/8, target corners integers, so no min/max
+    // ties (kinks) are within a step; pred = (a, a + b + 2.25) with b on the 1/4 grid (positive sides).
+    check("giou_loss", &[(&[6, 2], Gen::GridA), (&[6, 2], Gen::GridB), (&[6, 4], Gen::GridB)], |g, x| {
+        let wh = g.affine(x[1], 1.0, 2.25)?;
+        let hi = g.add(x[0], wh)?;
+        let pred = g.concat(&[x[0], hi], 1)?;
+        let t = frozen(g, x[2])?;
+        let t = g.scale(t, 0.5)?;
+        let tlo = g.slice(t, 1, 0, 2)?;
+        let twh = g.slice(t, 1, 2, 4)?;
+        let twh = g.unary(UnaryOp::Abs, twh)?;
+        let twh = g.affine(twh, 1.0, 1.0)?;
+        let thi = g.add(tlo, twh)?;
+        let target = g.concat(&[tlo, thi], 1)?;
+        g.push(Op::GiouLoss { eps: 1e-7 }, &[pred, target])
+    });
+}

@@ -47,6 +47,25 @@ enum Cmd {
     },
 
     // @coco
+    /// COCO box evaluation (as pycocotools): prints the 12-line table, optionally the open-vocabulary split's
+    /// base / novel / all AP50, and writes the figures as JSON.
+    Eval {
+        /// Ground truth: COCO instances JSON.
+        #[arg(long)]
+        gt: std::path::PathBuf,
+        /// Detections: COCO results JSON ([{image_id, category_id, bbox, score}]).
+        #[arg(long)]
+        dt: std::path::PathBuf,
+        /// Also report a split's base / novel / all AP50: ovcoco.
+        #[arg(long)]
+        split: Option<String>,
+        /// Write the figures as JSON here.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+        /// Skip (and count) invalid records instead of failing.
+        #[arg(long)]
+        lenient: bool,
+    },
 
     // @models
 
@@ -85,6 +104,9 @@ fn main() {
         },
 
         // @coco
+        Cmd::Eval { gt, dt, split, json, lenient } => {
+            instagen::detection::eval::run_cli(&gt, &dt, split.as_deref(), json.as_deref(), lenient).map(|s| print!("{s}"))
+        }
 
         // @models
 

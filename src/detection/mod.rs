@@ -3,8 +3,12 @@
 pub mod hungarian;
 
 // @coco
+pub mod coco;
+pub mod eval;
 
 // @box
+pub mod boxes;
 
 // @roi
+pub mod roi;
 

@@ -321,8 +321,52 @@ fn input_grads(g: &mut Graph, id: NodeId, dy: NodeId, needs: &[bool]) -> Result<
         }
 
         // @box
+        Op::BoxIou { .. } | Op::BoxEncode { .. } | Op::BoxDecode { .. } => vec![None, None],
+        Op::Nms { .. } => vec![None, None, None],
+        Op::TopK { .. } => vec![None],
+        Op::Gather { axis } => {
+            // Scatter-add into x's size along the axis, then zero-pad the other axes where idx is smaller.
+            let xs = shape_of(g, 0);
+            let mut dx = g.push(Op::GatherBwd { axis: *axis, size: xs[*axis] }, &[ins[1], dy])?;
+            for (d, &n) in xs.iter().enumerate() {
+                let have = g.shape(dx)[d];
+                if have < n {
+                    dx = g.pad(dx, d, 0, n - have)?;
+                }
+            }
+            vec![Some(dx), None]
+        }
+        Op::GatherBwd { .. } => {
+            return Err(Error::graph(node.op.describe(), "second-order gradients are not supported"));
+        }
 
         // @roi
+        Op::RoiAlign { out_h, out_w, spatial_scale, sampling_ratio, aligned } => {
+            // Linear in the features; the RoI coordinates get no gradient.
+            let fs = shape_of(g, 0);
+            let op = Op::RoiAlignBwd {
+                out_h: *out_h,
+                out_w: *out_w,
+                spatial_scale: *spatial_scale,
+                sampling_ratio: *sampling_ratio,
+                aligned: *aligned,
+                n: fs[0],
+                h: fs[1],
+                w: fs[2],
+            };
+            vec![if needs[0] { Some(g.push(op, &[ins[1], dy])?) } else { None }, None]
+        }
+        Op::FpnLevels { .. } => vec![None],
+        Op::SigmoidFocalLoss { alpha, gamma } => {
+            let op = Op::SigmoidFocalLossBwd { alpha: *alpha, gamma: *gamma };
+            vec![if needs[0] { Some(g.push(op, &[ins[0], ins[1], dy])?) } else { None }, None]
+        }
+        Op::GiouLoss { eps } => {
+            vec![if needs[0] { Some(g.push(Op::GiouLossBwd { eps: *eps }, &[ins[0], ins[1], dy])?) } else { None }, None]
+        }
+        Op::RoiAlignBwd { .. } | Op::SigmoidFocalLossBwd { .. } | Op::GiouLossBwd { .. } => {
+            return Err(Error::graph(node.op.describe(), "second-order gradients are not supported"));
+        }
 
         Op::UnaryBwd(_) | Op::SoftmaxBwd { .. } | Op::LayerNormBwd { .. } => {
             return Err(Error::graph(node.op.describe(), "second-order gradients are not supported"));

@@ -142,7 +142,6 @@ pub enum Op {
     GroupNormBwd { groups: usize, eps: f32, silu: bool },
 
     // @attn
-
     /// Fused multi-head attention: inputs `(q [B,Tq,H,D], k [B,Tk,H,D], v [B,Tk,H,D])` -> `[B,Tq,H,D]` =
     /// `softmax(q k^T * scale) v` per (batch, head), f32 accumulation; `causal` masks key j > query i.
     Attention { causal: bool, scale: f32 },
@@ -162,8 +161,56 @@ pub enum Op {
     TimestepEmbedding { dim: usize, flip_sin_to_cos: bool, shift: f32, max_period: f32 },
 
     // @box
+    /// IoU (or GIoU when `giou`) of every pair: inputs (a [..., N, 4], b [..., M, 4]) xyxy boxes with the same
+    /// leading axes -> [..., N, M] (torchvision `box_iou` / `generalized_box_iou`). Not differentiable.
+    BoxIou { giou: bool },
+    /// Faster R-CNN box deltas of `target` relative to `reference` (both [N, 4]) -> [N, 4] (torchvision
+    /// `BoxCoder.encode_single(target, reference)`). Not differentiable.
+    BoxEncode { weights: [f32; 4] },
+    /// Boxes from deltas: inputs (reference [N, 4], deltas [N, 4K]) -> [N, 4K], dw/dh clamped to `clamp` from
+    /// above (torchvision `BoxCoder.decode_single`). Not differentiable.
+    BoxDecode { weights: [f32; 4], clamp: f32 },
+    /// Batched (per-class) NMS: inputs (boxes [N, 4] f32, scores [N] float, classes [N] i32/i64) -> i64
+    /// [max_out + 1]: kept indices by descending score, padded with -1, then the count kept.
+    Nms { iou_threshold: f32, max_out: usize },
+    /// Indices (i64) of the `k` largest along the last axis, descending, ties to the lower index, NaN largest.
+    TopK { k: usize },
+    /// torch.gather: inputs (x, idx i32/i64 of x's rank, idx.shape[d] <= x.shape[d] off `axis`) -> idx's shape.
+    Gather { axis: usize },
+    /// Scatter-add of `dy` at `idx` along `axis` into an output of `size` there: inputs (idx, dy) -> dx.
+    GatherBwd { axis: usize, size: usize },
 
     // @roi
+    /// RoI Align as torchvision.ops.roi_align on NHWC features; inputs (feat [N,H,W,C], rois [K,5] f32 =
+    /// (batch_index, x1, y1, x2, y2) in input pixels) -> [K, out_h, out_w, C]. `sampling_ratio <= 0`: adaptive
+    /// (ceil(roi_size / out_size) samples per bin and axis).
+    RoiAlign { out_h: usize, out_w: usize, spatial_scale: f32, sampling_ratio: i32, aligned: bool },
+    /// Gradient of `RoiAlign` w.r.t. the features; inputs (rois [K,5] f32, dy [K,out_h,out_w,C]) -> [n,h,w,C].
+    RoiAlignBwd {
+        out_h: usize,
+        out_w: usize,
+        spatial_scale: f32,
+        sampling_ratio: i32,
+        aligned: bool,
+        n: usize,
+        h: usize,
+        w: usize,
+    },
+    /// FPN level of each RoI (torchvision LevelMapper): input rois [K,5] (or boxes [K,4]) -> i64 [K] =
+    /// clamp(floor(canonical_level + log2(sqrt(area) / canonical_scale) + eps), k_min, k_max) - k_min (eps added
+    /// to the level as torchvision's code does). mmdet's `finest_scale = 56` mapper is canonical_scale 56,
+    /// canonical_level = k_min (or equivalently 224 at level k_min + 2).
+    FpnLevels { k_min: i32, k_max: i32, canonical_scale: f32, canonical_level: i32, eps: f32 },
+    /// torchvision.ops.sigmoid_focal_loss, reduction none; inputs (logits, targets) same shape -> same shape.
+    /// `alpha < 0` disables the alpha weighting.
+    SigmoidFocalLoss { alpha: f32, gamma: f32 },
+    /// Gradient of `SigmoidFocalLoss` w.r.t. the logits; inputs (logits, targets, dy) -> dlogits.
+    SigmoidFocalLossBwd { alpha: f32, gamma: f32 },
+    /// 1 - GIoU of matching boxes (torchvision generalized_box_iou_loss, reduction none); inputs
+    /// (pred [..., 4], target [..., 4]) -> [...].
+    GiouLoss { eps: f32 },
+    /// Gradient of `GiouLoss` w.r.t. pred; inputs (pred, target, dy [...]) -> dpred [..., 4].
+    GiouLossBwd { eps: f32 },
 
 }
 
@@ -179,8 +226,11 @@ pub const OP_KINDS: &[&str] = &[
     "attention", "attention_stats", "attention_bwd", "geglu", "geglu_bwd", "timestep_embedding",
 
     // @box
+    "box_iou", "box_encode", "box_decode", "nms", "topk", "gather", "gather_bwd",
 
     // @roi
+    "roi_align", "roi_align_bwd", "fpn_levels", "sigmoid_focal_loss", "sigmoid_focal_loss_bwd", "giou_loss",
+    "giou_loss_bwd",
 
 ];
 
@@ -224,8 +274,22 @@ impl Op {
             Op::TimestepEmbedding { .. } => "timestep_embedding",
 
             // @box
+            Op::BoxIou { .. } => "box_iou",
+            Op::BoxEncode { .. } => "box_encode",
+            Op::BoxDecode { .. } => "box_decode",
+            Op::Nms { .. } => "nms",
+            Op::TopK { .. } => "topk",
+            Op::Gather { .. } => "gather",
+            Op::GatherBwd { .. } => "gather_bwd",
 
             // @roi
+            Op::RoiAlign { .. } => "roi_align",
+            Op::RoiAlignBwd { .. } => "roi_align_bwd",
+            Op::FpnLevels { .. } => "fpn_levels",
+            Op::SigmoidFocalLoss { .. } => "sigmoid_focal_loss",
+            Op::SigmoidFocalLossBwd { .. } => "sigmoid_focal_loss_bwd",
+            Op::GiouLoss { .. } => "giou_loss",
+            Op::GiouLossBwd { .. } => "giou_loss_bwd",
 
         }
     }
@@ -316,8 +380,15 @@ pub fn infer(op: &Op, shapes: &[&[usize]], dtypes: &[DType]) -> Result<(Vec<usiz
         Op::GegluBwd => Some(2),
 
         // @box
+        Op::TopK { .. } => Some(1),
+        Op::BoxIou { .. } | Op::BoxEncode { .. } | Op::BoxDecode { .. } => Some(2),
+        Op::Gather { .. } | Op::GatherBwd { .. } => Some(2),
+        Op::Nms { .. } => Some(3),
 
         // @roi
+        Op::FpnLevels { .. } => Some(1),
+        Op::RoiAlign { .. } | Op::RoiAlignBwd { .. } | Op::SigmoidFocalLoss { .. } | Op::GiouLoss { .. } => Some(2),
+        Op::SigmoidFocalLossBwd { .. } | Op::GiouLossBwd { .. } => Some(3),
 
     };
     if let Some(n) = arity {
@@ -606,8 +677,145 @@ pub fn infer(op: &Op, shapes: &[&[usize]], dtypes: &[DType]) -> Result<(Vec<usiz
         }
 
         // @box
+        Op::BoxIou { .. } => {
+            require_float(op, dtypes)?;
+            let d = same_dtype(op, dtypes)?;
+            let (a, b) = (shapes[0], shapes[1]);
+            let (ra, rb) = (a.len(), b.len());
+            if ra < 2 || ra != rb || a[ra - 1] != 4 || b[rb - 1] != 4 || a[..ra - 2] != b[..rb - 2] {
+                return err(format!("needs boxes [..., N, 4] and [..., M, 4] with the same leading axes, got {a:?} and {b:?}"));
+            }
+            let mut out = a[..ra - 1].to_vec();
+            out.push(b[rb - 2]);
+            Ok((out, d))
+        }
+        Op::BoxEncode { .. } | Op::BoxDecode { .. } => {
+            require_float(op, dtypes)?;
+            let d = same_dtype(op, dtypes)?;
+            let (r, t) = (shapes[0], shapes[1]);
+            let enc = matches!(op, Op::BoxEncode { .. });
+            let ok = r.len() == 2
+                && r[1] == 4
+                && t.len() == 2
+                && t[0] == r[0]
+                && if enc { t[1] == 4 } else { t[1] % 4 == 0 };
+            if !ok {
+                let want = if enc { "[N, 4] and [N, 4]" } else { "[N, 4] and [N, 4K]" };
+                return err(format!("needs {want}, got {r:?} and {t:?}"));
+            }
+            Ok((t.to_vec(), d))
+        }
+        Op::Nms { .. } => {
+            let (b, s, c) = (shapes[0], shapes[1], shapes[2]);
+            if dtypes[0] != DType::F32 || !dtypes[1].is_float() || !matches!(dtypes[2], DType::I32 | DType::I64) {
+                return err(format!("needs f32 boxes, float scores and i32/i64 classes, got {dtypes:?}"));
+            }
+            if b.len() != 2 || b[1] != 4 || s != [b[0]] || c != [b[0]] {
+                return err(format!("needs boxes [N, 4], scores [N], classes [N], got {b:?}, {s:?}, {c:?}"));
+            }
+            let Op::Nms { max_out, .. } = op else { unreachable!() };
+            Ok((vec![max_out + 1], DType::I64))
+        }
+        Op::TopK { k } => {
+            require_float(op, dtypes)?;
+            let s = shapes[0];
+            match s.last() {
+                Some(&n) if *k <= n => {
+                    let mut out = s.to_vec();
+                    *out.last_mut().unwrap() = *k;
+                    Ok((out, DType::I64))
+                }
+                _ => err(format!("k = {k} needs a last axis of at least k, got {s:?}")),
+            }
+        }
+        Op::Gather { axis } => {
+            let (x, idx) = (shapes[0], shapes[1]);
+            if !matches!(dtypes[1], DType::I32 | DType::I64) {
+                return err(format!("indices must be i32 or i64, got {}", dtypes[1]));
+            }
+            check_axis(op, *axis, x.len(), x)?;
+            if idx.len() != x.len() || idx.iter().zip(x).enumerate().any(|(d, (i, s))| d != *axis && i > s) {
+                return err(format!("indices {idx:?} must have the rank of {x:?} and no larger size off axis {axis}"));
+            }
+            Ok((idx.to_vec(), dtypes[0]))
+        }
+        Op::GatherBwd { axis, size } => {
+            let (idx, dy) = (shapes[0], shapes[1]);
+            if !matches!(dtypes[0], DType::I32 | DType::I64) {
+                return err(format!("indices must be i32 or i64, got {}", dtypes[0]));
+            }
+            require_float(op, &dtypes[1..])?;
+            check_axis(op, *axis, dy.len(), dy)?;
+            if idx != dy {
+                return err(format!("indices {idx:?} and dy {dy:?} differ in shape"));
+            }
+            let mut out = dy.to_vec();
+            out[*axis] = *size;
+            Ok((out, dtypes[1]))
+        }
 
         // @roi
+        Op::RoiAlign { out_h, out_w, .. } | Op::RoiAlignBwd { out_h, out_w, .. } => {
+            let bwd = matches!(op, Op::RoiAlignBwd { .. });
+            let (ri, di) = if bwd { (0, 1) } else { (1, 0) };
+            let (rois, data) = (shapes[ri], shapes[di]);
+            if dtypes[ri] != DType::F32 {
+                return err(format!("rois must be f32 (box coordinates in f16/bf16 are too coarse), got {}", dtypes[ri]));
+            }
+            require_float(op, &dtypes[di..di + 1])?;
+            if rois.len() != 2 || rois[1] != 5 {
+                return err(format!("rois must be [K, 5], got {rois:?}"));
+            }
+            if *out_h == 0 || *out_w == 0 {
+                return err("out_h and out_w must be positive".into());
+            }
+            if data.len() != 4 {
+                return err(format!("{} must be rank 4, got {data:?}", if bwd { "dy" } else { "feat [N,H,W,C]" }));
+            }
+            if let Op::RoiAlignBwd { n, h, w, .. } = op {
+                if data[..3] != [rois[0], *out_h, *out_w] {
+                    return err(format!("dy {data:?} must be [K={}, {out_h}, {out_w}, C]", rois[0]));
+                }
+                Ok((vec![*n, *h, *w, data[3]], dtypes[di]))
+            } else {
+                Ok((vec![rois[0], *out_h, *out_w, data[3]], dtypes[di]))
+            }
+        }
+        Op::FpnLevels { k_min, k_max, .. } => {
+            require_float(op, dtypes)?;
+            let s = shapes[0];
+            if s.len() != 2 || (s[1] != 5 && s[1] != 4) {
+                return err(format!("needs rois [K, 5] or boxes [K, 4], got {s:?}"));
+            }
+            if k_min > k_max {
+                return err(format!("k_min {k_min} > k_max {k_max}"));
+            }
+            Ok((vec![s[0]], DType::I64))
+        }
+        Op::SigmoidFocalLoss { .. } | Op::SigmoidFocalLossBwd { .. } => {
+            require_float(op, dtypes)?;
+            let d = same_dtype(op, dtypes)?;
+            if shapes.iter().any(|s| *s != shapes[0]) {
+                return err(format!("inputs must have the same shape, got {shapes:?}"));
+            }
+            Ok((shapes[0].to_vec(), d))
+        }
+        Op::GiouLoss { .. } | Op::GiouLossBwd { .. } => {
+            require_float(op, dtypes)?;
+            let d = same_dtype(op, dtypes)?;
+            let (p, t) = (shapes[0], shapes[1]);
+            if p.last() != Some(&4) || p != t {
+                return err(format!("pred and target must be the same shape [..., 4], got {p:?} and {t:?}"));
+            }
+            let lead = p[..p.len() - 1].to_vec();
+            if let Op::GiouLossBwd { .. } = op {
+                if shapes[2] != lead.as_slice() {
+                    return err(format!("dy {:?} must be {lead:?}", shapes[2]));
+                }
+                return Ok((p.to_vec(), d));
+            }
+            Ok((lead, d))
+        }
 
     }
 }

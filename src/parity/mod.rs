@@ -12,12 +12,16 @@ pub mod norm;
 pub mod reduce;
 
 // @conv
+pub mod conv;
 
 // @attn
+pub mod attention;
 
 // @box
+pub mod boxes;
 
 // @roi
+pub mod roi;
 
 
 use crate::backend::cpu::CpuBackend;
@@ -114,12 +118,16 @@ pub fn all_cases() -> Vec<Case> {
     v.extend(gemm::cases());
 
     // @conv
+    v.extend(conv::cases());
 
     // @attn
+    v.extend(attention::cases());
 
     // @box
+    v.extend(boxes::cases());
 
     // @roi
+    v.extend(roi::cases());
 
     v
 }
@@ -354,12 +362,16 @@ pub fn all_bench_cases() -> Vec<(Case, Work)> {
     v.extend(gemm::bench_cases());
 
     // @conv
+    v.extend(conv::bench_cases());
 
     // @attn
+    v.extend(attention::bench_cases());
 
     // @box
+    v.extend(boxes::bench_cases());
 
     // @roi
+    v.extend(roi::bench_cases());
 
     v
 }

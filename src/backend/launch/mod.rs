@@ -12,12 +12,19 @@ mod norm;
 mod reduce;
 
 // @conv
+mod conv;
+mod groupnorm;
 
 // @attn
+mod attention;
+mod sd_misc;
 
 // @box
+mod boxes;
 
 // @roi
+mod det_losses;
+mod roi;
 
 
 use std::collections::BTreeSet;
@@ -150,12 +157,19 @@ pub fn node_launches(graph: &Graph, id: NodeId, ins: &[Loc], out: Loc) -> Result
         gemm::launches,
 
         // @conv
+        conv::launches,
+        groupnorm::launches,
 
         // @attn
+        attention::launches,
+        sd_misc::launches,
 
         // @box
+        boxes::launches,
 
         // @roi
+        roi::launches,
+        det_losses::launches,
 
     ];
     for family in families {

@@ -27,8 +27,11 @@ mod attention;
 mod sd_misc;
 
 // @box
+mod boxes;
 
 // @roi
+mod det_losses;
+mod roi;
 
 
 use half::slice::HalfFloatSliceExt;
@@ -178,8 +181,48 @@ pub fn run_op(op: &Op, ins: &[View], out: &View, out_bytes: &mut [u8]) -> Result
         }
 
         // @box
+        Op::BoxIou { giou } => boxes::box_iou(*giou, &ins[0], &ins[1], out, out_bytes),
+        Op::BoxEncode { weights } => boxes::box_encode(*weights, &ins[0], &ins[1], out, out_bytes),
+        Op::BoxDecode { weights, clamp } => boxes::box_decode(*weights, *clamp, &ins[0], &ins[1], out, out_bytes),
+        Op::Nms { iou_threshold, max_out } => {
+            boxes::nms(*iou_threshold, *max_out, &ins[0], &ins[1], &ins[2], out_bytes)
+        }
+        Op::TopK { k } => boxes::topk(*k, &ins[0], out_bytes),
+        Op::Gather { axis } => boxes::gather(*axis, &ins[0], &ins[1], out_bytes),
+        Op::GatherBwd { axis, size } => boxes::gather_bwd(*axis, *size, &ins[0], &ins[1], out, out_bytes),
 
         // @roi
+        Op::RoiAlign { out_h, out_w, spatial_scale, sampling_ratio, aligned } => {
+            let p = roi::RoiParams {
+                out_h: *out_h,
+                out_w: *out_w,
+                scale: *spatial_scale,
+                sampling_ratio: *sampling_ratio,
+                aligned: *aligned,
+            };
+            roi::roi_align(&p, &ins[0], &ins[1], out, out_bytes)
+        }
+        Op::RoiAlignBwd { out_h, out_w, spatial_scale, sampling_ratio, aligned, .. } => {
+            let p = roi::RoiParams {
+                out_h: *out_h,
+                out_w: *out_w,
+                scale: *spatial_scale,
+                sampling_ratio: *sampling_ratio,
+                aligned: *aligned,
+            };
+            roi::roi_align_bwd(&p, &ins[0], &ins[1], out, out_bytes)
+        }
+        Op::FpnLevels { k_min, k_max, canonical_scale, canonical_level, eps } => {
+            roi::fpn_levels((*k_min, *k_max, *canonical_scale, *canonical_level, *eps), &ins[0], out_bytes)
+        }
+        Op::SigmoidFocalLoss { alpha, gamma } => {
+            det_losses::sigmoid_focal_loss(*alpha, *gamma, &ins[0], &ins[1], None, out, out_bytes)
+        }
+        Op::SigmoidFocalLossBwd { alpha, gamma } => {
+            det_losses::sigmoid_focal_loss(*alpha, *gamma, &ins[0], &ins[1], Some(&ins[2]), out, out_bytes)
+        }
+        Op::GiouLoss { eps } => det_losses::giou(*eps, &ins[0], &ins[1], None, out, out_bytes),
+        Op::GiouLossBwd { eps } => det_losses::giou(*eps, &ins[0], &ins[1], Some(&ins[2]), out, out_bytes),
 
     }
 }

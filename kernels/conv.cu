@@ -1,0 +1,441 @@
+// 2-D convolution (Op::Conv2d) and its gradients (Op::Conv2dBwdData, Op::Conv2dBwdWeight) as implicit GEMMs
+// on NHWC activations with [O, C, kh, kw] weights (the checkpoint layout). Taps are t = ky * kw + kx, KK = kh*kw.
+//
+//   mode 0, forward:       M = N*Ho*Wo (output pixels), N = O, K = KK*C ordered (tap, c)
+//                          A[m, (t, c)] = x[pixel under tap t of output pixel m, c] (0 in the padding)
+//                          B[(t, c), o] = w[o, c, t]                    y[m, o] = A @ B (+ bias[o])
+//   mode 1, backward data: M = N*H*W (input pixels), N = C, K = KK*O ordered (t, o)
+//                          A[m, (t, o)] = dy[output pixel that reaches input pixel m through tap t, o]
+//                                         (0 when none does: stride 2 leaves 3 of 4 taps empty per pixel)
+//                          B[(t, o), c] = w[o, c, t]                    dx[m, c] = A @ B
+//   mode 2, backward weight: M = O, N = KK*C ordered (t, c), K = N*Ho*Wo (output pixels)
+//                          A[o, q] = dy[q, o], B[q, (t, c)] = x[pixel under tap t of q, c]
+//                          dw[o, c, t] = (A @ B)[o, (t, c)]
+//
+// Why (t, c) and not (c, t) along K: NHWC keeps the channels of one pixel contiguous, so with C % 8 == 0 every
+// 8-element chunk of an A row (modes 0, 1) or B row (mode 2) is one 16-byte cp.async (zero-filled in the
+// padding) from a single pixel. The price of keeping OIHW weights is that the weight operand of modes 0 and 1
+// is strided along K (w[o, c, t] with c stride KK): it is gathered with 2-byte loads through registers
+// straight into the swizzled shared tile (the same path gemm.cu uses for unaligned operands), not cp.async.
+// Weights are small and stay in L1/L2; a pre-packed [O, kh, kw, C] copy would make them cp.async too but
+// needs a scratch buffer that `Launch` cannot express yet.
+//
+// conv2d_{fwd,bwd_data,bwd_weight}_tc_{f16,bf16}: tensor cores, the block structure of gemm_tc (gemm.cu):
+//   128 x 128 x 32 tiles, 8 warps of 64 x 32, mma.sync m16n8k16 from ldmatrix on XOR-swizzled tiles
+//   (gemm_util.cuh), 3-stage cp.async ring. The gathered operands fall back to guarded 2-byte loads when the
+//   channel count is not a multiple of 8 or a tensor is not 16-byte aligned (e.g. C = 3 or 4 of the first
+//   convolutions); still tensor cores. Mode 2 has few output tiles and a long K and no split-K yet (that
+//   needs scratch for partial sums or f32 atomics on an f16 output).
+// conv2d_{fwd,bwd_data,bwd_weight}_simt_f32: CUDA cores, 64 x 64 x 16 tiles, 256 threads of 4 x 4 outputs,
+//   operands gathered element by element through registers into a shared double buffer.
+#include "common.cuh"
+#include "gemm_util.cuh"
+
+// Mirrored by `ConvParams` in src/backend/launch/conv.rs (every field 8 bytes, no padding).
+struct ConvParams {
+    long long n, h, w, c;  // x / dx [n, h, w, c]
+    long long ho, wo, o;   // y / dy [n, ho, wo, o]
+    long long kh, kw, stride, pad;
+    long long reserved;
+};
+
+// Offset of channel 0 of the input pixel under tap t of output pixel q (q < n*ho*wo), or -1 in the padding.
+__device__ __forceinline__ long long conv_im2col(const ConvParams& p, unsigned q, unsigned t) {
+    const unsigned wo = (unsigned)p.wo, ho = (unsigned)p.ho, kw = (unsigned)p.kw;
+    const unsigned j = q % wo, r = q / wo, i = r % ho, b = r / ho;
+    const unsigned ky = t / kw, kx = t - ky * kw;
+    const long long hi = (long long)i * p.stride - p.pad + ky, wi = (long long)j * p.stride - p.pad + kx;
+    if (hi < 0 || wi < 0 || hi >= p.h || wi >= p.w) return -1;
+    return (((long long)b * p.h + hi) * p.w + wi) * p.c;
+}
+
+// Offset of channel 0 of the dy pixel that reaches input pixel q (q < n*h*w) through tap t, or -1.
+__device__ __forceinline__ long long conv_col2im(const ConvParams& p, unsigned q, unsigned t) {
+    const unsigned w = (unsigned)p.w, h = (unsigned)p.h, kw = (unsigned)p.kw, s = (unsigned)p.stride;
+    const unsigned j = q % w, r = q / w, i = r % h, b = r / h;
+    const unsigned ky = t / kw, kx = t - ky * kw;
+    const long long th = (long long)i + p.pad - ky, tw = (long long)j + p.pad - kx;
+    if (th < 0 || tw < 0) return -1;
+    const unsigned uh = (unsigned)th, uw = (unsigned)tw;
+    const unsigned oh = uh / s, ow = uw / s;
+    if (oh * s != uh || ow * s != uw || oh >= p.ho || ow >= p.wo) return -1;
+    return (((long long)b * p.ho + oh) * p.wo + ow) * p.o;
+}
+
+// GEMM sizes of a mode.
+template <int MODE>
+__device__ __forceinline__ void conv_gemm_dims(const ConvParams& p, long long& M, long long& N, long long& K) {
+    const long long kk = p.kh * p.kw;
+    if (MODE == 0) {
+        M = p.n * p.ho * p.wo, N = p.o, K = kk * p.c;
+    } else if (MODE == 1) {
+        M = p.n * p.h * p.w, N = p.c, K = kk * p.o;
+    } else {
+        M = p.o, N = kk * p.c, K = p.n * p.ho * p.wo;
+    }
+}
+
+// Element A[m, k] of a mode (m < M, k < K), as f32. `src` is x (mode 0) or dy (modes 1, 2).
+template <typename T, int MODE>
+__device__ __forceinline__ float conv_a(const T* src, const ConvParams& p, long long m, long long k) {
+    if (MODE == 2) return to_f32(src[k * p.o + m]);
+    const unsigned cr = (unsigned)(MODE == 0 ? p.c : p.o);
+    const unsigned t = (unsigned)k / cr, ch = (unsigned)k - t * cr;
+    const long long off = MODE == 0 ? conv_im2col(p, (unsigned)m, t) : conv_col2im(p, (unsigned)m, t);
+    return off < 0 ? 0.0f : to_f32(src[off + ch]);
+}
+
+// Element B[k, n] of a mode (k < K, n < N), as f32. `src` is w (modes 0, 1) or x (mode 2).
+template <typename T, int MODE>
+__device__ __forceinline__ float conv_b(const T* src, const ConvParams& p, long long k, long long n) {
+    const long long kk = p.kh * p.kw;
+    if (MODE == 2) {
+        const unsigned t = (unsigned)n / (unsigned)p.c, ch = (unsigned)n - t * (unsigned)p.c;
+        const long long off = conv_im2col(p, (unsigned)k, t);
+        return off < 0 ? 0.0f : to_f32(src[off + ch]);
+    }
+    const unsigned cr = (unsigned)(MODE == 0 ? p.c : p.o);
+    const unsigned t = (unsigned)k / cr, r = (unsigned)k - t * cr;
+    // Mode 0: w[n, r, t]; mode 1: w[r, n, t].
+    const long long o = MODE == 0 ? n : (long long)r, c = MODE == 0 ? (long long)r : n;
+    return to_f32(src[(o * p.c + c) * kk + t]);
+}
+
+// Stores C[m, n] (m < M, n < N) of a mode: y / dx rows, or dw[o, c, t].
+template <typename T, int MODE>
+__device__ __forceinline__ void conv_store(T* dst, const T* bias, const ConvParams& p, long long N, long long m,
+                                           long long n, float v) {
+    if (MODE == 2) {
+        const unsigned t = (unsigned)n / (unsigned)p.c, ch = (unsigned)n - t * (unsigned)p.c;
+        dst[(m * p.c + ch) * (p.kh * p.kw) + t] = from_f32<T>(v);
+    } else {
+        if (MODE == 0 && bias != nullptr) v += to_f32(bias[n]);
+        dst[m * N + n] = from_f32<T>(v);
+    }
+}
+
+// ---- tensor cores --------------------------------------------------------------------------------------
+
+#define CV_BM 128
+#define CV_BN 128
+#define CV_BK 32
+#define CV_STAGES 3
+#define CV_THREADS 256
+#define CV_TILE (CV_BM * CV_BK)
+
+// 8 elements gathered one by one (bounds-checked through conv_a / conv_b) into one 16-byte shared chunk.
+// KC: the chunk runs along k from (row, k0); else along m/n from (k0 = the k-row, row = first m/n).
+template <typename T, int MODE, bool IS_A, bool KC>
+__device__ __forceinline__ void cv_gather8(unsigned short* dst, const T* src, const ConvParams& p, long long row,
+                                           long long k0, long long rows, long long K) {
+    unsigned wv[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        float v[2];
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            const long long r = KC ? row : row + 2 * j + e, k = KC ? k0 + 2 * j + e : k0;
+            v[e] = 0.0f;
+            if (r < rows && k < K) v[e] = IS_A ? conv_a<T, MODE>(src, p, r, k) : conv_b<T, MODE>(src, p, k, r);
+        }
+        T lo = from_f32<T>(v[0]), hi = from_f32<T>(v[1]);
+        wv[j] = (unsigned)*reinterpret_cast<unsigned short*>(&lo) | ((unsigned)*reinterpret_cast<unsigned short*>(&hi) << 16);
+    }
+    *reinterpret_cast<uint4*>(dst) = make_uint4(wv[0], wv[1], wv[2], wv[3]);
+}
+
+// One operand chunk of a tile. The pixel operands (A of modes 0, 1; A and B of mode 2) use one 16-byte
+// cp.async (zero-filled outside the tensor) when VEC; everything else goes through cv_gather8.
+template <typename T, int MODE, bool IS_A, bool KC, bool VEC>
+__device__ __forceinline__ void cv_chunk(unsigned short* dst, const T* src, const ConvParams& p, long long row,
+                                         long long k0, long long rows, long long K) {
+    const bool pixel_operand = IS_A || MODE == 2;
+    if (VEC && pixel_operand) {
+        const unsigned short* s = reinterpret_cast<const unsigned short*>(src);
+        long long off = -1;
+        if (row < rows && k0 < K) {
+            if (MODE == 2 && IS_A) {
+                off = k0 * p.o + row;  // dy[q, o .. o + 7]
+            } else if (MODE == 2) {
+                const unsigned t = (unsigned)row / (unsigned)p.c;
+                const long long base = conv_im2col(p, (unsigned)k0, t);
+                off = base < 0 ? -1 : base + (row - (long long)t * p.c);
+            } else {
+                const unsigned cr = (unsigned)(MODE == 0 ? p.c : p.o);
+                const unsigned t = (unsigned)k0 / cr;
+                const long long base = MODE == 0 ? conv_im2col(p, (unsigned)row, t) : conv_col2im(p, (unsigned)row, t);
+                off = base < 0 ? -1 : base + (k0 - (long long)t * cr);
+            }
+        }
+        cp_async_16_zfill(dst, off >= 0 ? s + off : s, off >= 0 ? 16 : 0);
+    } else {
+        cv_gather8<T, MODE, IS_A, KC>(dst, src, p, row, k0, rows, K);
+    }
+}
+
+// Loads one operand's k-tile (k0 = first k) into `tile`: 2 chunks per thread, laid out as gemm_tc's.
+template <typename T, int MODE, bool IS_A, bool KC, bool VEC>
+__device__ __forceinline__ void cv_load_tile(unsigned short* tile, const T* src, const ConvParams& p, long long r0,
+                                             long long k0, long long rows, long long K) {
+    const int t = threadIdx.x;
+    if (KC) {
+        const int r = t >> 2, c = t & 3;
+        cv_chunk<T, MODE, IS_A, KC, VEC>(tile + swz_k(r, c), src, p, r0 + r, k0 + c * 8, rows, K);
+        cv_chunk<T, MODE, IS_A, KC, VEC>(tile + swz_k(r + 64, c), src, p, r0 + r + 64, k0 + c * 8, rows, K);
+    } else {
+        const int kr = t >> 4, c = t & 15;
+        cv_chunk<T, MODE, IS_A, KC, VEC>(tile + swz_mn(kr, c), src, p, r0 + c * 8, k0 + kr, rows, K);
+        cv_chunk<T, MODE, IS_A, KC, VEC>(tile + swz_mn(kr + 16, c), src, p, r0 + c * 8, k0 + kr + 16, rows, K);
+    }
+}
+
+template <typename T> struct CvMma;
+template <> struct CvMma<__half> {
+    static __device__ __forceinline__ void run(float* acc, const unsigned* a, const unsigned* b) {
+        mma_m16n8k16_f16(acc, a, b, acc);
+    }
+};
+template <> struct CvMma<__nv_bfloat16> {
+    static __device__ __forceinline__ void run(float* acc, const unsigned* a, const unsigned* b) {
+        mma_m16n8k16_bf16(acc, a, b, acc);
+    }
+};
+
+// A: modes 0, 1 load k-contiguous tiles (rows = M), mode 2 m-contiguous ones (dy rows); B: modes 0, 1
+// k-contiguous (rows = N, the weight gather), mode 2 n-contiguous (x pixels).
+template <typename T, int MODE, bool VEC>
+__device__ __forceinline__ void conv_tc(const T* __restrict__ a_src, const T* __restrict__ b_src,
+                                        const T* __restrict__ bias, T* __restrict__ dst, const ConvParams& p,
+                                        unsigned short* smem_a, unsigned short* smem_b) {
+    constexpr bool TA = MODE == 2;  // A stored k-major (m contiguous)
+    constexpr bool TB = MODE != 2;  // B stored n-major (k contiguous)
+    long long M, N, K;
+    conv_gemm_dims<MODE>(p, M, N, K);
+    const long long tiles_m = (M + CV_BM - 1) / CV_BM, tiles_n = (N + CV_BN - 1) / CV_BN;
+    long long tm, tn;
+    gemm_tile_of<8>(blockIdx.x, tiles_m, tiles_n, tm, tn);
+    const long long m0 = tm * CV_BM, n0 = tn * CV_BN;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int wm = (warp >> 2) * 64, wn = (warp & 3) * 32;
+
+    float acc[4][4][4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
+
+    const int ktiles = (int)((K + CV_BK - 1) / CV_BK);
+#pragma unroll
+    for (int s = 0; s < CV_STAGES - 1; ++s) {
+        if (s < ktiles) {
+            cv_load_tile<T, MODE, true, !TA, VEC>(smem_a + s * CV_TILE, a_src, p, m0, (long long)s * CV_BK, M, K);
+            cv_load_tile<T, MODE, false, TB, VEC>(smem_b + s * CV_TILE, b_src, p, n0, (long long)s * CV_BK, N, K);
+        }
+        cp_async_commit();
+    }
+    int rs = 0, ws = CV_STAGES - 1;
+    for (int kt = 0; kt < ktiles; ++kt) {
+        cp_async_wait_group<CV_STAGES - 2>();
+        __syncthreads();
+        if (kt + CV_STAGES - 1 < ktiles) {
+            const long long k0 = (long long)(kt + CV_STAGES - 1) * CV_BK;
+            cv_load_tile<T, MODE, true, !TA, VEC>(smem_a + ws * CV_TILE, a_src, p, m0, k0, M, K);
+            cv_load_tile<T, MODE, false, TB, VEC>(smem_b + ws * CV_TILE, b_src, p, n0, k0, N, K);
+        }
+        cp_async_commit();
+        const unsigned short* as = smem_a + rs * CV_TILE;
+        const unsigned short* bs = smem_b + rs * CV_TILE;
+        rs = rs == CV_STAGES - 1 ? 0 : rs + 1;
+        ws = ws == CV_STAGES - 1 ? 0 : ws + 1;
+#pragma unroll
+        for (int kk = 0; kk < CV_BK; kk += 16) {
+            unsigned af[4][4], bfr[4][2];
+#pragma unroll
+            for (int mi = 0; mi < 4; ++mi) {
+                if (!TA) {
+                    int row = wm + mi * 16 + (lane & 15);
+                    ldmatrix_x4(af[mi], as + swz_k(row, (kk >> 3) + (lane >> 4)));
+                } else {
+                    int krow = kk + (lane & 7) + ((lane >> 4) << 3);
+                    int m = wm + mi * 16 + (((lane >> 3) & 1) << 3);
+                    ldmatrix_x4_trans(af[mi], as + swz_mn(krow, m >> 3));
+                }
+            }
+#pragma unroll
+            for (int nj = 0; nj < 2; ++nj) {
+                unsigned r[4];
+                if (!TB) {
+                    int krow = kk + (lane & 7) + (((lane >> 3) & 1) << 3);
+                    int n = wn + nj * 16 + ((lane >> 4) << 3);
+                    ldmatrix_x4_trans(r, bs + swz_mn(krow, n >> 3));
+                } else {
+                    int n = wn + nj * 16 + (lane & 7) + ((lane >> 4) << 3);
+                    ldmatrix_x4(r, bs + swz_k(n, (kk >> 3) + ((lane >> 3) & 1)));
+                }
+                bfr[2 * nj][0] = r[0];
+                bfr[2 * nj][1] = r[1];
+                bfr[2 * nj + 1][0] = r[2];
+                bfr[2 * nj + 1][1] = r[3];
+            }
+#pragma unroll
+            for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+                for (int ni = 0; ni < 4; ++ni) CvMma<T>::run(acc[mi][ni], af[mi], bfr[ni]);
+        }
+    }
+    cp_async_wait_all();
+
+    // Accumulator (m16n8 f32): c0, c1 at (row g, cols 2t, 2t+1), c2, c3 at (row g + 8, same cols).
+    const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int mi = 0; mi < 4; ++mi) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const long long row = m0 + wm + mi * 16 + g + half * 8;
+            if (row >= M) continue;
+#pragma unroll
+            for (int ni = 0; ni < 4; ++ni) {
+                const long long col = n0 + wn + ni * 8 + 2 * t;
+                if (col < N) conv_store<T, MODE>(dst, bias, p, N, row, col, acc[mi][ni][2 * half]);
+                if (col + 1 < N) conv_store<T, MODE>(dst, bias, p, N, row, col + 1, acc[mi][ni][2 * half + 1]);
+            }
+        }
+    }
+}
+
+// Whether a mode's pixel operands can use 16-byte copies: 8-channel chunks and 16-byte aligned bases.
+template <int MODE>
+__device__ __forceinline__ bool conv_vec(const void* a, const void* b, const ConvParams& p) {
+    const bool al = ((unsigned long long)a & 15ull) == 0 && ((unsigned long long)b & 15ull) == 0;
+    if (MODE == 0) return al && (p.c & 7) == 0;
+    if (MODE == 1) return al && (p.o & 7) == 0;
+    return al && (p.c & 7) == 0 && (p.o & 7) == 0;
+}
+
+template <typename T, int MODE>
+__device__ __forceinline__ void conv_tc_entry(const T* a, const T* b, const T* bias, T* dst, const ConvParams& p) {
+    __shared__ __align__(128) unsigned short smem_a[CV_STAGES * CV_TILE];
+    __shared__ __align__(128) unsigned short smem_b[CV_STAGES * CV_TILE];
+    if (conv_vec<MODE>(a, b, p)) conv_tc<T, MODE, true>(a, b, bias, dst, p, smem_a, smem_b);
+    else conv_tc<T, MODE, false>(a, b, bias, dst, p, smem_a, smem_b);
+}
+
+// Forward: (x, w, bias or null) -> y. Backward data: (dy, w) -> dx. Backward weight: (x, dy) -> dw.
+extern "C" __global__ void __launch_bounds__(CV_THREADS, 2)
+    conv2d_fwd_tc_f16(const __half* x, const __half* w, const __half* bias, __half* y, ConvParams p) {
+    conv_tc_entry<__half, 0>(x, w, bias, y, p);
+}
+extern "C" __global__ void __launch_bounds__(CV_THREADS, 2)
+    conv2d_bwd_data_tc_f16(const __half* dy, const __half* w, __half* dx, ConvParams p) {
+    conv_tc_entry<__half, 1>(dy, w, nullptr, dx, p);
+}
+extern "C" __global__ void __launch_bounds__(CV_THREADS, 2)
+    conv2d_bwd_weight_tc_f16(const __half* x, const __half* dy, __half* dw, ConvParams p) {
+    conv_tc_entry<__half, 2>(dy, x, nullptr, dw, p);
+}
+extern "C" __global__ void __launch_bounds__(CV_THREADS, 2)
+    conv2d_fwd_tc_bf16(const __nv_bfloat16* x, const __nv_bfloat16* w, const __nv_bfloat16* bias, __nv_bfloat16* y, ConvParams p) {
+    conv_tc_entry<__nv_bfloat16, 0>(x, w, bias, y, p);
+}
+extern "C" __global__ void __launch_bounds__(CV_THREADS, 2)
+    conv2d_bwd_data_tc_bf16(const __nv_bfloat16* dy, const __nv_bfloat16* w, __nv_bfloat16* dx, ConvParams p) {
+    conv_tc_entry<__nv_bfloat16, 1>(dy, w, nullptr, dx, p);
+}
+extern "C" __global__ void __launch_bounds__(CV_THREADS, 2)
+    conv2d_bwd_weight_tc_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy, __nv_bfloat16* dw, ConvParams p) {
+    conv_tc_entry<__nv_bfloat16, 2>(dy, x, nullptr, dw, p);
+}
+
+// ---- CUDA cores (f32) ----------------------------------------------------------------------------------
+
+#define CS_BM 64
+#define CS_BN 64
+#define CS_BK 16
+#define CS_THREADS 256
+
+template <int MODE>
+__device__ __forceinline__ void conv_simt(const float* __restrict__ a_src, const float* __restrict__ b_src,
+                                          const float* __restrict__ bias, float* __restrict__ dst,
+                                          const ConvParams& p) {
+    __shared__ __align__(16) float sa[2][CS_BK][CS_BM];
+    __shared__ __align__(16) float sb[2][CS_BK][CS_BN];
+    long long M, N, K;
+    conv_gemm_dims<MODE>(p, M, N, K);
+    const long long tiles_m = (M + CS_BM - 1) / CS_BM, tiles_n = (N + CS_BN - 1) / CS_BN;
+    long long tm, tn;
+    gemm_tile_of<8>(blockIdx.x, tiles_m, tiles_n, tm, tn);
+    const long long m0 = tm * CS_BM, n0 = tn * CS_BN;
+    const int t = threadIdx.x, tx = t & 15, ty = t >> 4;
+    // Loads: element i of a thread is (row, k) = ((t + 256 i) % 64, (t + 256 i) / 64) of the 64 x 16 tile.
+    float va[4], vb[4];
+    auto fetch = [&](long long k0) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int e = t + CS_THREADS * i, r = e & 63, kk = e >> 6;
+            const long long k = k0 + kk, m = m0 + r, n = n0 + r;
+            va[i] = (m < M && k < K) ? conv_a<float, MODE>(a_src, p, m, k) : 0.0f;
+            vb[i] = (n < N && k < K) ? conv_b<float, MODE>(b_src, p, k, n) : 0.0f;
+        }
+    };
+    auto stash = [&](int buf) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int e = t + CS_THREADS * i, r = e & 63, kk = e >> 6;
+            sa[buf][kk][r] = va[i];
+            sb[buf][kk][r] = vb[i];
+        }
+    };
+    float acc[4][4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
+    const int ktiles = (int)((K + CS_BK - 1) / CS_BK);
+    if (ktiles > 0) {
+        fetch(0);
+        stash(0);
+    }
+    __syncthreads();
+    for (int kt = 0; kt < ktiles; ++kt) {
+        const bool more = kt + 1 < ktiles;
+        if (more) fetch((long long)(kt + 1) * CS_BK);
+        const int buf = kt & 1;
+#pragma unroll
+        for (int kk = 0; kk < CS_BK; ++kk) {
+            const float4 a4 = *reinterpret_cast<const float4*>(&sa[buf][kk][ty * 4]);
+            const float4 b4 = *reinterpret_cast<const float4*>(&sb[buf][kk][tx * 4]);
+            const float av[4] = {a4.x, a4.y, a4.z, a4.w}, bv[4] = {b4.x, b4.y, b4.z, b4.w};
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+#pragma unroll
+                for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+        }
+        if (more) stash(buf ^ 1);
+        __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const long long m = m0 + ty * 4 + i;
+        if (m >= M) continue;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const long long n = n0 + tx * 4 + j;
+            if (n < N) conv_store<float, MODE>(dst, bias, p, N, m, n, acc[i][j]);
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(CS_THREADS)
+    conv2d_fwd_simt_f32(const float* x, const float* w, const float* bias, float* y, ConvParams p) {
+    conv_simt<0>(x, w, bias, y, p);
+}
+extern "C" __global__ void __launch_bounds__(CS_THREADS)
+    conv2d_bwd_data_simt_f32(const float* dy, const float* w, float* dx, ConvParams p) {
+    conv_simt<1>(dy, w, nullptr, dx, p);
+}
+extern "C" __global__ void __launch_bounds__(CS_THREADS)
+    conv2d_bwd_weight_simt_f32(const float* x, const float* dy, float* dw, ConvParams p) {
+    conv_simt<2>(dy, x, nullptr, dw, p);
+}
