@@ -6,14 +6,13 @@
 //! `text_model.encoder.layers.{i}.self_attn.{q,k,v,out}_proj.{weight,bias}`, `layer_norm1/2`, `mlp.fc1/fc2`,
 //! `text_model.final_layer_norm`), so [`crate::models::weights`] loads them unchanged.
 //!
-//! Token lookup: the token embedding is a one-hot `[B*T, V]` input times the `[V, C]` table (exact: each row
-//! sums one table row times 1.0). [`ClipTextModel::inputs`] builds the one-hot from ids, so callers pass ids
-//! only. This stays until `Op::Gather` (box helper) is merged, which makes the lookup a gather of `B*T` rows
-//! (the one-hot costs `2*B*T*V*C` flops: 11.7 GFLOP and 30 MB of f32 input for B=2 with the real vocabulary,
-//! about as much as the 12 layers themselves).
+//! Token lookup: `Op::Gather { axis: 0 }` (torch.gather) of the `[V, C]` table with the ids `[B*T, 1]` (i64
+//! input) broadcast to `[B*T, C]`: row r, column c reads `table[ids[r], c]`. [`ClipTextModel::inputs`] builds
+//! the ids tensor. (Before Gather existed this was a one-hot `[B*T, V]` matmul: 11.7 GFLOP and a 30 MB input
+//! at B=2 with the real vocabulary.)
 
 use crate::error::{Error, Result};
-use crate::graph::{Graph, NodeId, UnaryOp};
+use crate::graph::{Graph, NodeId, Op, UnaryOp};
 use crate::models::config::ClipTextConfig;
 use crate::models::layers;
 use crate::nn;
@@ -41,7 +40,7 @@ pub struct ClipTextGraph {
 }
 
 impl ClipTextModel {
-    /// Name of the graph input that carries the token ids (as a one-hot `[B*T, V]` in the model dtype).
+    /// Name of the graph input that carries the token ids (i64 `[B*T, 1]`).
     pub const INPUT: &'static str = "input_ids";
 
     pub fn new(config: ClipTextConfig, batch: usize, dtype: DType) -> Result<Self> {
@@ -71,9 +70,10 @@ impl ClipTextModel {
         if t > c.max_position_embeddings {
             return Err(Error::graph("CLIPTextModel", format!("{t} tokens > max_position_embeddings {}", c.max_position_embeddings)));
         }
-        let onehot = g.input(Self::INPUT, &[b * t, c.vocab_size], dt)?; // (B*T, V)
+        let ids = g.input(Self::INPUT, &[b * t, 1], DType::I64)?; // (B*T, 1)
+        let ids = g.broadcast_to(ids, &[b * t, d])?; // (B*T, C)
         let table = g.param("text_model.embeddings.token_embedding.weight", &[c.vocab_size, d], dt)?; // (V, C)
-        let tok = g.matmul(onehot, table)?; // (B*T, C)
+        let tok = g.push(Op::Gather { axis: 0 }, &[table, ids])?; // (B*T, C)
         let tok = g.reshape(tok, &[b, t, d])?; // (B, T, C)
         let pos = g.param("text_model.embeddings.position_embedding.weight", &[c.max_position_embeddings, d], dt)?;
         let pos = g.slice(pos, 0, 0, t)?; // (T, C): position ids are 0..T
@@ -116,13 +116,13 @@ impl ClipTextModel {
                 msg: format!("want {} rows of {} ids, got {:?}", self.batch, self.seq, ids.iter().map(|r| r.len()).collect::<Vec<_>>()),
             });
         }
-        let mut onehot = vec![0f32; self.batch * self.seq * v];
-        for (r, &id) in ids.iter().flatten().enumerate() {
+        let mut bytes = Vec::with_capacity(self.batch * self.seq * 8);
+        for &id in ids.iter().flatten() {
             if id as usize >= v {
                 return Err(Error::Mismatch { what: "CLIPTextModel input ids".into(), msg: format!("id {id} >= vocab_size {v}") });
             }
-            onehot[r * v + id as usize] = 1.0;
+            bytes.extend_from_slice(&(id as i64).to_le_bytes());
         }
-        Ok(vec![(Self::INPUT.to_string(), HostTensor::from_f32(&[self.batch * self.seq, v], self.dtype, &onehot)?)])
+        Ok(vec![(Self::INPUT.to_string(), HostTensor::from_bytes(&[self.batch * self.seq, 1], DType::I64, bytes)?)])
     }
 }
