@@ -209,11 +209,6 @@ pub fn vae_compvis_key(key: &str, n_up: usize) -> Option<String> {
     Some(format!("{side}.{mapped}"))
 }
 
-/// Until the UNet helper's `unet::compvis_key` is merged, the UNet of a CompVis file is not mapped.
-fn unet_compvis_key(_key: &str) -> Option<String> {
-    None
-}
-
 /// The weights of one component: a file and the map from module keys (graph `Param` names) to file keys.
 #[derive(Clone, Debug)]
 pub struct ComponentWeights {
@@ -249,7 +244,7 @@ impl ComponentWeights {
                     fk.strip_prefix("first_stage_model.").and_then(|r| vae_compvis_key(r, n_up))
                 }
                 (Component::Unet, Layout::CompVis) => {
-                    if fk.starts_with("model.diffusion_model.") { unet_compvis_key(fk) } else { None }
+                    if fk.starts_with("model.diffusion_model.") { crate::models::unet::compvis_key(fk) } else { None }
                 }
             };
             if let Some(mk) = mk {
