@@ -134,7 +134,12 @@ fn sample_writes_pngs_json_and_features_deterministically() {
     o.seed = 43;
     let r3 = run(BackendKind::Cpu, &o).unwrap();
     assert_ne!(std::fs::read(&r.images[0]).unwrap(), std::fs::read(&r3.images[0]).unwrap());
-    std::fs::remove_dir_all(&root).ok();
+    // INSTAGEN_SAMPLE_KEEP=1 keeps the assembled folder (to run the binary on it by hand).
+    if std::env::var_os("INSTAGEN_SAMPLE_KEEP").is_some() {
+        println!("kept {}", root.display());
+    } else {
+        std::fs::remove_dir_all(&root).ok();
+    }
 }
 
 #[test]
