@@ -80,6 +80,40 @@ enum Cmd {
     },
 
     // @models
+    /// Text to images with SD v1.x: CLIP text encoder, guided DDIM (UNet), VAE decoder; writes
+    /// `{seed}_{i}.png`, `{seed}.json` and with --features the t=1 feature levels (safetensors).
+    Sample {
+        /// A diffusers folder (text_encoder/, unet/, vae/, tokenizer/) or a CompVis .safetensors file.
+        #[arg(long)]
+        weights: std::path::PathBuf,
+        /// Tokenizer folder (vocab.json + merges.txt or tokenizer.json); needed with a CompVis file.
+        #[arg(long)]
+        tokenizer: Option<std::path::PathBuf>,
+        #[arg(long)]
+        prompt: String,
+        #[arg(long, default_value_t = 50)]
+        steps: usize,
+        #[arg(long, default_value_t = 5.0)]
+        guidance: f32,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Output folder.
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// Also write the t=1 feature levels.
+        #[arg(long)]
+        features: bool,
+        #[arg(long)]
+        backend: Option<String>,
+        /// f16, f32 or bf16.
+        #[arg(long, default_value = "f16")]
+        dtype: String,
+        /// Latent side (image side / 8 for SD); default: the UNet's sample_size.
+        #[arg(long)]
+        latent: Option<usize>,
+    },
 
     // @unet
 
@@ -127,7 +161,14 @@ fn main() {
                     instagen::pipeline::sample::bench_unet(k, &config, batch, latent, d, min_seconds)
                 })
                 .map(|s| print!("{s}")),
-            other => Err(instagen::Error::Other(format!("unknown bench '{other}' (kernels, unet)"))),
+            // @models
+            "clip" => parse_dtype(&dtype)
+                .and_then(|d| instagen::pipeline::txt2img::bench_clip(backend_kind(backend)?, &config, batch, d, min_seconds))
+                .map(|s| print!("{s}")),
+            "vae" => parse_dtype(&dtype)
+                .and_then(|d| instagen::pipeline::txt2img::bench_vae(backend_kind(backend)?, &config, batch, latent, d, min_seconds))
+                .map(|s| print!("{s}")),
+            other => Err(instagen::Error::Other(format!("unknown bench '{other}' (kernels, unet, clip, vae)"))),
         },
 
         // @coco
@@ -136,6 +177,17 @@ fn main() {
         }
 
         // @models
+        Cmd::Sample { weights, tokenizer, prompt, steps, guidance, seed, batch, out, features, backend, dtype, latent } => {
+            parse_dtype(&dtype)
+                .and_then(|dtype| {
+                    let k = backend_kind(backend)?;
+                    let o = instagen::pipeline::txt2img::Txt2ImgOptions {
+                        weights, tokenizer, prompt, steps, guidance, seed, batch, out, features, dtype, latent, progress: true,
+                    };
+                    instagen::pipeline::txt2img::run(k, &o)
+                })
+                .map(|r| print!("{}", r.text()))
+        }
 
         // @unet
 

@@ -3,3 +3,4 @@
 pub mod kernels;
 pub mod selfcheck;
 pub mod sample;
+pub mod txt2img;
