@@ -290,19 +290,15 @@ fn every_op_kind_is_gradient_checked() {
     data_movement();
     linear_and_attention_params();
 
-    // @conv
     conv2d_cases();
     group_norm_cases();
     upsample_nearest2x_case();
 
-    // @attn
     attention_ops();
     sd_misc_ops();
 
-    // @box
     gather_and_box_ops();
 
-    // @roi
     roi_align_levels_and_detection_losses();
 
     DRY.with(|d| d.set(false));
@@ -311,7 +307,6 @@ fn every_op_kind_is_gradient_checked() {
     assert!(missing.is_empty(), "op kinds without a gradient check: {missing:?}");
 }
 
-// @conv
 #[test]
 fn conv2d_cases() {
     use instagen::graph::Op;
@@ -357,8 +352,6 @@ fn upsample_nearest2x_case() {
     check("upsample_nearest2x", &[(&[2, 2, 3, 2], Gen::Normal)], |g, x| nn::spatial::upsample_nearest2x(g, x[0]));
 }
 
-// @attn
-
 #[test]
 fn attention_ops() {
     use instagen::graph::Op;
@@ -393,8 +386,6 @@ fn sd_misc_ops() {
         g.mul(e, x[0])
     });
 }
-
-// @box
 
 /// A constant f32 tensor built from fills (the non-differentiable box ops get fixed boxes, so the finite
 /// differences see only the differentiable path).
@@ -447,8 +438,6 @@ fn gather_and_box_ops() {
         g.mul(x[0], keep)
     });
 }
-
-// @roi
 
 /// `x` (values on the 1/4 grid of [`Gen::GridB`]) times 4, through an i32 cast: the same values, but constant
 /// under the finite-difference steps and without a gradient (for inputs the ops do not differentiate).

@@ -58,7 +58,6 @@ enum Cmd {
         latent: Option<usize>,
     },
 
-    // @coco
     /// COCO box evaluation (as pycocotools): prints the 12-line table, optionally the open-vocabulary split's
     /// base / novel / all AP50, and writes the figures as JSON.
     Eval {
@@ -79,7 +78,6 @@ enum Cmd {
         lenient: bool,
     },
 
-    // @models
     /// Text to images with SD v1.x: CLIP text encoder, guided DDIM (UNet), VAE decoder; writes
     /// `{seed}_{i}.png`, `{seed}.json` and with --features the t=1 feature levels (safetensors).
     Sample {
@@ -114,9 +112,6 @@ enum Cmd {
         #[arg(long)]
         latent: Option<usize>,
     },
-
-    // @unet
-
 }
 
 fn backend_kind(s: Option<String>) -> instagen::Result<BackendKind> {
@@ -161,7 +156,6 @@ fn main() {
                     instagen::pipeline::sample::bench_unet(k, &config, batch, latent, d, min_seconds)
                 })
                 .map(|s| print!("{s}")),
-            // @models
             "clip" => parse_dtype(&dtype)
                 .and_then(|d| instagen::pipeline::txt2img::bench_clip(backend_kind(backend)?, &config, batch, d, min_seconds))
                 .map(|s| print!("{s}")),
@@ -171,12 +165,10 @@ fn main() {
             other => Err(instagen::Error::Other(format!("unknown bench '{other}' (kernels, unet, clip, vae)"))),
         },
 
-        // @coco
         Cmd::Eval { gt, dt, split, json, lenient } => {
             instagen::detection::eval::run_cli(&gt, &dt, split.as_deref(), json.as_deref(), lenient).map(|s| print!("{s}"))
         }
 
-        // @models
         Cmd::Sample { weights, tokenizer, prompt, steps, guidance, seed, batch, out, features, backend, dtype, latent } => {
             parse_dtype(&dtype)
                 .and_then(|dtype| {
@@ -188,9 +180,6 @@ fn main() {
                 })
                 .map(|r| print!("{}", r.text()))
         }
-
-        // @unet
-
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

@@ -2,13 +2,9 @@
 
 pub mod hungarian;
 
-// @coco
 pub mod coco;
 pub mod eval;
 
-// @box
 pub mod boxes;
 
-// @roi
 pub mod roi;
-

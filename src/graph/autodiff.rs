@@ -217,7 +217,6 @@ fn input_grads(g: &mut Graph, id: NodeId, dy: NodeId, needs: &[bool]) -> Result<
             }
             vec![Some(g.cast(dy, d)?)]
         }
-        // @conv
         Op::Conv2d { stride, padding, bias } => {
             let (x, w) = (ins[0], ins[1]);
             let (xs, ws) = (shape_of(g, 0), shape_of(g, 1));
@@ -299,7 +298,6 @@ fn input_grads(g: &mut Graph, id: NodeId, dy: NodeId, needs: &[bool]) -> Result<
             return Err(Error::graph(node.op.describe(), "second-order gradients are not supported"));
         }
 
-        // @attn
         Op::Attention { causal, scale } => {
             // Flash-attention 2 style: the backward recomputes P from q, k and the row logsumexp (a first pass
             // over the keys, `AttentionStats`, which also forms delta = rowsum(dy * o)), then one fused op.
@@ -320,7 +318,6 @@ fn input_grads(g: &mut Graph, id: NodeId, dy: NodeId, needs: &[bool]) -> Result<
             return Err(Error::graph(node.op.describe(), "second-order gradients are not supported"));
         }
 
-        // @box
         Op::BoxIou { .. } | Op::BoxEncode { .. } | Op::BoxDecode { .. } => vec![None, None],
         Op::Nms { .. } => vec![None, None, None],
         Op::TopK { .. } => vec![None],
@@ -340,7 +337,6 @@ fn input_grads(g: &mut Graph, id: NodeId, dy: NodeId, needs: &[bool]) -> Result<
             return Err(Error::graph(node.op.describe(), "second-order gradients are not supported"));
         }
 
-        // @roi
         Op::RoiAlign { out_h, out_w, spatial_scale, sampling_ratio, aligned } => {
             // Linear in the features; the RoI coordinates get no gradient.
             let fs = shape_of(g, 0);

@@ -126,7 +126,6 @@ pub enum Op {
     Pad { axis: usize, before: usize, after: usize },
     Cast { dtype: DType },
 
-    // @conv
     /// 2-D convolution, NHWC activations: inputs `(x [N,H,W,C], w [O,C,kh,kw][, bias [O]])` -> `[N,Ho,Wo,O]`,
     /// `Ho = (H + 2*padding - kh) / stride + 1` (zero padding; groups 1, dilation 1).
     Conv2d { stride: usize, padding: usize, bias: bool },
@@ -141,7 +140,6 @@ pub enum Op {
     /// Gradient of `GroupNorm` w.r.t. x; inputs `(x, weight, bias, dy)`.
     GroupNormBwd { groups: usize, eps: f32, silu: bool },
 
-    // @attn
     /// Fused multi-head attention: inputs `(q [B,Tq,H,D], k [B,Tk,H,D], v [B,Tk,H,D])` -> `[B,Tq,H,D]` =
     /// `softmax(q k^T * scale) v` per (batch, head), f32 accumulation; `causal` masks key j > query i.
     Attention { causal: bool, scale: f32 },
@@ -160,7 +158,6 @@ pub enum Op {
     /// (`shift` = `downscale_freq_shift`). Not differentiable.
     TimestepEmbedding { dim: usize, flip_sin_to_cos: bool, shift: f32, max_period: f32 },
 
-    // @box
     /// IoU (or GIoU when `giou`) of every pair: inputs (a [..., N, 4], b [..., M, 4]) xyxy boxes with the same
     /// leading axes -> [..., N, M] (torchvision `box_iou` / `generalized_box_iou`). Not differentiable.
     BoxIou { giou: bool },
@@ -180,7 +177,6 @@ pub enum Op {
     /// Scatter-add of `dy` at `idx` along `axis` into an output of `size` there: inputs (idx, dy) -> dx.
     GatherBwd { axis: usize, size: usize },
 
-    // @roi
     /// RoI Align as torchvision.ops.roi_align on NHWC features; inputs (feat [N,H,W,C], rois [K,5] f32 =
     /// (batch_index, x1, y1, x2, y2) in input pixels) -> [K, out_h, out_w, C]. `sampling_ratio <= 0`: adaptive
     /// (ceil(roi_size / out_size) samples per bin and axis).
@@ -211,7 +207,6 @@ pub enum Op {
     GiouLoss { eps: f32 },
     /// Gradient of `GiouLoss` w.r.t. pred; inputs (pred, target, dy [...]) -> dpred [..., 4].
     GiouLossBwd { eps: f32 },
-
 }
 
 /// Every op kind by name; the gradient-check coverage test walks this list.
@@ -219,19 +214,14 @@ pub const OP_KINDS: &[&str] = &[
     "input", "param", "fill", "unary", "unary_bwd", "binary", "reduce", "matmul", "softmax", "softmax_bwd",
     "layer_norm", "layer_norm_bwd", "reshape", "permute", "broadcast_to", "concat", "slice", "pad", "cast",
 
-    // @conv
     "conv2d", "conv2d_bwd_data", "conv2d_bwd_weight", "group_norm", "group_norm_bwd",
 
-    // @attn
     "attention", "attention_stats", "attention_bwd", "geglu", "geglu_bwd", "timestep_embedding",
 
-    // @box
     "box_iou", "box_encode", "box_decode", "nms", "topk", "gather", "gather_bwd",
 
-    // @roi
     "roi_align", "roi_align_bwd", "fpn_levels", "sigmoid_focal_loss", "sigmoid_focal_loss_bwd", "giou_loss",
     "giou_loss_bwd",
-
 ];
 
 impl Op {
@@ -258,14 +248,12 @@ impl Op {
             Op::Pad { .. } => "pad",
             Op::Cast { .. } => "cast",
 
-            // @conv
             Op::Conv2d { .. } => "conv2d",
             Op::Conv2dBwdData { .. } => "conv2d_bwd_data",
             Op::Conv2dBwdWeight { .. } => "conv2d_bwd_weight",
             Op::GroupNorm { .. } => "group_norm",
             Op::GroupNormBwd { .. } => "group_norm_bwd",
 
-            // @attn
             Op::Attention { .. } => "attention",
             Op::AttentionStats { .. } => "attention_stats",
             Op::AttentionBwd { .. } => "attention_bwd",
@@ -273,7 +261,6 @@ impl Op {
             Op::GegluBwd => "geglu_bwd",
             Op::TimestepEmbedding { .. } => "timestep_embedding",
 
-            // @box
             Op::BoxIou { .. } => "box_iou",
             Op::BoxEncode { .. } => "box_encode",
             Op::BoxDecode { .. } => "box_decode",
@@ -282,7 +269,6 @@ impl Op {
             Op::Gather { .. } => "gather",
             Op::GatherBwd { .. } => "gather_bwd",
 
-            // @roi
             Op::RoiAlign { .. } => "roi_align",
             Op::RoiAlignBwd { .. } => "roi_align_bwd",
             Op::FpnLevels { .. } => "fpn_levels",
@@ -290,7 +276,6 @@ impl Op {
             Op::SigmoidFocalLossBwd { .. } => "sigmoid_focal_loss_bwd",
             Op::GiouLoss { .. } => "giou_loss",
             Op::GiouLossBwd { .. } => "giou_loss_bwd",
-
         }
     }
 
@@ -366,30 +351,25 @@ pub fn infer(op: &Op, shapes: &[&[usize]], dtypes: &[DType]) -> Result<(Vec<usiz
         Op::LayerNormBwd { affine, .. } => Some(if *affine { 3 } else { 2 }),
         Op::Concat { .. } => None,
 
-        // @conv
         Op::Conv2d { bias, .. } => Some(if *bias { 3 } else { 2 }),
         Op::Conv2dBwdData { .. } | Op::Conv2dBwdWeight { .. } => Some(2),
         Op::GroupNorm { .. } => Some(3),
         Op::GroupNormBwd { .. } => Some(4),
 
-        // @attn
         Op::Attention { .. } => Some(3),
         Op::AttentionStats { .. } => Some(4),
         Op::AttentionBwd { .. } => Some(5),
         Op::Geglu | Op::TimestepEmbedding { .. } => Some(1),
         Op::GegluBwd => Some(2),
 
-        // @box
         Op::TopK { .. } => Some(1),
         Op::BoxIou { .. } | Op::BoxEncode { .. } | Op::BoxDecode { .. } => Some(2),
         Op::Gather { .. } | Op::GatherBwd { .. } => Some(2),
         Op::Nms { .. } => Some(3),
 
-        // @roi
         Op::FpnLevels { .. } => Some(1),
         Op::RoiAlign { .. } | Op::RoiAlignBwd { .. } | Op::SigmoidFocalLoss { .. } | Op::GiouLoss { .. } => Some(2),
         Op::SigmoidFocalLossBwd { .. } | Op::GiouLossBwd { .. } => Some(3),
-
     };
     if let Some(n) = arity {
         if shapes.len() != n {
@@ -541,7 +521,6 @@ pub fn infer(op: &Op, shapes: &[&[usize]], dtypes: &[DType]) -> Result<(Vec<usiz
         }
         Op::Cast { dtype } => Ok((shapes[0].to_vec(), *dtype)),
 
-        // @conv
         Op::Conv2d { .. } | Op::Conv2dBwdData { .. } | Op::Conv2dBwdWeight { .. } => {
             require_float(op, dtypes)?;
             let d = same_dtype(op, dtypes)?;
@@ -609,7 +588,6 @@ pub fn infer(op: &Op, shapes: &[&[usize]], dtypes: &[DType]) -> Result<(Vec<usiz
             Ok((x.to_vec(), d))
         }
 
-        // @attn
         // q [B,Tq,H,D], k and v [B,Tk,H,D], o and dy like q, stats [B,H,2,Tq] f32.
         Op::Attention { .. } | Op::AttentionStats { .. } | Op::AttentionBwd { .. } => {
             // Every input but the f32 stats shares the storage dtype.
@@ -676,7 +654,6 @@ pub fn infer(op: &Op, shapes: &[&[usize]], dtypes: &[DType]) -> Result<(Vec<usiz
             Ok((vec![t[0], *dim], DType::F32))
         }
 
-        // @box
         Op::BoxIou { .. } => {
             require_float(op, dtypes)?;
             let d = same_dtype(op, dtypes)?;
@@ -754,7 +731,6 @@ pub fn infer(op: &Op, shapes: &[&[usize]], dtypes: &[DType]) -> Result<(Vec<usiz
             Ok((out, dtypes[1]))
         }
 
-        // @roi
         Op::RoiAlign { out_h, out_w, .. } | Op::RoiAlignBwd { out_h, out_w, .. } => {
             let bwd = matches!(op, Op::RoiAlignBwd { .. });
             let (ri, di) = if bwd { (0, 1) } else { (1, 0) };
@@ -816,7 +792,5 @@ pub fn infer(op: &Op, shapes: &[&[usize]], dtypes: &[DType]) -> Result<(Vec<usiz
             }
             Ok((lead, d))
         }
-
     }
 }
-

@@ -4,13 +4,10 @@
 pub mod scheduler;
 pub mod tokenizer;
 
-// @models
 pub mod clip_text;
 pub mod config;
 pub mod layers;
 pub mod vae;
 pub mod weights;
 
-// @unet
 pub mod unet;
-

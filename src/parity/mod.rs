@@ -11,18 +11,13 @@ pub mod movement;
 pub mod norm;
 pub mod reduce;
 
-// @conv
 pub mod conv;
 
-// @attn
 pub mod attention;
 
-// @box
 pub mod boxes;
 
-// @roi
 pub mod roi;
-
 
 use crate::backend::cpu::CpuBackend;
 use crate::backend::Backend;
@@ -117,16 +112,12 @@ pub fn all_cases() -> Vec<Case> {
     v.extend(norm::cases());
     v.extend(gemm::cases());
 
-    // @conv
     v.extend(conv::cases());
 
-    // @attn
     v.extend(attention::cases());
 
-    // @box
     v.extend(boxes::cases());
 
-    // @roi
     v.extend(roi::cases());
 
     v
@@ -361,16 +352,12 @@ pub fn all_bench_cases() -> Vec<(Case, Work)> {
     v.extend(norm::bench_cases());
     v.extend(gemm::bench_cases());
 
-    // @conv
     v.extend(conv::bench_cases());
 
-    // @attn
     v.extend(attention::bench_cases());
 
-    // @box
     v.extend(boxes::bench_cases());
 
-    // @roi
     v.extend(roi::bench_cases());
 
     v

@@ -11,21 +11,16 @@ mod movement;
 mod norm;
 mod reduce;
 
-// @conv
 mod conv;
 mod groupnorm;
 
-// @attn
 mod attention;
 mod sd_misc;
 
-// @box
 mod boxes;
 
-// @roi
 mod det_losses;
 mod roi;
-
 
 use std::collections::BTreeSet;
 
@@ -156,21 +151,16 @@ pub fn node_launches(graph: &Graph, id: NodeId, ins: &[Loc], out: Loc) -> Result
         norm::launches,
         gemm::launches,
 
-        // @conv
         conv::launches,
         groupnorm::launches,
 
-        // @attn
         attention::launches,
         sd_misc::launches,
 
-        // @box
         boxes::launches,
 
-        // @roi
         roi::launches,
         det_losses::launches,
-
     ];
     for family in families {
         if let Some(l) = family(&ctx)? {

@@ -18,21 +18,16 @@ mod reduce;
 mod scratch;
 mod walk;
 
-// @conv
 mod conv;
 mod groupnorm;
 
-// @attn
 mod attention;
 mod sd_misc;
 
-// @box
 mod boxes;
 
-// @roi
 mod det_losses;
 mod roi;
-
 
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
@@ -148,7 +143,6 @@ pub fn run_op(op: &Op, ins: &[View], out: &View, out_bytes: &mut [u8]) -> Result
         Op::Pad { axis, before, after } => movement::pad(*axis, *before, *after, &ins[0], out, out_bytes),
         Op::Cast { dtype } => movement::cast(&ins[0], *dtype, out_bytes),
 
-        // @conv
         Op::Conv2d { stride, padding, bias } => {
             let b = if *bias { Some(&ins[2]) } else { None };
             conv::conv2d(*stride, *padding, &ins[0], &ins[1], b, out, out_bytes)
@@ -166,7 +160,6 @@ pub fn run_op(op: &Op, ins: &[View], out: &View, out_bytes: &mut [u8]) -> Result
             groupnorm::group_norm_bwd(*groups, *eps, *silu, &ins[0], &ins[1], &ins[2], &ins[3], out, out_bytes)
         }
 
-        // @attn
         Op::Attention { causal, scale } => attention::attention(*causal, *scale, &ins[0], &ins[1], &ins[2], out, out_bytes),
         Op::AttentionStats { causal, scale } => {
             attention::attention_stats(*causal, *scale, &ins[0], &ins[1], &ins[2], &ins[3], out, out_bytes)
@@ -180,7 +173,6 @@ pub fn run_op(op: &Op, ins: &[View], out: &View, out_bytes: &mut [u8]) -> Result
             sd_misc::timestep_embedding(*dim, *flip_sin_to_cos, *shift, *max_period, &ins[0], out, out_bytes)
         }
 
-        // @box
         Op::BoxIou { giou } => boxes::box_iou(*giou, &ins[0], &ins[1], out, out_bytes),
         Op::BoxEncode { weights } => boxes::box_encode(*weights, &ins[0], &ins[1], out, out_bytes),
         Op::BoxDecode { weights, clamp } => boxes::box_decode(*weights, *clamp, &ins[0], &ins[1], out, out_bytes),
@@ -191,7 +183,6 @@ pub fn run_op(op: &Op, ins: &[View], out: &View, out_bytes: &mut [u8]) -> Result
         Op::Gather { axis } => boxes::gather(*axis, &ins[0], &ins[1], out_bytes),
         Op::GatherBwd { axis, size } => boxes::gather_bwd(*axis, *size, &ins[0], &ins[1], out, out_bytes),
 
-        // @roi
         Op::RoiAlign { out_h, out_w, spatial_scale, sampling_ratio, aligned } => {
             let p = roi::RoiParams {
                 out_h: *out_h,
@@ -223,7 +214,6 @@ pub fn run_op(op: &Op, ins: &[View], out: &View, out_bytes: &mut [u8]) -> Result
         }
         Op::GiouLoss { eps } => det_losses::giou(*eps, &ins[0], &ins[1], None, out, out_bytes),
         Op::GiouLossBwd { eps } => det_losses::giou(*eps, &ins[0], &ins[1], Some(&ins[2]), out, out_bytes),
-
     }
 }
 
