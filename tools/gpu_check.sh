@@ -18,5 +18,9 @@ bin=./target/release/instagen
   INSTAGEN_SYNC=1 timeout 240 $bin parity --backend cuda 2>/dev/null; echo "parity exit code: $?"
   echo "== kernel benches on cuda"
   timeout 240 $bin bench kernels --backend cuda --min-seconds 0.3 2>/dev/null; echo "bench exit code: $?"
+  echo "== SD v1.x models, random weights, f16 (ms per call; a 50-step guided image = 50 UNet calls at 2x batch)"
+  for b in 2 16 64; do timeout 120 $bin bench unet --config sd-v1 --batch $b --dtype f16 --backend cuda; done
+  timeout 60 $bin bench clip --config sd-v1 --batch 2 --dtype f16 --backend cuda
+  timeout 120 $bin bench vae --config sd-v1 --batch 1 --dtype f16 --backend cuda
 } 2>&1 | tee "$report"
 echo "report written to $report"
