@@ -116,13 +116,6 @@ __device__ __forceinline__ void conv_store(T* dst, const T* bias, const ConvPara
 
 // ---- tensor cores --------------------------------------------------------------------------------------
 
-#define CV_BM 128
-#define CV_BN 128
-#define CV_BK 32
-#define CV_STAGES 3
-#define CV_THREADS 256
-#define CV_TILE (CV_BM * CV_BK)
-
 // 8 elements gathered one by one (bounds-checked through conv_a / conv_b) into one 16-byte shared chunk.
 // KC: the chunk runs along k from (row, k0); else along m/n from (k0 = the k-row, row = first m/n).
 template <typename T, int MODE, bool IS_A, bool KC>
@@ -173,31 +166,25 @@ __device__ __forceinline__ void cv_chunk(unsigned short* dst, const T* src, cons
     }
 }
 
-// Loads one operand's k-tile (k0 = first k) into `tile`: 2 chunks per thread, laid out as gemm_tc's.
+// tc_mainloop's loader of one operand: load(tile, k0) fills a stage with the k-tile starting at k0, 2 chunks
+// per thread, laid out as gemm_tc's. KC: k-contiguous tile (rows r0.. of M or N); else mn-contiguous.
 template <typename T, int MODE, bool IS_A, bool KC, bool VEC>
-__device__ __forceinline__ void cv_load_tile(unsigned short* tile, const T* src, const ConvParams& p, long long r0,
-                                             long long k0, long long rows, long long K) {
-    const int t = threadIdx.x;
-    if (KC) {
-        const int r = t >> 2, c = t & 3;
-        cv_chunk<T, MODE, IS_A, KC, VEC>(tile + swz_k(r, c), src, p, r0 + r, k0 + c * 8, rows, K);
-        cv_chunk<T, MODE, IS_A, KC, VEC>(tile + swz_k(r + 64, c), src, p, r0 + r + 64, k0 + c * 8, rows, K);
-    } else {
-        const int kr = t >> 4, c = t & 15;
-        cv_chunk<T, MODE, IS_A, KC, VEC>(tile + swz_mn(kr, c), src, p, r0 + c * 8, k0 + kr, rows, K);
-        cv_chunk<T, MODE, IS_A, KC, VEC>(tile + swz_mn(kr + 16, c), src, p, r0 + c * 8, k0 + kr + 16, rows, K);
-    }
-}
+struct CvLoader {
+    const T* src;
+    const ConvParams& p;
+    long long r0, rows, K;  // first row of the block tile, rows and k of the operand
 
-template <typename T> struct CvMma;
-template <> struct CvMma<__half> {
-    static __device__ __forceinline__ void run(float* acc, const unsigned* a, const unsigned* b) {
-        mma_m16n8k16_f16(acc, a, b, acc);
-    }
-};
-template <> struct CvMma<__nv_bfloat16> {
-    static __device__ __forceinline__ void run(float* acc, const unsigned* a, const unsigned* b) {
-        mma_m16n8k16_bf16(acc, a, b, acc);
+    __device__ __forceinline__ void load(unsigned short* tile, long long k0) const {
+        const int t = threadIdx.x;
+        if (KC) {
+            const int r = t >> 2, c = t & 3;
+            cv_chunk<T, MODE, IS_A, KC, VEC>(tile + swz_k(r, c), src, p, r0 + r, k0 + c * 8, rows, K);
+            cv_chunk<T, MODE, IS_A, KC, VEC>(tile + swz_k(r + 64, c), src, p, r0 + r + 64, k0 + c * 8, rows, K);
+        } else {
+            const int kr = t >> 4, c = t & 15;
+            cv_chunk<T, MODE, IS_A, KC, VEC>(tile + swz_mn(kr, c), src, p, r0 + c * 8, k0 + kr, rows, K);
+            cv_chunk<T, MODE, IS_A, KC, VEC>(tile + swz_mn(kr + 16, c), src, p, r0 + c * 8, k0 + kr + 16, rows, K);
+        }
     }
 };
 
@@ -207,88 +194,22 @@ template <typename T, int MODE, bool VEC>
 __device__ __forceinline__ void conv_tc(const T* __restrict__ a_src, const T* __restrict__ b_src,
                                         const T* __restrict__ bias, T* __restrict__ dst, const ConvParams& p,
                                         unsigned short* smem_a, unsigned short* smem_b) {
-    constexpr bool TA = MODE == 2;  // A stored k-major (m contiguous)
-    constexpr bool TB = MODE != 2;  // B stored n-major (k contiguous)
+    constexpr bool A_KC = MODE != 2, B_KC = MODE != 2;  // mode 2: dy and x pixels run along M and N
     long long M, N, K;
     conv_gemm_dims<MODE>(p, M, N, K);
-    const long long tiles_m = (M + CV_BM - 1) / CV_BM, tiles_n = (N + CV_BN - 1) / CV_BN;
+    const long long tiles_m = (M + TC_BM - 1) / TC_BM, tiles_n = (N + TC_BN - 1) / TC_BN;
     long long tm, tn;
     gemm_tile_of<8>(blockIdx.x, tiles_m, tiles_n, tm, tn);
-    const long long m0 = tm * CV_BM, n0 = tn * CV_BN;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int wm = (warp >> 2) * 64, wn = (warp & 3) * 32;
+    const long long m0 = tm * TC_BM, n0 = tn * TC_BN;
 
+    CvLoader<T, MODE, true, A_KC, VEC> la{a_src, p, m0, M, K};
+    CvLoader<T, MODE, false, B_KC, VEC> lb{b_src, p, n0, N, K};
     float acc[4][4][4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
-
-    const int ktiles = (int)((K + CV_BK - 1) / CV_BK);
-#pragma unroll
-    for (int s = 0; s < CV_STAGES - 1; ++s) {
-        if (s < ktiles) {
-            cv_load_tile<T, MODE, true, !TA, VEC>(smem_a + s * CV_TILE, a_src, p, m0, (long long)s * CV_BK, M, K);
-            cv_load_tile<T, MODE, false, TB, VEC>(smem_b + s * CV_TILE, b_src, p, n0, (long long)s * CV_BK, N, K);
-        }
-        cp_async_commit();
-    }
-    int rs = 0, ws = CV_STAGES - 1;
-    for (int kt = 0; kt < ktiles; ++kt) {
-        cp_async_wait_group<CV_STAGES - 2>();
-        __syncthreads();
-        if (kt + CV_STAGES - 1 < ktiles) {
-            const long long k0 = (long long)(kt + CV_STAGES - 1) * CV_BK;
-            cv_load_tile<T, MODE, true, !TA, VEC>(smem_a + ws * CV_TILE, a_src, p, m0, k0, M, K);
-            cv_load_tile<T, MODE, false, TB, VEC>(smem_b + ws * CV_TILE, b_src, p, n0, k0, N, K);
-        }
-        cp_async_commit();
-        const unsigned short* as = smem_a + rs * CV_TILE;
-        const unsigned short* bs = smem_b + rs * CV_TILE;
-        rs = rs == CV_STAGES - 1 ? 0 : rs + 1;
-        ws = ws == CV_STAGES - 1 ? 0 : ws + 1;
-#pragma unroll
-        for (int kk = 0; kk < CV_BK; kk += 16) {
-            unsigned af[4][4], bfr[4][2];
-#pragma unroll
-            for (int mi = 0; mi < 4; ++mi) {
-                if (!TA) {
-                    int row = wm + mi * 16 + (lane & 15);
-                    ldmatrix_x4(af[mi], as + swz_k(row, (kk >> 3) + (lane >> 4)));
-                } else {
-                    int krow = kk + (lane & 7) + ((lane >> 4) << 3);
-                    int m = wm + mi * 16 + (((lane >> 3) & 1) << 3);
-                    ldmatrix_x4_trans(af[mi], as + swz_mn(krow, m >> 3));
-                }
-            }
-#pragma unroll
-            for (int nj = 0; nj < 2; ++nj) {
-                unsigned r[4];
-                if (!TB) {
-                    int krow = kk + (lane & 7) + (((lane >> 3) & 1) << 3);
-                    int n = wn + nj * 16 + ((lane >> 4) << 3);
-                    ldmatrix_x4_trans(r, bs + swz_mn(krow, n >> 3));
-                } else {
-                    int n = wn + nj * 16 + (lane & 7) + ((lane >> 4) << 3);
-                    ldmatrix_x4(r, bs + swz_k(n, (kk >> 3) + ((lane >> 3) & 1)));
-                }
-                bfr[2 * nj][0] = r[0];
-                bfr[2 * nj][1] = r[1];
-                bfr[2 * nj + 1][0] = r[2];
-                bfr[2 * nj + 1][1] = r[3];
-            }
-#pragma unroll
-            for (int mi = 0; mi < 4; ++mi)
-#pragma unroll
-                for (int ni = 0; ni < 4; ++ni) CvMma<T>::run(acc[mi][ni], af[mi], bfr[ni]);
-        }
-    }
-    cp_async_wait_all();
+    tc_mainloop<T, A_KC, B_KC>(acc, la, lb, K, smem_a, smem_b);
 
     // Accumulator (m16n8 f32): c0, c1 at (row g, cols 2t, 2t+1), c2, c3 at (row g + 8, same cols).
-    const int g = lane >> 2, t = lane & 3;
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int wm = tc_warp_m(), wn = tc_warp_n();
 #pragma unroll
     for (int mi = 0; mi < 4; ++mi) {
 #pragma unroll
@@ -316,34 +237,34 @@ __device__ __forceinline__ bool conv_vec(const void* a, const void* b, const Con
 
 template <typename T, int MODE>
 __device__ __forceinline__ void conv_tc_entry(const T* a, const T* b, const T* bias, T* dst, const ConvParams& p) {
-    __shared__ __align__(128) unsigned short smem_a[CV_STAGES * CV_TILE];
-    __shared__ __align__(128) unsigned short smem_b[CV_STAGES * CV_TILE];
+    __shared__ __align__(128) unsigned short smem_a[TC_STAGES * TC_TILE_ELEMS];
+    __shared__ __align__(128) unsigned short smem_b[TC_STAGES * TC_TILE_ELEMS];
     if (conv_vec<MODE>(a, b, p)) conv_tc<T, MODE, true>(a, b, bias, dst, p, smem_a, smem_b);
     else conv_tc<T, MODE, false>(a, b, bias, dst, p, smem_a, smem_b);
 }
 
 // Forward: (x, w, bias or null) -> y. Backward data: (dy, w) -> dx. Backward weight: (x, dy) -> dw.
-extern "C" __global__ void __launch_bounds__(CV_THREADS, 2)
+extern "C" __global__ void __launch_bounds__(TC_THREADS, 2)
     conv2d_fwd_tc_f16(const __half* x, const __half* w, const __half* bias, __half* y, ConvParams p) {
     conv_tc_entry<__half, 0>(x, w, bias, y, p);
 }
-extern "C" __global__ void __launch_bounds__(CV_THREADS, 2)
+extern "C" __global__ void __launch_bounds__(TC_THREADS, 2)
     conv2d_bwd_data_tc_f16(const __half* dy, const __half* w, __half* dx, ConvParams p) {
     conv_tc_entry<__half, 1>(dy, w, nullptr, dx, p);
 }
-extern "C" __global__ void __launch_bounds__(CV_THREADS, 2)
+extern "C" __global__ void __launch_bounds__(TC_THREADS, 2)
     conv2d_bwd_weight_tc_f16(const __half* x, const __half* dy, __half* dw, ConvParams p) {
     conv_tc_entry<__half, 2>(dy, x, nullptr, dw, p);
 }
-extern "C" __global__ void __launch_bounds__(CV_THREADS, 2)
+extern "C" __global__ void __launch_bounds__(TC_THREADS, 2)
     conv2d_fwd_tc_bf16(const __nv_bfloat16* x, const __nv_bfloat16* w, const __nv_bfloat16* bias, __nv_bfloat16* y, ConvParams p) {
     conv_tc_entry<__nv_bfloat16, 0>(x, w, bias, y, p);
 }
-extern "C" __global__ void __launch_bounds__(CV_THREADS, 2)
+extern "C" __global__ void __launch_bounds__(TC_THREADS, 2)
     conv2d_bwd_data_tc_bf16(const __nv_bfloat16* dy, const __nv_bfloat16* w, __nv_bfloat16* dx, ConvParams p) {
     conv_tc_entry<__nv_bfloat16, 1>(dy, w, nullptr, dx, p);
 }
-extern "C" __global__ void __launch_bounds__(CV_THREADS, 2)
+extern "C" __global__ void __launch_bounds__(TC_THREADS, 2)
     conv2d_bwd_weight_tc_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy, __nv_bfloat16* dw, ConvParams p) {
     conv_tc_entry<__nv_bfloat16, 2>(dy, x, nullptr, dw, p);
 }

@@ -34,13 +34,6 @@
 
 // ---- tensor cores --------------------------------------------------------------------------------------
 
-#define TC_BM 128
-#define TC_BN 128
-#define TC_BK 32
-#define TC_STAGES 3
-#define TC_THREADS 256
-#define TC_TILE_ELEMS (TC_BM * TC_BK)  // 4096 16-bit elements = 8 KB, for A and B alike
-
 // Copies one 16-byte chunk (8 elements, `nvalid` of them inside the matrix) into shared memory.
 __device__ __forceinline__ void tc_copy_chunk(unsigned short* dst, const unsigned short* src, int nvalid, bool aligned,
                                               const unsigned short* safe) {
@@ -76,14 +69,16 @@ struct TcLoader {
     long long step;             // elements from one k-tile to the next
     int dst;                    // shared offset of the first chunk inside a stage
     int kofs;                   // k of the first chunk inside the tile
+    long long k;                // K, the operand's extent along k
     int n0, n1;                 // KC: in-range elements of each chunk if K were unlimited (0 or 8);
                                 // else: in-range elements along M/N (same for both chunks)
     bool aligned;
 
     __device__ __forceinline__ TcLoader(const unsigned short* x, long long ld, long long rows, long long r0,
-                                        bool al) {
+                                        long long kdim, bool al) {
         const int t = threadIdx.x;
         base = x;
+        k = kdim;
         aligned = al;
         if (KC) {
             const int r = t >> 2, c = t & 3;
@@ -105,8 +100,9 @@ struct TcLoader {
         }
     }
 
-    // Loads the tile whose first k is k0 (krem = K - k0 > 0) into `tile` and steps to the next.
-    __device__ __forceinline__ void load(unsigned short* tile, long long krem) {
+    // Loads the tile whose first k is k0 (< K) into `tile` and steps to the next (tc_mainloop's loader).
+    __device__ __forceinline__ void load(unsigned short* tile, long long k0) {
+        const long long krem = k - k0;
         int v0, v1;
         if (KC) {
             // Both chunks share their k range; a row outside the matrix has n = 0.
@@ -120,23 +116,6 @@ struct TcLoader {
         tc_copy_chunk(tile + dst, src, v0, aligned, base);
         tc_copy_chunk(tile + dst + TC_TILE_ELEMS / 2, src + second, v1, aligned, base);
         src += step;
-    }
-};
-
-template <typename T> struct TcMma;
-// The mma of a storage type, and its pair type for the epilogue's 4-byte stores (low half = lower column).
-template <> struct TcMma<__half> {
-    typedef __half2 T2;
-    static __device__ __forceinline__ T2 pack(float lo, float hi) { return __floats2half2_rn(lo, hi); }
-    static __device__ __forceinline__ void run(float* acc, const unsigned* a, const unsigned* b) {
-        mma_m16n8k16_f16(acc, a, b, acc);
-    }
-};
-template <> struct TcMma<__nv_bfloat16> {
-    typedef __nv_bfloat162 T2;
-    static __device__ __forceinline__ T2 pack(float lo, float hi) { return __floats2bfloat162_rn(lo, hi); }
-    static __device__ __forceinline__ void run(float* acc, const unsigned* a, const unsigned* b) {
-        mma_m16n8k16_bf16(acc, a, b, acc);
     }
 };
 
@@ -157,94 +136,18 @@ __device__ __forceinline__ void gemm_tc(const T* __restrict__ A, const T* __rest
     const unsigned short* a = reinterpret_cast<const unsigned short*>(A) + z * p.sa;
     const unsigned short* b = reinterpret_cast<const unsigned short*>(B) + z * p.sb;
 
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int wm = (warp >> 2) * 64, wn = (warp & 3) * 32;  // warp tile origin inside the block tile
-
-    float acc[4][4][4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
-
-    const int ktiles = (int)((K + TC_BK - 1) / TC_BK);
     // A: ta = 0 is k-contiguous ([M, K]); B: tb = 1 is k-contiguous ([N, K]).
-    TcLoader<!TA> la(a, p.lda, M, m0, tc_aligned(A, p.lda, p.sa));
-    TcLoader<TB> lb(b, p.ldb, N, n0, tc_aligned(B, p.ldb, p.sb));
-#pragma unroll
-    for (int s = 0; s < TC_STAGES - 1; ++s) {
-        if (s < ktiles) {
-            la.load(smem_a + s * TC_TILE_ELEMS, K - (long long)s * TC_BK);
-            lb.load(smem_b + s * TC_TILE_ELEMS, K - (long long)s * TC_BK);
-        }
-        cp_async_commit();
-    }
-
-    int rs = 0, ws = TC_STAGES - 1;  // stage read this iteration, stage refilled this iteration
-    for (int kt = 0; kt < ktiles; ++kt) {
-        // Groups committed so far: kt + 2; at most one still in flight means tile kt has landed.
-        cp_async_wait_group<TC_STAGES - 2>();
-        __syncthreads();
-        // Refill the stage read in iteration kt - 1 (every warp is past it: the barrier above).
-        if (kt + TC_STAGES - 1 < ktiles) {
-            const long long krem = K - (long long)(kt + TC_STAGES - 1) * TC_BK;
-            la.load(smem_a + ws * TC_TILE_ELEMS, krem);
-            lb.load(smem_b + ws * TC_TILE_ELEMS, krem);
-        }
-        cp_async_commit();
-
-        const unsigned short* as = smem_a + rs * TC_TILE_ELEMS;
-        const unsigned short* bs = smem_b + rs * TC_TILE_ELEMS;
-        rs = rs == TC_STAGES - 1 ? 0 : rs + 1;
-        ws = ws == TC_STAGES - 1 ? 0 : ws + 1;
-#pragma unroll
-        for (int kk = 0; kk < TC_BK; kk += 16) {
-            unsigned af[4][4], bfr[4][2];
-#pragma unroll
-            for (int mi = 0; mi < 4; ++mi) {
-                // Matrices 0..3 of the x4: (m 0-7, k 0-7), (m 8-15, k 0-7), (m 0-7, k 8-15), (m 8-15, k 8-15)
-                // = the a0..a3 registers of the m16n8k16 A fragment.
-                if (!TA) {
-                    int row = wm + mi * 16 + (lane & 15);
-                    ldmatrix_x4(af[mi], as + swz_k(row, (kk >> 3) + (lane >> 4)));
-                } else {
-                    int krow = kk + (lane & 7) + ((lane >> 4) << 3);
-                    int m = wm + mi * 16 + (((lane >> 3) & 1) << 3);
-                    ldmatrix_x4_trans(af[mi], as + swz_mn(krow, m >> 3));
-                }
-            }
-#pragma unroll
-            for (int nj = 0; nj < 2; ++nj) {
-                // Matrices 0..3: (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7), (n 8-15, k 8-15)
-                // = b0, b1 of n-tile 2*nj and b0, b1 of n-tile 2*nj + 1.
-                unsigned r[4];
-                if (!TB) {
-                    int krow = kk + (lane & 7) + (((lane >> 3) & 1) << 3);
-                    int n = wn + nj * 16 + ((lane >> 4) << 3);
-                    ldmatrix_x4_trans(r, bs + swz_mn(krow, n >> 3));
-                } else {
-                    int n = wn + nj * 16 + (lane & 7) + ((lane >> 4) << 3);
-                    ldmatrix_x4(r, bs + swz_k(n, (kk >> 3) + ((lane >> 3) & 1)));
-                }
-                bfr[2 * nj][0] = r[0];
-                bfr[2 * nj][1] = r[1];
-                bfr[2 * nj + 1][0] = r[2];
-                bfr[2 * nj + 1][1] = r[3];
-            }
-#pragma unroll
-            for (int mi = 0; mi < 4; ++mi)
-#pragma unroll
-                for (int ni = 0; ni < 4; ++ni) TcMma<T>::run(acc[mi][ni], af[mi], bfr[ni]);
-        }
-    }
-    cp_async_wait_all();
+    TcLoader<!TA> la(a, p.lda, M, m0, K, tc_aligned(A, p.lda, p.sa));
+    TcLoader<TB> lb(b, p.ldb, N, n0, K, tc_aligned(B, p.ldb, p.sb));
+    float acc[4][4][4];
+    tc_mainloop<T, !TA, TB>(acc, la, lb, K, smem_a, smem_b);
 
     // Accumulator layout (m16n8 f32): c0, c1 at (row g, cols 2t, 2t+1), c2, c3 at (row g + 8, same cols),
     // g = lane / 4, t = lane % 4. Column pairs go out as one 4-byte store when C's rows keep them aligned.
     T* c = C + z * p.sc;
     const bool pairs = ((unsigned long long)C & 3ull) == 0 && (p.ldc & 1) == 0 && (p.sc & 1) == 0;
-    const int g = lane >> 2, t = lane & 3;
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int wm = tc_warp_m(), wn = tc_warp_n();
 #pragma unroll
     for (int mi = 0; mi < 4; ++mi) {
 #pragma unroll
