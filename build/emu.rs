@@ -6,8 +6,8 @@
 //!
 //! Each `.cu` becomes one translation unit `OUT_DIR/emu/<stem>.cpp` that includes the `.cu` inside an
 //! anonymous namespace (so helpers of different files never collide) and defines, per
-//! `extern "C" __global__` kernel, `extern "C" int instagen_emu_launch_<kernel>(const instagen_emu_dims*,
-//! void**)`. Objects are cached in `OUT_DIR/emu/` by a hash of their inputs, so editing one kernel
+//! `extern "C" __global__` kernel (found in the preprocessed source, so entry points made by macros count),
+//! `extern "C" int instagen_emu_launch_<kernel>(const instagen_emu_dims*, void**)`. Objects are cached in `OUT_DIR/emu/` by a hash of their inputs, so editing one kernel
 //! recompiles one file (editing a header recompiles all). A C++ error fails the build with the compiler
 //! output.
 
@@ -59,10 +59,29 @@ pub fn build(kernels_dir: &Path, out_dir: &Path, sources: &[PathBuf]) {
             include_header: false,
         })
         .collect();
+    let base = cc::Build::new()
+        .cpp(true)
+        .std("c++17")
+        .opt_level(2)
+        .debug(false)
+        .warnings(false)
+        .extra_warnings(false)
+        .define("INSTAGEN_EMU", None)
+        .include(kernels_dir)
+        // Messages name kernels/x.cu rather than an absolute path.
+        .flag_if_supported(format!("-fmacro-prefix-map={}/=", crate_dir.display()))
+        // Kernels pun types freely (float4 loads, half2 <-> unsigned), as CUDA allows.
+        .flag("-fno-strict-aliasing")
+        .flag_if_supported("-fno-math-errno")
+        // Large kernel frames probe every page, so a fibre stack overflow hits its guard page.
+        .flag_if_supported("-fstack-clash-protection")
+        .to_owned();
+    let compiler = base.get_compiler();
+
     for src in sources {
         let file = super::stem(src);
         let text = String::from_utf8_lossy(&read(src)).into_owned();
-        let names = kernel_names(&text);
+        let names = kernel_names(&preprocess(&compiler, src));
         if names.is_empty() {
             continue;
         }
@@ -90,24 +109,6 @@ pub fn build(kernels_dir: &Path, out_dir: &Path, sources: &[PathBuf]) {
         });
     }
 
-    let base = cc::Build::new()
-        .cpp(true)
-        .std("c++17")
-        .opt_level(2)
-        .debug(false)
-        .warnings(false)
-        .extra_warnings(false)
-        .define("INSTAGEN_EMU", None)
-        .include(kernels_dir)
-        // Messages name kernels/x.cu rather than an absolute path.
-        .flag_if_supported(format!("-fmacro-prefix-map={}/=", crate_dir.display()))
-        // Kernels pun types freely (float4 loads, half2 <-> unsigned), as CUDA allows.
-        .flag("-fno-strict-aliasing")
-        .flag_if_supported("-fno-math-errno")
-        // Large kernel frames probe every page, so a fibre stack overflow hits its guard page.
-        .flag_if_supported("-fstack-clash-protection")
-        .to_owned();
-    let compiler = base.get_compiler();
     let objects = compile_all(&compiler, &units, &header, &gen_dir);
     prune(&gen_dir, &units, &objects);
     let mut archive = cc::Build::new();
@@ -197,7 +198,26 @@ fn strip_comments(src: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Names of the `extern "C" __global__` kernels of a `.cu` source, in order. `__launch_bounds__(...)`
+/// A `.cu` file after the C++ preprocessor, with the defines and include path of its compilation but without
+/// the force-included emulation header (which defines `__global__` away): kernels made by macros
+/// (`INSTAGEN_KERNELS_FLOAT` and friends in common.cuh) appear as `extern "C" __global__` text. Kernel sources
+/// choose code by `INSTAGEN_EMU` only, never by a macro of that header, so the same kernels are seen.
+fn preprocess(compiler: &cc::Tool, cu: &Path) -> String {
+    let mut cmd = compiler.to_command();
+    cmd.arg("-E").arg("-P").arg("-x").arg("c++").arg(cu);
+    match cmd.output() {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).into_owned(),
+        Ok(out) => panic!(
+            "instagen build: preprocessing {} for the CPU emulator failed ({}):\n{}",
+            cu.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => panic!("instagen build: cannot run the C++ preprocessor on {}: {e}", cu.display()),
+    }
+}
+
+/// Names of the `extern "C" __global__` kernels of a (preprocessed) `.cu` source, in order. `__launch_bounds__(...)`
 /// may appear before or after the return type.
 fn kernel_names(src: &str) -> Vec<String> {
     const MARK: &str = "extern \"C\" __global__";

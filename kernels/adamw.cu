@@ -51,15 +51,6 @@ __device__ __forceinline__ void adamw(T* param, const void* grad, float* m, floa
     }
 }
 
-extern "C" __global__ void adamw_f32(float* param, const void* grad, float* m, float* v, float* master,
-                                     AdamWArgs a) {
-    adamw(param, grad, m, v, master, a);
-}
-extern "C" __global__ void adamw_f16(__half* param, const void* grad, float* m, float* v, float* master,
-                                     AdamWArgs a) {
-    adamw(param, grad, m, v, master, a);
-}
-extern "C" __global__ void adamw_bf16(__nv_bfloat16* param, const void* grad, float* m, float* v, float* master,
-                                      AdamWArgs a) {
-    adamw(param, grad, m, v, master, a);
-}
+INSTAGEN_KERNELS_FLOAT(adamw, ,
+                       (T* param, const void* grad, float* m, float* v, float* master, AdamWArgs a),
+                       adamw(param, grad, m, v, master, a))

@@ -256,79 +256,35 @@ __device__ __forceinline__ void att_fwd_tc(const T* __restrict__ q, const T* __r
     }
 }
 
-// Entry points (written out: build/emu.rs finds kernels by their `extern "C" __global__` text).
-extern "C" __global__ void __launch_bounds__(ATT_THREADS)
-    attention_fwd_d48_f16(const __half* q, const __half* k, const __half* v, __half* o, AttShape s, int causal, float scale) {
-    att_fwd_tc<__half, 48, 64, false>(q, k, v, nullptr, nullptr, o, nullptr, s, causal, scale);
-}
-extern "C" __global__ void __launch_bounds__(ATT_THREADS)
-    attention_stats_fwd_d48_f16(const __half* q, const __half* k, const __half* o, const __half* dy, float* stats, AttShape s,
-                              int causal, float scale) {
-    att_fwd_tc<__half, 48, 64, true>(q, k, nullptr, o, dy, nullptr, stats, s, causal, scale);
-}
-extern "C" __global__ void __launch_bounds__(ATT_THREADS)
-    attention_fwd_d64_f16(const __half* q, const __half* k, const __half* v, __half* o, AttShape s, int causal, float scale) {
-    att_fwd_tc<__half, 64, 64, false>(q, k, v, nullptr, nullptr, o, nullptr, s, causal, scale);
-}
-extern "C" __global__ void __launch_bounds__(ATT_THREADS)
-    attention_stats_fwd_d64_f16(const __half* q, const __half* k, const __half* o, const __half* dy, float* stats, AttShape s,
-                              int causal, float scale) {
-    att_fwd_tc<__half, 64, 64, true>(q, k, nullptr, o, dy, nullptr, stats, s, causal, scale);
-}
-extern "C" __global__ void __launch_bounds__(ATT_THREADS)
-    attention_fwd_d80_f16(const __half* q, const __half* k, const __half* v, __half* o, AttShape s, int causal, float scale) {
-    att_fwd_tc<__half, 80, 64, false>(q, k, v, nullptr, nullptr, o, nullptr, s, causal, scale);
-}
-extern "C" __global__ void __launch_bounds__(ATT_THREADS)
-    attention_stats_fwd_d80_f16(const __half* q, const __half* k, const __half* o, const __half* dy, float* stats, AttShape s,
-                              int causal, float scale) {
-    att_fwd_tc<__half, 80, 64, true>(q, k, nullptr, o, dy, nullptr, stats, s, causal, scale);
-}
-extern "C" __global__ void __launch_bounds__(ATT_THREADS)
-    attention_fwd_d160_f16(const __half* q, const __half* k, const __half* v, __half* o, AttShape s, int causal, float scale) {
-    att_fwd_tc<__half, 160, 32, false>(q, k, v, nullptr, nullptr, o, nullptr, s, causal, scale);
-}
-extern "C" __global__ void __launch_bounds__(ATT_THREADS)
-    attention_stats_fwd_d160_f16(const __half* q, const __half* k, const __half* o, const __half* dy, float* stats, AttShape s,
-                              int causal, float scale) {
-    att_fwd_tc<__half, 160, 32, true>(q, k, nullptr, o, dy, nullptr, stats, s, causal, scale);
-}
-extern "C" __global__ void __launch_bounds__(ATT_THREADS)
-    attention_fwd_d48_bf16(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, __nv_bfloat16* o, AttShape s, int causal, float scale) {
-    att_fwd_tc<__nv_bfloat16, 48, 64, false>(q, k, v, nullptr, nullptr, o, nullptr, s, causal, scale);
-}
-extern "C" __global__ void __launch_bounds__(ATT_THREADS)
-    attention_stats_fwd_d48_bf16(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* o, const __nv_bfloat16* dy, float* stats, AttShape s,
-                              int causal, float scale) {
-    att_fwd_tc<__nv_bfloat16, 48, 64, true>(q, k, nullptr, o, dy, nullptr, stats, s, causal, scale);
-}
-extern "C" __global__ void __launch_bounds__(ATT_THREADS)
-    attention_fwd_d64_bf16(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, __nv_bfloat16* o, AttShape s, int causal, float scale) {
-    att_fwd_tc<__nv_bfloat16, 64, 64, false>(q, k, v, nullptr, nullptr, o, nullptr, s, causal, scale);
-}
-extern "C" __global__ void __launch_bounds__(ATT_THREADS)
-    attention_stats_fwd_d64_bf16(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* o, const __nv_bfloat16* dy, float* stats, AttShape s,
-                              int causal, float scale) {
-    att_fwd_tc<__nv_bfloat16, 64, 64, true>(q, k, nullptr, o, dy, nullptr, stats, s, causal, scale);
-}
-extern "C" __global__ void __launch_bounds__(ATT_THREADS)
-    attention_fwd_d80_bf16(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, __nv_bfloat16* o, AttShape s, int causal, float scale) {
-    att_fwd_tc<__nv_bfloat16, 80, 64, false>(q, k, v, nullptr, nullptr, o, nullptr, s, causal, scale);
-}
-extern "C" __global__ void __launch_bounds__(ATT_THREADS)
-    attention_stats_fwd_d80_bf16(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* o, const __nv_bfloat16* dy, float* stats, AttShape s,
-                              int causal, float scale) {
-    att_fwd_tc<__nv_bfloat16, 80, 64, true>(q, k, nullptr, o, dy, nullptr, stats, s, causal, scale);
-}
-extern "C" __global__ void __launch_bounds__(ATT_THREADS)
-    attention_fwd_d160_bf16(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, __nv_bfloat16* o, AttShape s, int causal, float scale) {
-    att_fwd_tc<__nv_bfloat16, 160, 32, false>(q, k, v, nullptr, nullptr, o, nullptr, s, causal, scale);
-}
-extern "C" __global__ void __launch_bounds__(ATT_THREADS)
-    attention_stats_fwd_d160_bf16(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* o, const __nv_bfloat16* dy, float* stats, AttShape s,
-                              int causal, float scale) {
-    att_fwd_tc<__nv_bfloat16, 160, 32, true>(q, k, nullptr, o, dy, nullptr, stats, s, causal, scale);
-}
+// Entry points (INSTAGEN_KERNELS_* of common.cuh).
+INSTAGEN_KERNELS_HALF(attention_fwd_d48, __launch_bounds__(ATT_THREADS),
+                      (const T* q, const T* k, const T* v, T* o, AttShape s, int causal, float scale),
+                      att_fwd_tc<T, 48, 64, false>(q, k, v, nullptr, nullptr, o, nullptr, s, causal, scale))
+INSTAGEN_KERNELS_HALF(attention_stats_fwd_d48, __launch_bounds__(ATT_THREADS),
+                      (const T* q, const T* k, const T* o, const T* dy, float* stats, AttShape s, int causal,
+                       float scale),
+                      att_fwd_tc<T, 48, 64, true>(q, k, nullptr, o, dy, nullptr, stats, s, causal, scale))
+INSTAGEN_KERNELS_HALF(attention_fwd_d64, __launch_bounds__(ATT_THREADS),
+                      (const T* q, const T* k, const T* v, T* o, AttShape s, int causal, float scale),
+                      att_fwd_tc<T, 64, 64, false>(q, k, v, nullptr, nullptr, o, nullptr, s, causal, scale))
+INSTAGEN_KERNELS_HALF(attention_stats_fwd_d64, __launch_bounds__(ATT_THREADS),
+                      (const T* q, const T* k, const T* o, const T* dy, float* stats, AttShape s, int causal,
+                       float scale),
+                      att_fwd_tc<T, 64, 64, true>(q, k, nullptr, o, dy, nullptr, stats, s, causal, scale))
+INSTAGEN_KERNELS_HALF(attention_fwd_d80, __launch_bounds__(ATT_THREADS),
+                      (const T* q, const T* k, const T* v, T* o, AttShape s, int causal, float scale),
+                      att_fwd_tc<T, 80, 64, false>(q, k, v, nullptr, nullptr, o, nullptr, s, causal, scale))
+INSTAGEN_KERNELS_HALF(attention_stats_fwd_d80, __launch_bounds__(ATT_THREADS),
+                      (const T* q, const T* k, const T* o, const T* dy, float* stats, AttShape s, int causal,
+                       float scale),
+                      att_fwd_tc<T, 80, 64, true>(q, k, nullptr, o, dy, nullptr, stats, s, causal, scale))
+INSTAGEN_KERNELS_HALF(attention_fwd_d160, __launch_bounds__(ATT_THREADS),
+                      (const T* q, const T* k, const T* v, T* o, AttShape s, int causal, float scale),
+                      att_fwd_tc<T, 160, 32, false>(q, k, v, nullptr, nullptr, o, nullptr, s, causal, scale))
+INSTAGEN_KERNELS_HALF(attention_stats_fwd_d160, __launch_bounds__(ATT_THREADS),
+                      (const T* q, const T* k, const T* o, const T* dy, float* stats, AttShape s, int causal,
+                       float scale),
+                      att_fwd_tc<T, 160, 32, true>(q, k, nullptr, o, dy, nullptr, stats, s, causal, scale))
 
 // ---- CUDA cores (any D <= 512, any alignment, every dtype) ----------------------------------------------
 
@@ -530,60 +486,18 @@ __device__ __forceinline__ void att_bwd_dkv_simt(const T* q, const T* k, const T
     }
 }
 
-extern "C" __global__ void __launch_bounds__(ATT_THREADS)
-    attention_fwd_simt_f32(const float* q, const float* k, const float* v, float* o, AttShape s, int causal, float scale) {
-    att_fwd_simt<float, false>(q, k, v, nullptr, nullptr, o, nullptr, s, causal, scale);
-}
-extern "C" __global__ void __launch_bounds__(ATT_THREADS)
-    attention_stats_fwd_simt_f32(const float* q, const float* k, const float* o, const float* dy, float* stats, AttShape s,
-                             int causal, float scale) {
-    att_fwd_simt<float, true>(q, k, nullptr, o, dy, nullptr, stats, s, causal, scale);
-}
-extern "C" __global__ void __launch_bounds__(ATT_THREADS)
-    attention_bwd_dq_simt_f32(const float* q, const float* k, const float* v, const float* dy, const float* stats, float* out,
-                          AttShape s, int causal, float scale) {
-    att_bwd_dq_simt<float>(q, k, v, dy, stats, out, s, causal, scale);
-}
-extern "C" __global__ void __launch_bounds__(ATT_THREADS)
-    attention_bwd_dkv_simt_f32(const float* q, const float* k, const float* v, const float* dy, const float* stats, float* out,
-                           AttShape s, int causal, float scale) {
-    att_bwd_dkv_simt<float>(q, k, v, dy, stats, out, s, causal, scale);
-}
-extern "C" __global__ void __launch_bounds__(ATT_THREADS)
-    attention_fwd_simt_f16(const __half* q, const __half* k, const __half* v, __half* o, AttShape s, int causal, float scale) {
-    att_fwd_simt<__half, false>(q, k, v, nullptr, nullptr, o, nullptr, s, causal, scale);
-}
-extern "C" __global__ void __launch_bounds__(ATT_THREADS)
-    attention_stats_fwd_simt_f16(const __half* q, const __half* k, const __half* o, const __half* dy, float* stats, AttShape s,
-                             int causal, float scale) {
-    att_fwd_simt<__half, true>(q, k, nullptr, o, dy, nullptr, stats, s, causal, scale);
-}
-extern "C" __global__ void __launch_bounds__(ATT_THREADS)
-    attention_bwd_dq_simt_f16(const __half* q, const __half* k, const __half* v, const __half* dy, const float* stats, __half* out,
-                          AttShape s, int causal, float scale) {
-    att_bwd_dq_simt<__half>(q, k, v, dy, stats, out, s, causal, scale);
-}
-extern "C" __global__ void __launch_bounds__(ATT_THREADS)
-    attention_bwd_dkv_simt_f16(const __half* q, const __half* k, const __half* v, const __half* dy, const float* stats, __half* out,
-                           AttShape s, int causal, float scale) {
-    att_bwd_dkv_simt<__half>(q, k, v, dy, stats, out, s, causal, scale);
-}
-extern "C" __global__ void __launch_bounds__(ATT_THREADS)
-    attention_fwd_simt_bf16(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, __nv_bfloat16* o, AttShape s, int causal, float scale) {
-    att_fwd_simt<__nv_bfloat16, false>(q, k, v, nullptr, nullptr, o, nullptr, s, causal, scale);
-}
-extern "C" __global__ void __launch_bounds__(ATT_THREADS)
-    attention_stats_fwd_simt_bf16(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* o, const __nv_bfloat16* dy, float* stats, AttShape s,
-                             int causal, float scale) {
-    att_fwd_simt<__nv_bfloat16, true>(q, k, nullptr, o, dy, nullptr, stats, s, causal, scale);
-}
-extern "C" __global__ void __launch_bounds__(ATT_THREADS)
-    attention_bwd_dq_simt_bf16(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, const __nv_bfloat16* dy, const float* stats, __nv_bfloat16* out,
-                          AttShape s, int causal, float scale) {
-    att_bwd_dq_simt<__nv_bfloat16>(q, k, v, dy, stats, out, s, causal, scale);
-}
-extern "C" __global__ void __launch_bounds__(ATT_THREADS)
-    attention_bwd_dkv_simt_bf16(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, const __nv_bfloat16* dy, const float* stats, __nv_bfloat16* out,
-                           AttShape s, int causal, float scale) {
-    att_bwd_dkv_simt<__nv_bfloat16>(q, k, v, dy, stats, out, s, causal, scale);
-}
+INSTAGEN_KERNELS_FLOAT(attention_fwd_simt, __launch_bounds__(ATT_THREADS),
+                       (const T* q, const T* k, const T* v, T* o, AttShape s, int causal, float scale),
+                       att_fwd_simt<T, false>(q, k, v, nullptr, nullptr, o, nullptr, s, causal, scale))
+INSTAGEN_KERNELS_FLOAT(attention_stats_fwd_simt, __launch_bounds__(ATT_THREADS),
+                       (const T* q, const T* k, const T* o, const T* dy, float* stats, AttShape s, int causal,
+                        float scale),
+                       att_fwd_simt<T, true>(q, k, nullptr, o, dy, nullptr, stats, s, causal, scale))
+INSTAGEN_KERNELS_FLOAT(attention_bwd_dq_simt, __launch_bounds__(ATT_THREADS),
+                       (const T* q, const T* k, const T* v, const T* dy, const float* stats, T* out, AttShape s,
+                        int causal, float scale),
+                       att_bwd_dq_simt<T>(q, k, v, dy, stats, out, s, causal, scale))
+INSTAGEN_KERNELS_FLOAT(attention_bwd_dkv_simt, __launch_bounds__(ATT_THREADS),
+                       (const T* q, const T* k, const T* v, const T* dy, const float* stats, T* out, AttShape s,
+                        int causal, float scale),
+                       att_bwd_dkv_simt<T>(q, k, v, dy, stats, out, s, causal, scale))

@@ -172,71 +172,27 @@ __device__ __forceinline__ void nms_block(const float* boxes, const S* scores, c
 
 // ---- entry points -------------------------------------------------------------------------------------------
 
-extern "C" __global__ void box_iou_fwd_f32(const float* a, const float* b, float* out, long long batch, long long n,
-                                      long long m, int giou) {
-    box_iou(a, b, out, batch, n, m, giou);
-}
-extern "C" __global__ void box_encode_fwd_f32(const float* ref, const float* tgt, float* out, long long n, float wx, float wy,
-                                         float ww, float wh) {
-    box_encode(ref, tgt, out, n, wx, wy, ww, wh);
-}
-extern "C" __global__ void box_decode_fwd_f32(const float* ref, const float* deltas, float* out, long long n, long long k,
-                                         float wx, float wy, float ww, float wh, float clamp) {
-    box_decode(ref, deltas, out, n, k, wx, wy, ww, wh, clamp);
-}
+INSTAGEN_KERNELS_FLOAT(box_iou_fwd, ,
+                       (const T* a, const T* b, T* out, long long batch, long long n, long long m, int giou),
+                       box_iou(a, b, out, batch, n, m, giou))
+INSTAGEN_KERNELS_FLOAT(box_encode_fwd, ,
+                       (const T* ref, const T* tgt, T* out, long long n, float wx, float wy, float ww, float wh),
+                       box_encode(ref, tgt, out, n, wx, wy, ww, wh))
+INSTAGEN_KERNELS_FLOAT(box_decode_fwd, ,
+                       (const T* ref, const T* deltas, T* out, long long n, long long k, float wx, float wy, float ww,
+                        float wh, float clamp),
+                       box_decode(ref, deltas, out, n, k, wx, wy, ww, wh, clamp))
 
-extern "C" __global__ void box_iou_fwd_f16(const __half* a, const __half* b, __half* out, long long batch, long long n,
-                                      long long m, int giou) {
-    box_iou(a, b, out, batch, n, m, giou);
-}
-extern "C" __global__ void box_encode_fwd_f16(const __half* ref, const __half* tgt, __half* out, long long n, float wx, float wy,
-                                         float ww, float wh) {
-    box_encode(ref, tgt, out, n, wx, wy, ww, wh);
-}
-extern "C" __global__ void box_decode_fwd_f16(const __half* ref, const __half* deltas, __half* out, long long n, long long k,
-                                         float wx, float wy, float ww, float wh, float clamp) {
-    box_decode(ref, deltas, out, n, k, wx, wy, ww, wh, clamp);
-}
-
-extern "C" __global__ void box_iou_fwd_bf16(const __nv_bfloat16* a, const __nv_bfloat16* b, __nv_bfloat16* out, long long batch, long long n,
-                                      long long m, int giou) {
-    box_iou(a, b, out, batch, n, m, giou);
-}
-extern "C" __global__ void box_encode_fwd_bf16(const __nv_bfloat16* ref, const __nv_bfloat16* tgt, __nv_bfloat16* out, long long n, float wx, float wy,
-                                         float ww, float wh) {
-    box_encode(ref, tgt, out, n, wx, wy, ww, wh);
-}
-extern "C" __global__ void box_decode_fwd_bf16(const __nv_bfloat16* ref, const __nv_bfloat16* deltas, __nv_bfloat16* out, long long n, long long k,
-                                         float wx, float wy, float ww, float wh, float clamp) {
-    box_decode(ref, deltas, out, n, k, wx, wy, ww, wh, clamp);
-}
-
-extern "C" __global__ void __launch_bounds__(1024)
-nms_fwd_f32_i32(const float* boxes, const float* scores, const int* classes, long long* out, int n, int max_out, float thr) {
-    nms_block(boxes, scores, classes, out, n, max_out, thr);
-}
-
-extern "C" __global__ void __launch_bounds__(1024)
-nms_fwd_f32_i64(const float* boxes, const float* scores, const long long* classes, long long* out, int n, int max_out, float thr) {
-    nms_block(boxes, scores, classes, out, n, max_out, thr);
-}
-
-extern "C" __global__ void __launch_bounds__(1024)
-nms_fwd_f16_i32(const float* boxes, const __half* scores, const int* classes, long long* out, int n, int max_out, float thr) {
-    nms_block(boxes, scores, classes, out, n, max_out, thr);
-}
-
-extern "C" __global__ void __launch_bounds__(1024)
-nms_fwd_f16_i64(const float* boxes, const __half* scores, const long long* classes, long long* out, int n, int max_out, float thr) {
-    nms_block(boxes, scores, classes, out, n, max_out, thr);
-}
-
-extern "C" __global__ void __launch_bounds__(1024)
-nms_fwd_bf16_i32(const float* boxes, const __nv_bfloat16* scores, const int* classes, long long* out, int n, int max_out, float thr) {
-    nms_block(boxes, scores, classes, out, n, max_out, thr);
-}
-
-extern "C" __global__ void __launch_bounds__(1024)
-nms_fwd_bf16_i64(const float* boxes, const __nv_bfloat16* scores, const long long* classes, long long* out, int n, int max_out, float thr) {
-    nms_block(boxes, scores, classes, out, n, max_out, thr);
-}
+// nms_fwd_<scores dtype>_<classes index type>; T is the scores' type.
+#define NMS_FWD(NAME, S, I)                                                                                    \
+    INSTAGEN_KERNEL(NAME, S, __launch_bounds__(1024),                                                          \
+                    (const float* boxes, const T* scores, const I* classes, long long* out, int n, int max_out, \
+                     float thr),                                                                               \
+                    nms_block(boxes, scores, classes, out, n, max_out, thr))
+NMS_FWD(nms_fwd_f32_i32, float, int)
+NMS_FWD(nms_fwd_f32_i64, float, long long)
+NMS_FWD(nms_fwd_f16_i32, __half, int)
+NMS_FWD(nms_fwd_f16_i64, __half, long long)
+NMS_FWD(nms_fwd_bf16_i32, __nv_bfloat16, int)
+NMS_FWD(nms_fwd_bf16_i64, __nv_bfloat16, long long)
+#undef NMS_FWD

@@ -11,6 +11,38 @@
 #include <cuda_bf16.h>
 #endif
 
+// ---- entry points -----------------------------------------------------------------------------------------
+//
+// INSTAGEN_KERNEL(NAME, TYPE, BOUNDS, PARAMS, BODY...) defines the entry point
+//     extern "C" __global__ void BOUNDS NAME PARAMS { BODY; }
+// in which `T` names TYPE (PARAMS and BODY are written in terms of T). BOUNDS is `__launch_bounds__(...)` or
+// empty, PARAMS the parenthesised parameter list, BODY usually one call of the kernel's template. The entry
+// point sits in a namespace of its own that holds the typedef; extern "C" keeps its symbol the plain NAME and
+// a using-declaration makes NAME visible at file scope. The dtype families:
+//     INSTAGEN_KERNELS_FLOAT(STEM, ...)  STEM_f32, STEM_f16, STEM_bf16
+//     INSTAGEN_KERNELS_HALF(STEM, ...)   STEM_f16, STEM_bf16 (the tensor-core kernels)
+//     INSTAGEN_KERNELS_ALL(STEM, ...)    STEM_f32, STEM_f16, STEM_bf16, STEM_i32, STEM_i64, STEM_u8
+// e.g. INSTAGEN_KERNELS_FLOAT(scale_fwd, __launch_bounds__(256), (const T* x, T* y, long long n),
+//                             scale_fwd<T>(x, y, n))
+// Emulator builds find these entry points after preprocessing (build/emu.rs).
+#define INSTAGEN_KERNEL(NAME, TYPE, BOUNDS, PARAMS, ...)                                                       \
+    namespace instagen_kernel_##NAME {                                                                         \
+    typedef TYPE T;                                                                                            \
+    extern "C" __global__ void BOUNDS NAME PARAMS { __VA_ARGS__; }                                             \
+    }                                                                                                          \
+    using instagen_kernel_##NAME::NAME;
+#define INSTAGEN_KERNELS_HALF(STEM, BOUNDS, PARAMS, ...)                                                       \
+    INSTAGEN_KERNEL(STEM##_f16, __half, BOUNDS, PARAMS, __VA_ARGS__)                                           \
+    INSTAGEN_KERNEL(STEM##_bf16, __nv_bfloat16, BOUNDS, PARAMS, __VA_ARGS__)
+#define INSTAGEN_KERNELS_FLOAT(STEM, BOUNDS, PARAMS, ...)                                                      \
+    INSTAGEN_KERNEL(STEM##_f32, float, BOUNDS, PARAMS, __VA_ARGS__)                                            \
+    INSTAGEN_KERNELS_HALF(STEM, BOUNDS, PARAMS, __VA_ARGS__)
+#define INSTAGEN_KERNELS_ALL(STEM, BOUNDS, PARAMS, ...)                                                        \
+    INSTAGEN_KERNELS_FLOAT(STEM, BOUNDS, PARAMS, __VA_ARGS__)                                                  \
+    INSTAGEN_KERNEL(STEM##_i32, int, BOUNDS, PARAMS, __VA_ARGS__)                                              \
+    INSTAGEN_KERNEL(STEM##_i64, long long, BOUNDS, PARAMS, __VA_ARGS__)                                        \
+    INSTAGEN_KERNEL(STEM##_u8, unsigned char, BOUNDS, PARAMS, __VA_ARGS__)
+
 // 64-bit global thread index and grid stride: tensors can exceed 2^31 elements.
 __device__ __forceinline__ long long gidx() {
     return (long long)blockIdx.x * (long long)blockDim.x + (long long)threadIdx.x;

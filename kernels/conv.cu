@@ -244,30 +244,15 @@ __device__ __forceinline__ void conv_tc_entry(const T* a, const T* b, const T* b
 }
 
 // Forward: (x, w, bias or null) -> y. Backward data: (dy, w) -> dx. Backward weight: (x, dy) -> dw.
-extern "C" __global__ void __launch_bounds__(TC_THREADS, 2)
-    conv2d_fwd_tc_f16(const __half* x, const __half* w, const __half* bias, __half* y, ConvParams p) {
-    conv_tc_entry<__half, 0>(x, w, bias, y, p);
-}
-extern "C" __global__ void __launch_bounds__(TC_THREADS, 2)
-    conv2d_bwd_data_tc_f16(const __half* dy, const __half* w, __half* dx, ConvParams p) {
-    conv_tc_entry<__half, 1>(dy, w, nullptr, dx, p);
-}
-extern "C" __global__ void __launch_bounds__(TC_THREADS, 2)
-    conv2d_bwd_weight_tc_f16(const __half* x, const __half* dy, __half* dw, ConvParams p) {
-    conv_tc_entry<__half, 2>(dy, x, nullptr, dw, p);
-}
-extern "C" __global__ void __launch_bounds__(TC_THREADS, 2)
-    conv2d_fwd_tc_bf16(const __nv_bfloat16* x, const __nv_bfloat16* w, const __nv_bfloat16* bias, __nv_bfloat16* y, ConvParams p) {
-    conv_tc_entry<__nv_bfloat16, 0>(x, w, bias, y, p);
-}
-extern "C" __global__ void __launch_bounds__(TC_THREADS, 2)
-    conv2d_bwd_data_tc_bf16(const __nv_bfloat16* dy, const __nv_bfloat16* w, __nv_bfloat16* dx, ConvParams p) {
-    conv_tc_entry<__nv_bfloat16, 1>(dy, w, nullptr, dx, p);
-}
-extern "C" __global__ void __launch_bounds__(TC_THREADS, 2)
-    conv2d_bwd_weight_tc_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy, __nv_bfloat16* dw, ConvParams p) {
-    conv_tc_entry<__nv_bfloat16, 2>(dy, x, nullptr, dw, p);
-}
+INSTAGEN_KERNELS_HALF(conv2d_fwd_tc, __launch_bounds__(TC_THREADS, 2),
+                      (const T* x, const T* w, const T* bias, T* y, ConvParams p),
+                      conv_tc_entry<T, 0>(x, w, bias, y, p))
+INSTAGEN_KERNELS_HALF(conv2d_bwd_data_tc, __launch_bounds__(TC_THREADS, 2),
+                      (const T* dy, const T* w, T* dx, ConvParams p),
+                      conv_tc_entry<T, 1>(dy, w, nullptr, dx, p))
+INSTAGEN_KERNELS_HALF(conv2d_bwd_weight_tc, __launch_bounds__(TC_THREADS, 2),
+                      (const T* x, const T* dy, T* dw, ConvParams p),
+                      conv_tc_entry<T, 2>(dy, x, nullptr, dw, p))
 
 // ---- CUDA cores (f32) ----------------------------------------------------------------------------------
 

@@ -100,48 +100,15 @@ __device__ __forceinline__ void giou_bwd(const T* p, const T* t, const T* dy, T*
     }
 }
 
-extern "C" __global__ void sigmoid_focal_loss_fwd_f32(const float* x, const float* t, float* out, long long n,
-                                                      float alpha, float gamma) {
-    focal_fwd<float>(x, t, out, n, alpha, gamma);
-}
-extern "C" __global__ void sigmoid_focal_loss_bwd_f32(const float* x, const float* t, const float* dy, float* dx,
-                                                      long long n, float alpha, float gamma) {
-    focal_bwd<float>(x, t, dy, dx, n, alpha, gamma);
-}
-extern "C" __global__ void giou_loss_fwd_f32(const float* p, const float* t, float* out, long long n, float eps) {
-    giou_fwd<float>(p, t, out, n, eps);
-}
-extern "C" __global__ void giou_loss_bwd_f32(const float* p, const float* t, const float* dy, float* dp, long long n,
-                                             float eps) {
-    giou_bwd<float>(p, t, dy, dp, n, eps);
-}
-extern "C" __global__ void sigmoid_focal_loss_fwd_f16(const __half* x, const __half* t, __half* out, long long n,
-                                                      float alpha, float gamma) {
-    focal_fwd<__half>(x, t, out, n, alpha, gamma);
-}
-extern "C" __global__ void sigmoid_focal_loss_bwd_f16(const __half* x, const __half* t, const __half* dy, __half* dx,
-                                                      long long n, float alpha, float gamma) {
-    focal_bwd<__half>(x, t, dy, dx, n, alpha, gamma);
-}
-extern "C" __global__ void giou_loss_fwd_f16(const __half* p, const __half* t, __half* out, long long n, float eps) {
-    giou_fwd<__half>(p, t, out, n, eps);
-}
-extern "C" __global__ void giou_loss_bwd_f16(const __half* p, const __half* t, const __half* dy, __half* dp, long long n,
-                                             float eps) {
-    giou_bwd<__half>(p, t, dy, dp, n, eps);
-}
-extern "C" __global__ void sigmoid_focal_loss_fwd_bf16(const __nv_bfloat16* x, const __nv_bfloat16* t, __nv_bfloat16* out, long long n,
-                                                      float alpha, float gamma) {
-    focal_fwd<__nv_bfloat16>(x, t, out, n, alpha, gamma);
-}
-extern "C" __global__ void sigmoid_focal_loss_bwd_bf16(const __nv_bfloat16* x, const __nv_bfloat16* t, const __nv_bfloat16* dy, __nv_bfloat16* dx,
-                                                      long long n, float alpha, float gamma) {
-    focal_bwd<__nv_bfloat16>(x, t, dy, dx, n, alpha, gamma);
-}
-extern "C" __global__ void giou_loss_fwd_bf16(const __nv_bfloat16* p, const __nv_bfloat16* t, __nv_bfloat16* out, long long n, float eps) {
-    giou_fwd<__nv_bfloat16>(p, t, out, n, eps);
-}
-extern "C" __global__ void giou_loss_bwd_bf16(const __nv_bfloat16* p, const __nv_bfloat16* t, const __nv_bfloat16* dy, __nv_bfloat16* dp, long long n,
-                                             float eps) {
-    giou_bwd<__nv_bfloat16>(p, t, dy, dp, n, eps);
-}
+INSTAGEN_KERNELS_FLOAT(sigmoid_focal_loss_fwd, ,
+                       (const T* x, const T* t, T* out, long long n, float alpha, float gamma),
+                       focal_fwd<T>(x, t, out, n, alpha, gamma))
+INSTAGEN_KERNELS_FLOAT(sigmoid_focal_loss_bwd, ,
+                       (const T* x, const T* t, const T* dy, T* dx, long long n, float alpha, float gamma),
+                       focal_bwd<T>(x, t, dy, dx, n, alpha, gamma))
+INSTAGEN_KERNELS_FLOAT(giou_loss_fwd, ,
+                       (const T* p, const T* t, T* out, long long n, float eps),
+                       giou_fwd<T>(p, t, out, n, eps))
+INSTAGEN_KERNELS_FLOAT(giou_loss_bwd, ,
+                       (const T* p, const T* t, const T* dy, T* dp, long long n, float eps),
+                       giou_bwd<T>(p, t, dy, dp, n, eps))

@@ -202,30 +202,14 @@ __device__ __forceinline__ void unary_bwd(const T* x, const T* dy, T* dx, int op
 }
 
 // y = f(x); y may be x.
-extern "C" __global__ void unary_fwd_f32(const float* x, float* y, int op, float p0, float p1, long long n) {
-    unary_fwd(x, y, op, p0, p1, n);
-}
-extern "C" __global__ void unary_fwd_f16(const __half* x, __half* y, int op, float p0, float p1, long long n) {
-    unary_fwd(x, y, op, p0, p1, n);
-}
-extern "C" __global__ void unary_fwd_bf16(const __nv_bfloat16* x, __nv_bfloat16* y, int op, float p0, float p1,
-                                          long long n) {
-    unary_fwd(x, y, op, p0, p1, n);
-}
+INSTAGEN_KERNELS_FLOAT(unary_fwd, ,
+                       (const T* x, T* y, int op, float p0, float p1, long long n),
+                       unary_fwd(x, y, op, p0, p1, n))
 
 // dx = dy * f'(x); dx may be x or dy.
-extern "C" __global__ void unary_bwd_f32(const float* x, const float* dy, float* dx, int op, float p0, float p1,
-                                         long long n) {
-    unary_bwd(x, dy, dx, op, p0, p1, n);
-}
-extern "C" __global__ void unary_bwd_f16(const __half* x, const __half* dy, __half* dx, int op, float p0, float p1,
-                                         long long n) {
-    unary_bwd(x, dy, dx, op, p0, p1, n);
-}
-extern "C" __global__ void unary_bwd_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy, __nv_bfloat16* dx, int op,
-                                          float p0, float p1, long long n) {
-    unary_bwd(x, dy, dx, op, p0, p1, n);
-}
+INSTAGEN_KERNELS_FLOAT(unary_bwd, ,
+                       (const T* x, const T* dy, T* dx, int op, float p0, float p1, long long n),
+                       unary_bwd(x, dy, dx, op, p0, p1, n))
 
 // ---- binary ops with numpy broadcasting -------------------------------------------------------------------
 
@@ -335,18 +319,9 @@ __device__ __forceinline__ void binary_fwd(const T* a, const T* b, T* y, int op,
 }
 
 // y = a op b broadcast to the output (n elements, row-major); y may be a or b when it has the output's shape.
-extern "C" __global__ void binary_fwd_f32(const float* a, const float* b, float* y, int op, BcastShape s,
-                                          long long n) {
-    binary_fwd(a, b, y, op, s, n);
-}
-extern "C" __global__ void binary_fwd_f16(const __half* a, const __half* b, __half* y, int op, BcastShape s,
-                                          long long n) {
-    binary_fwd(a, b, y, op, s, n);
-}
-extern "C" __global__ void binary_fwd_bf16(const __nv_bfloat16* a, const __nv_bfloat16* b, __nv_bfloat16* y, int op,
-                                           BcastShape s, long long n) {
-    binary_fwd(a, b, y, op, s, n);
-}
+INSTAGEN_KERNELS_FLOAT(binary_fwd, ,
+                       (const T* a, const T* b, T* y, int op, BcastShape s, long long n),
+                       binary_fwd(a, b, y, op, s, n))
 
 // ---- conversions with the CPU reference's semantics (Rust `as`) -------------------------------------------
 
@@ -413,12 +388,7 @@ __device__ __forceinline__ void fill_run(T* y, T v, long long n) {
 }
 
 // y[:] = value as T (integers: truncated toward zero, saturated; NaN -> 0).
-extern "C" __global__ void fill_f32(float* y, float value, long long n) { fill_run(y, store_f32<float>(value), n); }
-extern "C" __global__ void fill_f16(__half* y, float value, long long n) { fill_run(y, store_f32<__half>(value), n); }
-extern "C" __global__ void fill_bf16(__nv_bfloat16* y, float value, long long n) { fill_run(y, store_f32<__nv_bfloat16>(value), n); }
-extern "C" __global__ void fill_i32(int* y, float value, long long n) { fill_run(y, store_f32<int>(value), n); }
-extern "C" __global__ void fill_i64(long long* y, float value, long long n) { fill_run(y, store_f32<long long>(value), n); }
-extern "C" __global__ void fill_u8(unsigned char* y, float value, long long n) { fill_run(y, store_f32<unsigned char>(value), n); }
+INSTAGEN_KERNELS_ALL(fill, , (T* y, float value, long long n), fill_run(y, store_f32<T>(value), n))
 
 // Four elements per step (x and y aligned to 4 elements), then the tail.
 template <typename S, typename D>
@@ -436,39 +406,9 @@ __device__ __forceinline__ void cast_run(const S* x, D* y, long long n) {
 }
 
 // y = x as D for every ordered pair (src == dst included: a plain copy).
-extern "C" __global__ void cast_f32_f32(const float* x, float* y, long long n) { cast_run(x, y, n); }
-extern "C" __global__ void cast_f32_f16(const float* x, __half* y, long long n) { cast_run(x, y, n); }
-extern "C" __global__ void cast_f32_bf16(const float* x, __nv_bfloat16* y, long long n) { cast_run(x, y, n); }
-extern "C" __global__ void cast_f32_i32(const float* x, int* y, long long n) { cast_run(x, y, n); }
-extern "C" __global__ void cast_f32_i64(const float* x, long long* y, long long n) { cast_run(x, y, n); }
-extern "C" __global__ void cast_f32_u8(const float* x, unsigned char* y, long long n) { cast_run(x, y, n); }
-extern "C" __global__ void cast_f16_f32(const __half* x, float* y, long long n) { cast_run(x, y, n); }
-extern "C" __global__ void cast_f16_f16(const __half* x, __half* y, long long n) { cast_run(x, y, n); }
-extern "C" __global__ void cast_f16_bf16(const __half* x, __nv_bfloat16* y, long long n) { cast_run(x, y, n); }
-extern "C" __global__ void cast_f16_i32(const __half* x, int* y, long long n) { cast_run(x, y, n); }
-extern "C" __global__ void cast_f16_i64(const __half* x, long long* y, long long n) { cast_run(x, y, n); }
-extern "C" __global__ void cast_f16_u8(const __half* x, unsigned char* y, long long n) { cast_run(x, y, n); }
-extern "C" __global__ void cast_bf16_f32(const __nv_bfloat16* x, float* y, long long n) { cast_run(x, y, n); }
-extern "C" __global__ void cast_bf16_f16(const __nv_bfloat16* x, __half* y, long long n) { cast_run(x, y, n); }
-extern "C" __global__ void cast_bf16_bf16(const __nv_bfloat16* x, __nv_bfloat16* y, long long n) { cast_run(x, y, n); }
-extern "C" __global__ void cast_bf16_i32(const __nv_bfloat16* x, int* y, long long n) { cast_run(x, y, n); }
-extern "C" __global__ void cast_bf16_i64(const __nv_bfloat16* x, long long* y, long long n) { cast_run(x, y, n); }
-extern "C" __global__ void cast_bf16_u8(const __nv_bfloat16* x, unsigned char* y, long long n) { cast_run(x, y, n); }
-extern "C" __global__ void cast_i32_f32(const int* x, float* y, long long n) { cast_run(x, y, n); }
-extern "C" __global__ void cast_i32_f16(const int* x, __half* y, long long n) { cast_run(x, y, n); }
-extern "C" __global__ void cast_i32_bf16(const int* x, __nv_bfloat16* y, long long n) { cast_run(x, y, n); }
-extern "C" __global__ void cast_i32_i32(const int* x, int* y, long long n) { cast_run(x, y, n); }
-extern "C" __global__ void cast_i32_i64(const int* x, long long* y, long long n) { cast_run(x, y, n); }
-extern "C" __global__ void cast_i32_u8(const int* x, unsigned char* y, long long n) { cast_run(x, y, n); }
-extern "C" __global__ void cast_i64_f32(const long long* x, float* y, long long n) { cast_run(x, y, n); }
-extern "C" __global__ void cast_i64_f16(const long long* x, __half* y, long long n) { cast_run(x, y, n); }
-extern "C" __global__ void cast_i64_bf16(const long long* x, __nv_bfloat16* y, long long n) { cast_run(x, y, n); }
-extern "C" __global__ void cast_i64_i32(const long long* x, int* y, long long n) { cast_run(x, y, n); }
-extern "C" __global__ void cast_i64_i64(const long long* x, long long* y, long long n) { cast_run(x, y, n); }
-extern "C" __global__ void cast_i64_u8(const long long* x, unsigned char* y, long long n) { cast_run(x, y, n); }
-extern "C" __global__ void cast_u8_f32(const unsigned char* x, float* y, long long n) { cast_run(x, y, n); }
-extern "C" __global__ void cast_u8_f16(const unsigned char* x, __half* y, long long n) { cast_run(x, y, n); }
-extern "C" __global__ void cast_u8_bf16(const unsigned char* x, __nv_bfloat16* y, long long n) { cast_run(x, y, n); }
-extern "C" __global__ void cast_u8_i32(const unsigned char* x, int* y, long long n) { cast_run(x, y, n); }
-extern "C" __global__ void cast_u8_i64(const unsigned char* x, long long* y, long long n) { cast_run(x, y, n); }
-extern "C" __global__ void cast_u8_u8(const unsigned char* x, unsigned char* y, long long n) { cast_run(x, y, n); }
+INSTAGEN_KERNELS_ALL(cast_f32, , (const float* x, T* y, long long n), cast_run(x, y, n))
+INSTAGEN_KERNELS_ALL(cast_f16, , (const __half* x, T* y, long long n), cast_run(x, y, n))
+INSTAGEN_KERNELS_ALL(cast_bf16, , (const __nv_bfloat16* x, T* y, long long n), cast_run(x, y, n))
+INSTAGEN_KERNELS_ALL(cast_i32, , (const int* x, T* y, long long n), cast_run(x, y, n))
+INSTAGEN_KERNELS_ALL(cast_i64, , (const long long* x, T* y, long long n), cast_run(x, y, n))
+INSTAGEN_KERNELS_ALL(cast_u8, , (const unsigned char* x, T* y, long long n), cast_run(x, y, n))

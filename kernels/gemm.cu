@@ -184,14 +184,8 @@ __device__ __forceinline__ void gemm_tc_entry(const T* A, const T* B, T* C, cons
     }
 }
 
-extern "C" __global__ void __launch_bounds__(TC_THREADS, 2)
-    gemm_tc_f16(const __half* A, const __half* B, __half* C, GemmParams p) {
-    gemm_tc_entry<__half>(A, B, C, p);
-}
-extern "C" __global__ void __launch_bounds__(TC_THREADS, 2)
-    gemm_tc_bf16(const __nv_bfloat16* A, const __nv_bfloat16* B, __nv_bfloat16* C, GemmParams p) {
-    gemm_tc_entry<__nv_bfloat16>(A, B, C, p);
-}
+INSTAGEN_KERNELS_HALF(gemm_tc, __launch_bounds__(TC_THREADS, 2), (const T* A, const T* B, T* C, GemmParams p),
+                      gemm_tc_entry<T>(A, B, C, p))
 
 // ---- CUDA cores ----------------------------------------------------------------------------------------
 

@@ -143,33 +143,11 @@ __device__ __forceinline__ void gn_bwd(const T* x, const T* w, const T* b, const
     });
 }
 
-extern "C" __global__ void __launch_bounds__(GN_THREADS)
-    group_norm_fwd_f32(const float* x, const float* w, const float* b, float* y, long long s, long long c, int groups,
-                         float eps, int silu) {
-    gn_fwd<float>(x, w, b, y, s, c, groups, eps, silu);
-}
-extern "C" __global__ void __launch_bounds__(GN_THREADS)
-    group_norm_bwd_f32(const float* x, const float* w, const float* b, const float* dy, float* dx, long long s,
-                         long long c, int groups, float eps, int silu) {
-    gn_bwd<float>(x, w, b, dy, dx, s, c, groups, eps, silu);
-}
-extern "C" __global__ void __launch_bounds__(GN_THREADS)
-    group_norm_fwd_f16(const __half* x, const __half* w, const __half* b, __half* y, long long s, long long c, int groups,
-                         float eps, int silu) {
-    gn_fwd<__half>(x, w, b, y, s, c, groups, eps, silu);
-}
-extern "C" __global__ void __launch_bounds__(GN_THREADS)
-    group_norm_bwd_f16(const __half* x, const __half* w, const __half* b, const __half* dy, __half* dx, long long s,
-                         long long c, int groups, float eps, int silu) {
-    gn_bwd<__half>(x, w, b, dy, dx, s, c, groups, eps, silu);
-}
-extern "C" __global__ void __launch_bounds__(GN_THREADS)
-    group_norm_fwd_bf16(const __nv_bfloat16* x, const __nv_bfloat16* w, const __nv_bfloat16* b, __nv_bfloat16* y, long long s, long long c, int groups,
-                         float eps, int silu) {
-    gn_fwd<__nv_bfloat16>(x, w, b, y, s, c, groups, eps, silu);
-}
-extern "C" __global__ void __launch_bounds__(GN_THREADS)
-    group_norm_bwd_bf16(const __nv_bfloat16* x, const __nv_bfloat16* w, const __nv_bfloat16* b, const __nv_bfloat16* dy, __nv_bfloat16* dx, long long s,
-                         long long c, int groups, float eps, int silu) {
-    gn_bwd<__nv_bfloat16>(x, w, b, dy, dx, s, c, groups, eps, silu);
-}
+INSTAGEN_KERNELS_FLOAT(group_norm_fwd, __launch_bounds__(GN_THREADS),
+                       (const T* x, const T* w, const T* b, T* y, long long s, long long c, int groups, float eps,
+                        int silu),
+                       gn_fwd<T>(x, w, b, y, s, c, groups, eps, silu))
+INSTAGEN_KERNELS_FLOAT(group_norm_bwd, __launch_bounds__(GN_THREADS),
+                       (const T* x, const T* w, const T* b, const T* dy, T* dx, long long s, long long c, int groups,
+                        float eps, int silu),
+                       gn_bwd<T>(x, w, b, dy, dx, s, c, groups, eps, silu))

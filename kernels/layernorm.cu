@@ -230,50 +230,15 @@ __device__ __forceinline__ void ln_bwd(const T* x, const T* w, const T* dy, T* d
     }
 }
 
-extern "C" __global__ void __launch_bounds__(ROW_MAX_THREADS, 2)
-layer_norm_fwd_f32(const float* x, const float* w, const float* b, float* y, long long rows, long long dim,
-                   float eps, int vec) {
-    __shared__ KSum smk[32];
-    __shared__ float smf[32];
-    ln_fwd(x, w, b, y, rows, dim, eps, vec, smk, smf);
-}
-extern "C" __global__ void __launch_bounds__(ROW_MAX_THREADS, 2)
-layer_norm_bwd_f32(const float* x, const float* w, const float* dy, float* dx, long long rows, long long dim,
-                   float eps, int vec) {
-    __shared__ KSum smk[32];
-    __shared__ float smf[32];
-    __shared__ F2 sm2[32];
-    ln_bwd(x, w, dy, dx, rows, dim, eps, vec, smk, smf, sm2);
-}
+INSTAGEN_KERNELS_FLOAT(layer_norm_fwd, __launch_bounds__(ROW_MAX_THREADS, 2),
+                       (const T* x, const T* w, const T* b, T* y, long long rows, long long dim, float eps, int vec),
+                       __shared__ KSum smk[32];
+                       __shared__ float smf[32];
+                       ln_fwd(x, w, b, y, rows, dim, eps, vec, smk, smf))
+INSTAGEN_KERNELS_FLOAT(layer_norm_bwd, __launch_bounds__(ROW_MAX_THREADS, 2),
+                       (const T* x, const T* w, const T* dy, T* dx, long long rows, long long dim, float eps, int vec),
+                       __shared__ KSum smk[32];
+                       __shared__ float smf[32];
+                       __shared__ F2 sm2[32];
+                       ln_bwd(x, w, dy, dx, rows, dim, eps, vec, smk, smf, sm2))
 
-extern "C" __global__ void __launch_bounds__(ROW_MAX_THREADS, 2)
-layer_norm_fwd_f16(const __half* x, const __half* w, const __half* b, __half* y, long long rows, long long dim,
-                   float eps, int vec) {
-    __shared__ KSum smk[32];
-    __shared__ float smf[32];
-    ln_fwd(x, w, b, y, rows, dim, eps, vec, smk, smf);
-}
-extern "C" __global__ void __launch_bounds__(ROW_MAX_THREADS, 2)
-layer_norm_bwd_f16(const __half* x, const __half* w, const __half* dy, __half* dx, long long rows, long long dim,
-                   float eps, int vec) {
-    __shared__ KSum smk[32];
-    __shared__ float smf[32];
-    __shared__ F2 sm2[32];
-    ln_bwd(x, w, dy, dx, rows, dim, eps, vec, smk, smf, sm2);
-}
-
-extern "C" __global__ void __launch_bounds__(ROW_MAX_THREADS, 2)
-layer_norm_fwd_bf16(const __nv_bfloat16* x, const __nv_bfloat16* w, const __nv_bfloat16* b, __nv_bfloat16* y,
-                    long long rows, long long dim, float eps, int vec) {
-    __shared__ KSum smk[32];
-    __shared__ float smf[32];
-    ln_fwd(x, w, b, y, rows, dim, eps, vec, smk, smf);
-}
-extern "C" __global__ void __launch_bounds__(ROW_MAX_THREADS, 2)
-layer_norm_bwd_bf16(const __nv_bfloat16* x, const __nv_bfloat16* w, const __nv_bfloat16* dy, __nv_bfloat16* dx,
-                    long long rows, long long dim, float eps, int vec) {
-    __shared__ KSum smk[32];
-    __shared__ float smf[32];
-    __shared__ F2 sm2[32];
-    ln_bwd(x, w, dy, dx, rows, dim, eps, vec, smk, smf, sm2);
-}

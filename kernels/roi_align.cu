@@ -191,45 +191,15 @@ __device__ __forceinline__ void fpn_levels(const T* rois, long long* out, long l
     }
 }
 
-extern "C" __global__ void roi_align_fwd_f32(const float* feat, const float* rois, float* out, long long total,
-                                             int n, int h, int w, int c, int out_h, int out_w, float scale,
-                                             int sr, int aligned) {
-    roi_align_fwd<float>(feat, rois, out, total, n, h, w, c, out_h, out_w, scale, sr, aligned);
-}
-extern "C" __global__ void roi_align_bwd_f32(const float* rois, const float* dy, float* dx, long long total,
-                                             int k_count, int n, int h, int w, int c, int out_h, int out_w,
-                                             float scale, int sr, int aligned) {
-    roi_align_bwd<float>(rois, dy, dx, total, k_count, n, h, w, c, out_h, out_w, scale, sr, aligned);
-}
-extern "C" __global__ void fpn_levels_fwd_f32(const float* rois, long long* out, long long k_count, int cols,
-                                              int k_min, int k_max, float s0, int k0, float eps) {
-    fpn_levels<float>(rois, out, k_count, cols, k_min, k_max, s0, k0, eps);
-}
-extern "C" __global__ void roi_align_fwd_f16(const __half* feat, const float* rois, __half* out, long long total,
-                                             int n, int h, int w, int c, int out_h, int out_w, float scale,
-                                             int sr, int aligned) {
-    roi_align_fwd<__half>(feat, rois, out, total, n, h, w, c, out_h, out_w, scale, sr, aligned);
-}
-extern "C" __global__ void roi_align_bwd_f16(const float* rois, const __half* dy, __half* dx, long long total,
-                                             int k_count, int n, int h, int w, int c, int out_h, int out_w,
-                                             float scale, int sr, int aligned) {
-    roi_align_bwd<__half>(rois, dy, dx, total, k_count, n, h, w, c, out_h, out_w, scale, sr, aligned);
-}
-extern "C" __global__ void fpn_levels_fwd_f16(const __half* rois, long long* out, long long k_count, int cols,
-                                              int k_min, int k_max, float s0, int k0, float eps) {
-    fpn_levels<__half>(rois, out, k_count, cols, k_min, k_max, s0, k0, eps);
-}
-extern "C" __global__ void roi_align_fwd_bf16(const __nv_bfloat16* feat, const float* rois, __nv_bfloat16* out, long long total,
-                                             int n, int h, int w, int c, int out_h, int out_w, float scale,
-                                             int sr, int aligned) {
-    roi_align_fwd<__nv_bfloat16>(feat, rois, out, total, n, h, w, c, out_h, out_w, scale, sr, aligned);
-}
-extern "C" __global__ void roi_align_bwd_bf16(const float* rois, const __nv_bfloat16* dy, __nv_bfloat16* dx, long long total,
-                                             int k_count, int n, int h, int w, int c, int out_h, int out_w,
-                                             float scale, int sr, int aligned) {
-    roi_align_bwd<__nv_bfloat16>(rois, dy, dx, total, k_count, n, h, w, c, out_h, out_w, scale, sr, aligned);
-}
-extern "C" __global__ void fpn_levels_fwd_bf16(const __nv_bfloat16* rois, long long* out, long long k_count, int cols,
-                                              int k_min, int k_max, float s0, int k0, float eps) {
-    fpn_levels<__nv_bfloat16>(rois, out, k_count, cols, k_min, k_max, s0, k0, eps);
-}
+INSTAGEN_KERNELS_FLOAT(roi_align_fwd, ,
+                       (const T* feat, const float* rois, T* out, long long total, int n, int h, int w, int c,
+                        int out_h, int out_w, float scale, int sr, int aligned),
+                       roi_align_fwd<T>(feat, rois, out, total, n, h, w, c, out_h, out_w, scale, sr, aligned))
+INSTAGEN_KERNELS_FLOAT(roi_align_bwd, ,
+                       (const float* rois, const T* dy, T* dx, long long total, int k_count, int n, int h, int w,
+                        int c, int out_h, int out_w, float scale, int sr, int aligned),
+                       roi_align_bwd<T>(rois, dy, dx, total, k_count, n, h, w, c, out_h, out_w, scale, sr, aligned))
+INSTAGEN_KERNELS_FLOAT(fpn_levels_fwd, ,
+                       (const T* rois, long long* out, long long k_count, int cols, int k_min, int k_max, float s0,
+                        int k0, float eps),
+                       fpn_levels<T>(rois, out, k_count, cols, k_min, k_max, s0, k0, eps))

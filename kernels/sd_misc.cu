@@ -62,33 +62,10 @@ __device__ __forceinline__ void timestep_embedding(const T* t, float* out, long 
     }
 }
 
-extern "C" __global__ void geglu_fwd_f32(const float* x, float* y, long long rows, long long c) {
-    geglu_fwd<float>(x, y, rows, c);
-}
-extern "C" __global__ void geglu_bwd_f32(const float* x, const float* dy, float* dx, long long rows, long long c) {
-    geglu_bwd<float>(x, dy, dx, rows, c);
-}
-extern "C" __global__ void timestep_embedding_fwd_f32(const float* t, float* out, long long n, long long dim, int flip,
-                                                  float shift, float max_period) {
-    timestep_embedding<float>(t, out, n, dim, flip, shift, max_period);
-}
-extern "C" __global__ void geglu_fwd_f16(const __half* x, __half* y, long long rows, long long c) {
-    geglu_fwd<__half>(x, y, rows, c);
-}
-extern "C" __global__ void geglu_bwd_f16(const __half* x, const __half* dy, __half* dx, long long rows, long long c) {
-    geglu_bwd<__half>(x, dy, dx, rows, c);
-}
-extern "C" __global__ void timestep_embedding_fwd_f16(const __half* t, float* out, long long n, long long dim, int flip,
-                                                  float shift, float max_period) {
-    timestep_embedding<__half>(t, out, n, dim, flip, shift, max_period);
-}
-extern "C" __global__ void geglu_fwd_bf16(const __nv_bfloat16* x, __nv_bfloat16* y, long long rows, long long c) {
-    geglu_fwd<__nv_bfloat16>(x, y, rows, c);
-}
-extern "C" __global__ void geglu_bwd_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy, __nv_bfloat16* dx, long long rows, long long c) {
-    geglu_bwd<__nv_bfloat16>(x, dy, dx, rows, c);
-}
-extern "C" __global__ void timestep_embedding_fwd_bf16(const __nv_bfloat16* t, float* out, long long n, long long dim, int flip,
-                                                  float shift, float max_period) {
-    timestep_embedding<__nv_bfloat16>(t, out, n, dim, flip, shift, max_period);
-}
+INSTAGEN_KERNELS_FLOAT(geglu_fwd, , (const T* x, T* y, long long rows, long long c), geglu_fwd<T>(x, y, rows, c))
+INSTAGEN_KERNELS_FLOAT(geglu_bwd, ,
+                       (const T* x, const T* dy, T* dx, long long rows, long long c),
+                       geglu_bwd<T>(x, dy, dx, rows, c))
+INSTAGEN_KERNELS_FLOAT(timestep_embedding_fwd, ,
+                       (const T* t, float* out, long long n, long long dim, int flip, float shift, float max_period),
+                       timestep_embedding<T>(t, out, n, dim, flip, shift, max_period))

@@ -238,70 +238,21 @@ __device__ __forceinline__ void softmax_bwd(const T* y, const T* dy, T* dx, long
     }
 }
 
-extern "C" __global__ void __launch_bounds__(ROW_MAX_THREADS, 2)
-softmax_fwd_f32(const float* x, float* y, long long rows, long long dim, int vec) {
-    __shared__ float smf[32];
-    __shared__ F2 smp[32];
-    softmax_fwd(x, y, rows, dim, vec, smf, smp);
-}
-extern "C" __global__ void __launch_bounds__(ROW_MAX_THREADS, 2)
-softmax_bwd_f32(const float* y, const float* dy, float* dx, long long rows, long long dim, int vec) {
-    __shared__ KSum smk[32];
-    softmax_bwd(y, dy, dx, rows, dim, vec, smk);
-}
-extern "C" __global__ void
-softmax_fwd_col_f32(const float* x, float* y, long long outer, long long dim, long long inner) {
-    __shared__ F2 smp[32 * 32];
-    softmax_fwd_cols(x, y, outer, dim, inner, smp);
-}
-extern "C" __global__ void
-softmax_bwd_col_f32(const float* y, const float* dy, float* dx, long long outer, long long dim, long long inner) {
-    __shared__ KSum smk[32 * 32];
-    softmax_bwd_cols(y, dy, dx, outer, dim, inner, smk);
-}
+INSTAGEN_KERNELS_FLOAT(softmax_fwd, __launch_bounds__(ROW_MAX_THREADS, 2),
+                       (const T* x, T* y, long long rows, long long dim, int vec),
+                       __shared__ float smf[32];
+                       __shared__ F2 smp[32];
+                       softmax_fwd(x, y, rows, dim, vec, smf, smp))
+INSTAGEN_KERNELS_FLOAT(softmax_bwd, __launch_bounds__(ROW_MAX_THREADS, 2),
+                       (const T* y, const T* dy, T* dx, long long rows, long long dim, int vec),
+                       __shared__ KSum smk[32];
+                       softmax_bwd(y, dy, dx, rows, dim, vec, smk))
+INSTAGEN_KERNELS_FLOAT(softmax_fwd_col, ,
+                       (const T* x, T* y, long long outer, long long dim, long long inner),
+                       __shared__ F2 smp[32 * 32];
+                       softmax_fwd_cols(x, y, outer, dim, inner, smp))
+INSTAGEN_KERNELS_FLOAT(softmax_bwd_col, ,
+                       (const T* y, const T* dy, T* dx, long long outer, long long dim, long long inner),
+                       __shared__ KSum smk[32 * 32];
+                       softmax_bwd_cols(y, dy, dx, outer, dim, inner, smk))
 
-extern "C" __global__ void __launch_bounds__(ROW_MAX_THREADS, 2)
-softmax_fwd_f16(const __half* x, __half* y, long long rows, long long dim, int vec) {
-    __shared__ float smf[32];
-    __shared__ F2 smp[32];
-    softmax_fwd(x, y, rows, dim, vec, smf, smp);
-}
-extern "C" __global__ void __launch_bounds__(ROW_MAX_THREADS, 2)
-softmax_bwd_f16(const __half* y, const __half* dy, __half* dx, long long rows, long long dim, int vec) {
-    __shared__ KSum smk[32];
-    softmax_bwd(y, dy, dx, rows, dim, vec, smk);
-}
-extern "C" __global__ void
-softmax_fwd_col_f16(const __half* x, __half* y, long long outer, long long dim, long long inner) {
-    __shared__ F2 smp[32 * 32];
-    softmax_fwd_cols(x, y, outer, dim, inner, smp);
-}
-extern "C" __global__ void
-softmax_bwd_col_f16(const __half* y, const __half* dy, __half* dx, long long outer, long long dim, long long inner) {
-    __shared__ KSum smk[32 * 32];
-    softmax_bwd_cols(y, dy, dx, outer, dim, inner, smk);
-}
-
-extern "C" __global__ void __launch_bounds__(ROW_MAX_THREADS, 2)
-softmax_fwd_bf16(const __nv_bfloat16* x, __nv_bfloat16* y, long long rows, long long dim, int vec) {
-    __shared__ float smf[32];
-    __shared__ F2 smp[32];
-    softmax_fwd(x, y, rows, dim, vec, smf, smp);
-}
-extern "C" __global__ void __launch_bounds__(ROW_MAX_THREADS, 2)
-softmax_bwd_bf16(const __nv_bfloat16* y, const __nv_bfloat16* dy, __nv_bfloat16* dx, long long rows, long long dim,
-                 int vec) {
-    __shared__ KSum smk[32];
-    softmax_bwd(y, dy, dx, rows, dim, vec, smk);
-}
-extern "C" __global__ void
-softmax_fwd_col_bf16(const __nv_bfloat16* x, __nv_bfloat16* y, long long outer, long long dim, long long inner) {
-    __shared__ F2 smp[32 * 32];
-    softmax_fwd_cols(x, y, outer, dim, inner, smp);
-}
-extern "C" __global__ void
-softmax_bwd_col_bf16(const __nv_bfloat16* y, const __nv_bfloat16* dy, __nv_bfloat16* dx, long long outer,
-                     long long dim, long long inner) {
-    __shared__ KSum smk[32 * 32];
-    softmax_bwd_cols(y, dy, dx, outer, dim, inner, smk);
-}

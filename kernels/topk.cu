@@ -157,32 +157,17 @@ __device__ __forceinline__ void gather_bwd(const I* idx, const T* dy, T* dx, lon
 
 // ---- entry points -------------------------------------------------------------------------------------------
 
-extern "C" __global__ void __launch_bounds__(1024)
-topk_fwd_f32(const float* x, long long* out, long long rows, int n, int k, int p2) {
-    topk_row(x, out, rows, n, k, p2);
-}
-
-extern "C" __global__ void __launch_bounds__(1024)
-topk_fwd_f16(const __half* x, long long* out, long long rows, int n, int k, int p2) {
-    topk_row(x, out, rows, n, k, p2);
-}
-
-extern "C" __global__ void __launch_bounds__(1024)
-topk_fwd_bf16(const __nv_bfloat16* x, long long* out, long long rows, int n, int k, int p2) {
-    topk_row(x, out, rows, n, k, p2);
-}
+INSTAGEN_KERNELS_FLOAT(topk_fwd, __launch_bounds__(1024),
+                       (const T* x, long long* out, long long rows, int n, int k, int p2),
+                       topk_row(x, out, rows, n, k, p2))
 
 extern "C" __global__ void gather_fwd_i32_f32(const unsigned* x, const int* idx, unsigned* out, GatherShape s) {
     gather_fwd(x, idx, out, s);
 }
 
-extern "C" __global__ void gather_fwd_i32_f16(const unsigned short* x, const int* idx, unsigned short* out, GatherShape s) {
-    gather_fwd(x, idx, out, s);
-}
-
-extern "C" __global__ void gather_fwd_i32_bf16(const unsigned short* x, const int* idx, unsigned short* out, GatherShape s) {
-    gather_fwd(x, idx, out, s);
-}
+INSTAGEN_KERNELS_HALF(gather_fwd_i32, ,
+                      (const unsigned short* x, const int* idx, unsigned short* out, GatherShape s),
+                      gather_fwd(x, idx, out, s))
 
 extern "C" __global__ void gather_fwd_i32_i32(const unsigned* x, const int* idx, unsigned* out, GatherShape s) {
     gather_fwd(x, idx, out, s);
@@ -192,32 +177,18 @@ extern "C" __global__ void gather_fwd_i32_i64(const unsigned long long* x, const
     gather_fwd(x, idx, out, s);
 }
 
-extern "C" __global__ void gather_bwd_i32_f32(const int* idx, const float* dy, float* dx, long long outer, long long len,
-                                        long long size, long long inner) {
-    gather_bwd(idx, dy, dx, outer, len, size, inner);
-}
-
-extern "C" __global__ void gather_bwd_i32_f16(const int* idx, const __half* dy, __half* dx, long long outer, long long len,
-                                        long long size, long long inner) {
-    gather_bwd(idx, dy, dx, outer, len, size, inner);
-}
-
-extern "C" __global__ void gather_bwd_i32_bf16(const int* idx, const __nv_bfloat16* dy, __nv_bfloat16* dx, long long outer, long long len,
-                                        long long size, long long inner) {
-    gather_bwd(idx, dy, dx, outer, len, size, inner);
-}
+INSTAGEN_KERNELS_FLOAT(gather_bwd_i32, ,
+                       (const int* idx, const T* dy, T* dx, long long outer, long long len, long long size,
+                        long long inner),
+                       gather_bwd(idx, dy, dx, outer, len, size, inner))
 
 extern "C" __global__ void gather_fwd_i64_f32(const unsigned* x, const long long* idx, unsigned* out, GatherShape s) {
     gather_fwd(x, idx, out, s);
 }
 
-extern "C" __global__ void gather_fwd_i64_f16(const unsigned short* x, const long long* idx, unsigned short* out, GatherShape s) {
-    gather_fwd(x, idx, out, s);
-}
-
-extern "C" __global__ void gather_fwd_i64_bf16(const unsigned short* x, const long long* idx, unsigned short* out, GatherShape s) {
-    gather_fwd(x, idx, out, s);
-}
+INSTAGEN_KERNELS_HALF(gather_fwd_i64, ,
+                      (const unsigned short* x, const long long* idx, unsigned short* out, GatherShape s),
+                      gather_fwd(x, idx, out, s))
 
 extern "C" __global__ void gather_fwd_i64_i32(const unsigned* x, const long long* idx, unsigned* out, GatherShape s) {
     gather_fwd(x, idx, out, s);
@@ -227,17 +198,8 @@ extern "C" __global__ void gather_fwd_i64_i64(const unsigned long long* x, const
     gather_fwd(x, idx, out, s);
 }
 
-extern "C" __global__ void gather_bwd_i64_f32(const long long* idx, const float* dy, float* dx, long long outer, long long len,
-                                        long long size, long long inner) {
-    gather_bwd(idx, dy, dx, outer, len, size, inner);
-}
+INSTAGEN_KERNELS_FLOAT(gather_bwd_i64, ,
+                       (const long long* idx, const T* dy, T* dx, long long outer, long long len, long long size,
+                        long long inner),
+                       gather_bwd(idx, dy, dx, outer, len, size, inner))
 
-extern "C" __global__ void gather_bwd_i64_f16(const long long* idx, const __half* dy, __half* dx, long long outer, long long len,
-                                        long long size, long long inner) {
-    gather_bwd(idx, dy, dx, outer, len, size, inner);
-}
-
-extern "C" __global__ void gather_bwd_i64_bf16(const long long* idx, const __nv_bfloat16* dy, __nv_bfloat16* dx, long long outer, long long len,
-                                        long long size, long long inner) {
-    gather_bwd(idx, dy, dx, outer, len, size, inner);
-}

@@ -1,5 +1,5 @@
 //! Checks what build.rs embedded: every kernels/*.cu is known, and (when NVRTC was available)
-//! compiled for sm_80 and sm_90 with every extern "C" __global__ symbol present and spill-free.
+//! compiled for sm_80 and sm_90 with exactly the entry points the emulator build found, each spill-free.
 //! `INSTAGEN_REQUIRE_KERNELS=1` turns "NVRTC not installed" from a skip into a failure.
 
 use std::fs;
@@ -31,10 +31,25 @@ fn stems_on_disk() -> Vec<String> {
     v
 }
 
-/// The kernels of `stem.cu`, as the emulator build found them (it scans the same sources).
+/// The kernels of `stem.cu`, as the emulator build found them (in the preprocessed source, so entry points
+/// stamped out by the INSTAGEN_KERNELS_* macros count), sorted.
 fn global_symbols(stem: &str) -> Vec<String> {
     let all = instagen::backend::emu::kernels();
-    all.iter().filter(|k| k.file == stem).map(|k| k.name.to_string()).collect()
+    let mut v: Vec<String> = all.iter().filter(|k| k.file == stem).map(|k| k.name.to_string()).collect();
+    v.sort();
+    v
+}
+
+/// The `.entry` functions of a PTX text, sorted.
+fn ptx_entries(ptx: &str) -> Vec<String> {
+    let mut v: Vec<String> = ptx
+        .lines()
+        .filter_map(|l| l.split_once(".entry ").map(|(_, rest)| rest))
+        .filter_map(|rest| rest.split(|c: char| c == '(' || c.is_whitespace()).next())
+        .map(str::to_string)
+        .collect();
+    v.sort();
+    v
 }
 
 fn require_kernels() -> bool {
@@ -78,6 +93,13 @@ fn every_kernel_compiled_for_both_arches_without_spills() {
             assert!(
                 m.cubin.starts_with(b"\x7fELF"),
                 "{stem} {arch}: cubin is not an ELF image"
+            );
+            // NVRTC and the emulator build see the same entry points (a kernel only one of them finds is either
+            // never emulated or never compiled for the GPU).
+            assert_eq!(
+                ptx_entries(m.ptx),
+                symbols,
+                "{stem} {arch}: PTX entry points vs the emulator's kernel table"
             );
             for sym in &symbols {
                 assert!(
