@@ -20,11 +20,11 @@
 // Weights are small and stay in L1/L2; a pre-packed [O, kh, kw, C] copy would make them cp.async too but
 // needs a scratch buffer that `Launch` cannot express yet.
 //
-// conv2d_{fwd,bwd_data,bwd_weight}_tc_{f16,bf16}: tensor cores, the block structure of gemm_tc (gemm.cu):
-//   128 x 128 x 32 tiles, 8 warps of 64 x 32, mma.sync m16n8k16 from ldmatrix on XOR-swizzled tiles
-//   (gemm_util.cuh), 3-stage cp.async ring. The gathered operands fall back to guarded 2-byte loads when the
-//   channel count is not a multiple of 8 or a tensor is not 16-byte aligned (e.g. C = 3 or 4 of the first
-//   convolutions); still tensor cores. Mode 2 has few output tiles and a long K and no split-K yet (that
+// conv2d_{fwd,bwd_data,bwd_weight}_tc_{f16,bf16}: tensor cores, the main loop of gemm_tc (tc_mainloop in
+//   gemm_util.cuh: 128 x 128 x 32 tiles, 8 warps of 64 x 32, mma.sync m16n8k16 from ldmatrix on XOR-swizzled
+//   tiles, 3-stage cp.async ring) with this file's tile loader (CvLoader). The gathered operands fall back to
+//   guarded 2-byte loads when the channel count is not a multiple of 8 or a tensor is not 16-byte aligned (e.g.
+//   C = 3 or 4 of the first convolutions); still tensor cores. Mode 2 has few output tiles and a long K and no split-K yet (that
 //   needs scratch for partial sums or f32 atomics on an f16 output).
 // conv2d_{fwd,bwd_data,bwd_weight}_simt_f32: CUDA cores, 64 x 64 x 16 tiles, 256 threads of 4 x 4 outputs,
 //   operands gathered element by element through registers into a shared double buffer.

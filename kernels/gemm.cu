@@ -4,7 +4,8 @@
 //   Block tile 128 x 128 x 32, 256 threads = 8 warps as 2 (M) x 4 (N), each warp 64 x 32 = 4 x 4 mma tiles.
 //   Operand tiles go global -> shared with cp.async (16 bytes a thread a copy) through a 3-stage ring, and
 //   shared -> registers with ldmatrix (x4; .trans for tiles whose rows run along M or N instead of K), in
-//   XOR-swizzled layouts that keep ldmatrix free of bank conflicts (gemm_util.cuh).
+//   XOR-swizzled layouts that keep ldmatrix free of bank conflicts. That main loop is tc_mainloop in
+//   gemm_util.cuh (shared with conv.cu); this file supplies its tile loader (TcLoader) and the epilogue.
 //   Why 128 x 128 and not 128 x 256: 3 stages x (8 KB + 8 KB) = 48 KB is exactly the static shared-memory
 //   limit (no opt-in attribute), 64 accumulators a thread leave room for two blocks (16 warps) per SM under
 //   __launch_bounds__(256, 2), and smaller tiles waste less on the SD shapes (N = 320: 384 computed columns
