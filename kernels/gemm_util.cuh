@@ -116,7 +116,7 @@ __device__ __forceinline__ void tc_mainloop(float (&acc)[4][4][4], LoadA& la, Lo
     int rs = 0, ws = TC_STAGES - 1;  // stage read this iteration, stage refilled this iteration
     for (int kt = 0; kt < ktiles; ++kt) {
         // Groups committed so far: kt + 2; at most one still in flight means tile kt has landed.
-        cp_async_wait_group<TC_STAGES - 2>();
+        INSTAGEN_DROPPABLE(3) cp_async_wait_group<TC_STAGES - 2>();
         __syncthreads();
         // Refill the stage read in iteration kt - 1 (every warp is past it: the barrier above).
         if (kt + TC_STAGES - 1 < ktiles) {

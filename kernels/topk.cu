@@ -161,42 +161,24 @@ INSTAGEN_KERNELS_FLOAT(topk_fwd, __launch_bounds__(1024),
                        (const T* x, long long* out, long long rows, int n, int k, int p2),
                        topk_row(x, out, rows, n, k, p2))
 
-extern "C" __global__ void gather_fwd_i32_f32(const unsigned* x, const int* idx, unsigned* out, GatherShape s) {
-    gather_fwd(x, idx, out, s);
-}
-
-INSTAGEN_KERNELS_HALF(gather_fwd_i32, ,
-                      (const unsigned short* x, const int* idx, unsigned short* out, GatherShape s),
-                      gather_fwd(x, idx, out, s))
-
-extern "C" __global__ void gather_fwd_i32_i32(const unsigned* x, const int* idx, unsigned* out, GatherShape s) {
-    gather_fwd(x, idx, out, s);
-}
-
-extern "C" __global__ void gather_fwd_i32_i64(const unsigned long long* x, const int* idx, unsigned long long* out, GatherShape s) {
-    gather_fwd(x, idx, out, s);
-}
+// gather_fwd_<index type>_<dtype> moves bits: T is the unsigned integer of the dtype's size.
+#define GATHER_FWD(NAME, T_, I)                                                                                \
+    INSTAGEN_KERNEL(NAME, T_, , (const T* x, const I* idx, T* out, GatherShape s), gather_fwd(x, idx, out, s))
+#define GATHER_FWD_ALL(IDX, I)                                                                                 \
+    GATHER_FWD(gather_fwd_##IDX##_f32, unsigned, I)                                                            \
+    GATHER_FWD(gather_fwd_##IDX##_f16, unsigned short, I)                                                      \
+    GATHER_FWD(gather_fwd_##IDX##_bf16, unsigned short, I)                                                     \
+    GATHER_FWD(gather_fwd_##IDX##_i32, unsigned, I)                                                            \
+    GATHER_FWD(gather_fwd_##IDX##_i64, unsigned long long, I)
+GATHER_FWD_ALL(i32, int)
+GATHER_FWD_ALL(i64, long long)
+#undef GATHER_FWD_ALL
+#undef GATHER_FWD
 
 INSTAGEN_KERNELS_FLOAT(gather_bwd_i32, ,
                        (const int* idx, const T* dy, T* dx, long long outer, long long len, long long size,
                         long long inner),
                        gather_bwd(idx, dy, dx, outer, len, size, inner))
-
-extern "C" __global__ void gather_fwd_i64_f32(const unsigned* x, const long long* idx, unsigned* out, GatherShape s) {
-    gather_fwd(x, idx, out, s);
-}
-
-INSTAGEN_KERNELS_HALF(gather_fwd_i64, ,
-                      (const unsigned short* x, const long long* idx, unsigned short* out, GatherShape s),
-                      gather_fwd(x, idx, out, s))
-
-extern "C" __global__ void gather_fwd_i64_i32(const unsigned* x, const long long* idx, unsigned* out, GatherShape s) {
-    gather_fwd(x, idx, out, s);
-}
-
-extern "C" __global__ void gather_fwd_i64_i64(const unsigned long long* x, const long long* idx, unsigned long long* out, GatherShape s) {
-    gather_fwd(x, idx, out, s);
-}
 
 INSTAGEN_KERNELS_FLOAT(gather_bwd_i64, ,
                        (const long long* idx, const T* dy, T* dx, long long outer, long long len, long long size,
