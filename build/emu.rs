@@ -6,8 +6,8 @@
 //!
 //! Each `.cu` becomes one translation unit `OUT_DIR/emu/<stem>.cpp` that includes the `.cu` inside an
 //! anonymous namespace (so helpers of different files never collide) and defines, per
-//! `extern "C" __global__` kernel (found in the preprocessed source, so entry points made by macros count),
-//! `extern "C" int instagen_emu_launch_<kernel>(const instagen_emu_dims*, void**)`. Objects are cached in `OUT_DIR/emu/` by a hash of their inputs, so editing one kernel
+//! `extern "C" __global__` kernel, `extern "C" int instagen_emu_launch_<kernel>(const instagen_emu_dims*,
+//! void**)`. Objects are cached in `OUT_DIR/emu/` by a hash of their inputs, so editing one kernel
 //! recompiles one file (editing a header recompiles all). A C++ error fails the build with the compiler
 //! output.
 
@@ -45,20 +45,6 @@ pub fn build(kernels_dir: &Path, out_dir: &Path, sources: &[PathBuf]) {
         .unwrap_or_else(|e| panic!("instagen build: cannot create {}: {e}", gen_dir.display()));
     let headers = header_bytes(kernels_dir, &emu_dir);
 
-    let mut kernels: Vec<Kernel> = Vec::new();
-    // The runtime: every kernels/emu/*.cpp.
-    let mut units: Vec<Unit> = list(&emu_dir, "cpp")
-        .into_iter()
-        .map(|source| Unit {
-            label: format!(
-                "kernels/emu/{}",
-                source.file_name().unwrap_or_default().to_string_lossy()
-            ),
-            key_inputs: [read(&source), headers.clone()].concat(),
-            source,
-            include_header: false,
-        })
-        .collect();
     let base = cc::Build::new()
         .cpp(true)
         .std("c++17")
@@ -78,6 +64,20 @@ pub fn build(kernels_dir: &Path, out_dir: &Path, sources: &[PathBuf]) {
         .to_owned();
     let compiler = base.get_compiler();
 
+    let mut kernels: Vec<Kernel> = Vec::new();
+    // The runtime: every kernels/emu/*.cpp.
+    let mut units: Vec<Unit> = list(&emu_dir, "cpp")
+        .into_iter()
+        .map(|source| Unit {
+            label: format!(
+                "kernels/emu/{}",
+                source.file_name().unwrap_or_default().to_string_lossy()
+            ),
+            key_inputs: [read(&source), headers.clone()].concat(),
+            source,
+            include_header: false,
+        })
+        .collect();
     for src in sources {
         let file = super::stem(src);
         let text = String::from_utf8_lossy(&read(src)).into_owned();
@@ -217,8 +217,8 @@ fn preprocess(compiler: &cc::Tool, cu: &Path) -> String {
     }
 }
 
-/// Names of the `extern "C" __global__` kernels of a (preprocessed) `.cu` source, in order. `__launch_bounds__(...)`
-/// may appear before or after the return type.
+/// Names of the `extern "C" __global__` kernels of a `.cu` source (preprocessed: see [`preprocess`]), in order.
+/// `__launch_bounds__(...)` may appear before or after the return type.
 fn kernel_names(src: &str) -> Vec<String> {
     const MARK: &str = "extern \"C\" __global__";
     let text = strip_comments(src);
