@@ -309,8 +309,10 @@ pub fn xyxy_to_xywh(b: [f64; 4]) -> [f64; 4] {
 // ----------------------------------------------------------------------------------------------------------
 // Reading and validation
 
+/// A COCO JSON file: a regular file of at most [`DATA_JSON_MAX_BYTES`](crate::util::files::DATA_JSON_MAX_BYTES).
 fn read_bytes(path: &Path) -> Result<Vec<u8>, CocoError> {
-    std::fs::read(path).map_err(|source| CocoError::Io { path: path.to_path_buf(), source })
+    crate::util::files::read_input(path, Some(crate::util::files::DATA_JSON_MAX_BYTES))
+        .map_err(|source| CocoError::Io { path: path.to_path_buf(), source })
 }
 
 fn parse<T: serde::de::DeserializeOwned>(path: &Path, bytes: &[u8]) -> Result<T, CocoError> {
@@ -564,20 +566,7 @@ pub fn save_results(path: impl AsRef<Path>, dets: &[Detection]) -> Result<(), Co
 /// Writes `bytes` to a temporary file beside `path`, syncs it, and renames it over `path`, so a reader never
 /// sees a half-written file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CocoError> {
-    use std::io::Write;
-    let io = |source| CocoError::Io { path: path.to_path_buf(), source };
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(io)
+    crate::util::files::write_atomic(path, bytes).map_err(|source| CocoError::Io { path: path.to_path_buf(), source })
 }
 
 // ----------------------------------------------------------------------------------------------------------
@@ -586,6 +575,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CocoError> {
 /// Reads a PNG or JPEG image as 8-bit RGB.
 pub fn read_image(path: impl AsRef<Path>) -> Result<image::RgbImage, CocoError> {
     let path = path.as_ref();
+    crate::util::files::regular_file_len(path).map_err(|source| CocoError::Io { path: path.to_path_buf(), source })?;
     let img = image::open(path).map_err(|e| CocoError::Image { path: path.to_path_buf(), msg: e.to_string() })?;
     Ok(img.into_rgb8())
 }
