@@ -168,7 +168,7 @@ fn tokenizer_ids_beyond_the_vocabulary_and_empty_merges_are_rejected() {
     fails_naming(&sample(&sd.0, &out, &[]), &["merges.txt"]);
     std::fs::write(&merges, &good).unwrap();
     // An id past the end (49409 with 49409 entries).
-    edit_json(&sd.0.join("tokenizer/vocab.json"), |j| j["zzzz</w>"] = serde_json::json!(49409));
+    edit_json(&sd.0.join("tokenizer/vocab.json"), |j| j["instagen-no-such-token"] = serde_json::json!(49409));
     fails_naming(&sample(&sd.0, &out, &[]), &["vocab.json", "id 49409", "vocabulary size 49409"]);
 }
 
