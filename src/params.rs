@@ -20,6 +20,7 @@ pub fn safetensors_error(bytes: &[u8], e: &safetensors::SafeTensorError) -> Stri
     let Some(header) = usize::try_from(n).ok().and_then(|n| bytes.get(8..n.checked_add(8)?)) else { return general };
     let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(header) else { return general };
     let data_len = bytes.len() - 8 - header.len();
+    let mut ranges: Vec<(u64, u64, &str)> = Vec::new();
     for (name, v) in &map {
         if name == "__metadata__" {
             continue;
@@ -49,8 +50,24 @@ pub fn safetensors_error(bytes: &[u8], e: &safetensors::SafeTensorError) -> Stri
             Some(_) if end > data_len as u64 => {
                 return format!("tensor '{name}': data_offsets [{start}, {end}] run past the end of the data ({data_len} bytes; truncated?)");
             }
-            _ => {}
+            _ => ranges.push((start, end, name)),
         }
+    }
+    // The tensors must cover the data exactly, without gaps or overlaps.
+    ranges.sort();
+    let mut at = 0u64;
+    for (start, end, name) in &ranges {
+        if *start != at {
+            return if *start > at {
+                format!("bytes [{at}, {start}) of the data belong to no tensor (the next is '{name}'; a header entry removed?)")
+            } else {
+                format!("tensor '{name}': data_offsets [{start}, {end}] overlap the previous tensor (which ends at {at})")
+            };
+        }
+        at = *end;
+    }
+    if at != data_len as u64 {
+        return format!("bytes [{at}, {data_len}) of the data belong to no tensor (a header entry removed?)");
     }
     general
 }

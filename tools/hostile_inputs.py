@@ -206,16 +206,26 @@ def cases():
         def wrong_dtype(w, sd, comp=comp):
             p = weights_file(sd, comp)
             h, d, m = st_read(p)
-            k = next(k for k in sorted(h) if h[k]["dtype"] in ("F32",) and all(x % 2 == 0 for x in h[k]["shape"][:1]))
-            h[k]["dtype"] = "I32"
+            k = next(k for k in sorted(h) if h[k]["dtype"] in ("F32", "F16", "BF16"))
+            h[k]["dtype"] = {"F32": "I32", "F16": "I16", "BF16": "I16"}[h[k]["dtype"]]
             st_write(p, h, d, m)
-        if comp != "vae":
-            add(f"{comp} weights: an integer tensor", sample(), [comp, "dtype"], setup=wrong_dtype)
-        def drop_key(w, sd, comp=comp):
+        add(f"{comp} weights: an integer tensor", sample(), [comp, "dtype"], setup=wrong_dtype)
+        def drop_entry(w, sd, comp=comp):
             p = weights_file(sd, comp)
             h, d, m = st_read(p)
             del h[sorted(h)[-1]]
             st_write(p, h, d, m)
+        add(f"{comp} weights: a header entry removed (data left)", sample(), [comp, "no tensor"], setup=drop_entry)
+        def drop_key(w, sd, comp=comp):
+            p = weights_file(sd, comp)
+            h, d, m = st_read(p)
+            k = sorted(x for x in h if comp != "vae" or x.startswith("decoder."))[-1]
+            s0, e0 = h.pop(k)["data_offsets"]
+            for v in h.values():
+                s1, e1 = v["data_offsets"]
+                if s1 >= e0:
+                    v["data_offsets"] = [s1 - (e0 - s0), e1 - (e0 - s0)]
+            st_write(p, h, d[:s0] + d[e0:], m)
         add(f"{comp} weights: a key missing", sample(), [comp, "missing key"], setup=drop_key)
         culp = {"unet": "step", "text_encoder": "text encoder", "vae": "VAE"}[comp]
         add(f"{comp} weights all NaN", sample(), [culp], setup=lambda w, sd, comp=comp: st_fill(weights_file(sd, comp), lambda k: True, nan_bytes))
@@ -242,7 +252,7 @@ def cases():
     add("vae block_out_channels mismatch", sample(), ["block_out_channels"], setup=cfg(V, "block_out_channels", [64]))
     add("vae norm_num_groups 5", sample(), ["norm_num_groups"], setup=cfg(V, "norm_num_groups", 5))
     add("vae latent_channels 3", sample(), ["vae"], setup=cfg(V, "latent_channels", 3))
-    add("vae out_channels 4", sample(), ["channels"], setup=cfg(V, "out_channels", 4))
+    add("vae out_channels 4", sample(), ["conv_out", "[4]"], setup=cfg(V, "out_channels", 4))
     add("text_encoder vocab_size 1000 (< tokenizer)", sample(), ["vocab_size", "vocab.json"], setup=cfg(T, "vocab_size", 1000))
     add("text_encoder vocab_size 0", sample(), ["vocab"], setup=cfg(T, "vocab_size", 0))
     add("text_encoder hidden_act relu", sample(), ["hidden_act"], setup=cfg(T, "hidden_act", "relu"))
@@ -397,6 +407,7 @@ def cases():
         ("gt images missing", lambda j: j.pop("images"), "images"),
         ("gt annotation bbox negative width", lambda j: j["annotations"][0].__setitem__("bbox", [1, 1, -5, 3]), "bbox"),
         ("gt annotation bbox 3 numbers", lambda j: j["annotations"][0].__setitem__("bbox", [1, 1, 5]), "bbox"),
+        ("gt image width a string", lambda j: j["images"][0].__setitem__("width", "wide"), "width"),
         ("gt annotation on an unknown image", lambda j: j["annotations"][0].__setitem__("image_id", 99), "99"),
         ("gt annotation with an unknown category", lambda j: j["annotations"][0].__setitem__("category_id", 77), "77"),
         ("gt duplicate image id", lambda j: j["images"].append(dict(j["images"][0])), "image"),
@@ -418,11 +429,12 @@ def cases():
         ("dt bbox negative", [dict(DT[0], bbox=[1, 2, -3, 4])], "bbox"),
         ("dt score a string", [dict(DT[0], score="high")], "score"),
         ("dt score missing", [{k: v for k, v in DT[0].items() if k != "score"}], "score"),
-        ("dt score -1", [dict(DT[0], score=-1)], "score"),
+        ("dt score 1e999", None, "dt.json"),
         ("dt image_id -1", [dict(DT[0], image_id=-1)], "dt.json"),
         ("dt image_id 2^64", None, "dt.json"),
     ]:
-        content = json.dumps(dt).encode() if dt is not None else json.dumps(DT).replace('"image_id": 1', '"image_id": 18446744073709551616').encode()
+        content = json.dumps(dt).encode() if dt is not None else json.dumps(DT).replace(
+            '"image_id": 1' if "2^64" in label else '"score": 0.9', '"image_id": 18446744073709551616' if "2^64" in label else '"score": 1e999').encode()
         add(f"eval {label}", E, [cul], setup=ev(dt=content))
     add("eval --json is --dt", E + ["--json", "{w}/dt.json"], ["--json"], setup=write_eval(), check=unchanged("dt.json"))
     add("eval --json is --gt via ..", E + ["--json", "{w}/sub/../gt.json"], ["--json"],
@@ -524,7 +536,13 @@ def main():
         sd = os.path.join(w, "sd")
         shutil.copytree(sd0, sd, symlinks=True)
         if c.setup:
-            c.setup(w, sd)
+            try:
+                c.setup(w, sd)
+            except Exception as e:
+                print(f"{'setup-error':14s} {c.name[:58]:58s} {e!r}", flush=True)
+                counts["setup-error"] = counts.get("setup-error", 0) + 1
+                shutil.rmtree(w, ignore_errors=True)
+                continue
         args = [x.replace("{sd}", sd).replace("{w}", w) for x in c.args]
         t0 = time.time()
         timed_out = False
@@ -539,8 +557,9 @@ def main():
         rc = p.returncode
         cls = classify(c, rc, out, err, timed_out, w)
         counts[cls] = counts.get(cls, 0) + 1
-        msg = [l for l in err.strip().splitlines() if l.strip() and "step " not in l[:12]]
-        msg = (msg[-1] if cls != "clean" or not msg else msg[0]) if msg else ""
+        lines = [l.strip() for l in err.strip().splitlines() if l.strip() and "step " not in l[:12]]
+        key = [l for l in lines if "error" in l or "panicked" in l or "memory allocation" in l]
+        msg = (key or lines or [""])[0]
         msg = re.sub(re.escape(w), "W", msg)[:150]
         rows.append((cls, c.name, rc, time.time() - t0, msg))
         print(f"{cls:14s} {c.name[:58]:58s} rc={rc:<4} {time.time() - t0:5.1f}s  {msg if (a.verbose or cls != 'clean') else ''}", flush=True)

@@ -112,7 +112,7 @@ enum Cmd {
         #[arg(long, default_value = "")]
         filter: String,
         /// Seed of the random inputs (default: from the clock, so every run draws fresh inputs).
-        #[arg(long, allow_negative_numbers = true)]
+        #[arg(long, allow_hyphen_values = true)]
         seed: Option<u64>,
     },
     /// Benchmarks: kernel cases, or one UNet / CLIP / VAE call.
@@ -126,19 +126,19 @@ enum Cmd {
         #[arg(long, default_value = "")]
         filter: String,
         /// Minimum seconds of timed runs per case (finite, in [0, 1e6]).
-        #[arg(long, default_value_t = 0.5, value_parser = seconds, allow_negative_numbers = true)]
+        #[arg(long, default_value_t = 0.5, value_parser = seconds, allow_hyphen_values = true)]
         min_seconds: f64,
         /// Model benches: a diffusers model folder (config.json [+ weights]) or `sd-v1`.
         #[arg(long, default_value = "sd-v1")]
         config: String,
         /// Model benches: batch size (>= 1).
-        #[arg(long, default_value_t = 1, value_parser = positive, allow_negative_numbers = true)]
+        #[arg(long, default_value_t = 1, value_parser = positive, allow_hyphen_values = true)]
         batch: usize,
         /// Model benches: storage dtype.
         #[arg(long, value_enum, default_value_t = Dtype::F32)]
         dtype: Dtype,
         /// UNet / VAE bench: latent side (default: from the config's sample_size).
-        #[arg(long, value_parser = positive, allow_negative_numbers = true)]
+        #[arg(long, value_parser = positive, allow_hyphen_values = true)]
         latent: Option<usize>,
     },
 
@@ -174,15 +174,15 @@ enum Cmd {
         #[arg(long)]
         prompt: String,
         /// DDIM steps (>= 1).
-        #[arg(long, default_value_t = 50, value_parser = positive, allow_negative_numbers = true)]
+        #[arg(long, default_value_t = 50, value_parser = positive, allow_hyphen_values = true)]
         steps: usize,
         /// Classifier-free guidance scale, in [0, 100].
-        #[arg(long, default_value_t = 5.0, value_parser = finite, allow_negative_numbers = true)]
+        #[arg(long, default_value_t = 5.0, value_parser = finite, allow_hyphen_values = true)]
         guidance: f32,
-        #[arg(long, default_value_t = 42, allow_negative_numbers = true)]
+        #[arg(long, default_value_t = 42, allow_hyphen_values = true)]
         seed: u64,
         /// Images (>= 1).
-        #[arg(long, default_value_t = 1, value_parser = positive, allow_negative_numbers = true)]
+        #[arg(long, default_value_t = 1, value_parser = positive, allow_hyphen_values = true)]
         batch: usize,
         /// Output folder.
         #[arg(long)]
@@ -197,7 +197,7 @@ enum Cmd {
         dtype: Dtype,
         /// Latent side (image side / 8 for SD), a multiple of the UNet's downsampling (8 for SD); default: the
         /// UNet's sample_size.
-        #[arg(long, value_parser = positive, allow_negative_numbers = true)]
+        #[arg(long, value_parser = positive, allow_hyphen_values = true)]
         latent: Option<usize>,
     },
 }

@@ -112,9 +112,11 @@ pub enum CocoError {
         source: std::io::Error,
     },
     /// Malformed JSON or a field of the wrong type; serde's message carries the line and column.
-    #[error("{path}: malformed COCO JSON: {source}")]
+    #[error("{path}: malformed COCO JSON{}: {source}", key.as_ref().map(|k| format!(" at key \"{k}\"")).unwrap_or_default())]
     Json {
         path: PathBuf,
+        /// The key being read when it failed, when one is found before the error position.
+        key: Option<String>,
         #[source]
         source: serde_json::Error,
     },
@@ -316,7 +318,10 @@ fn read_bytes(path: &Path) -> Result<Vec<u8>, CocoError> {
 }
 
 fn parse<T: serde::de::DeserializeOwned>(path: &Path, bytes: &[u8]) -> Result<T, CocoError> {
-    serde_json::from_slice(bytes).map_err(|source| CocoError::Json { path: path.to_path_buf(), source })
+    serde_json::from_slice(bytes).map_err(|source| {
+        let key = crate::util::json::key_before(bytes, &source).filter(|_| source.is_data());
+        CocoError::Json { path: path.to_path_buf(), key, source }
+    })
 }
 
 /// Collects issues; in strict mode they all become one error at the end.
@@ -482,7 +487,7 @@ impl Dataset {
     /// Writes the instances JSON atomically (a temporary file in the same folder, then a rename).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<(), CocoError> {
         let path = path.as_ref();
-        let bytes = serde_json::to_vec(self).map_err(|source| CocoError::Json { path: path.to_path_buf(), source })?;
+        let bytes = serde_json::to_vec(self).map_err(|source| CocoError::Json { path: path.to_path_buf(), key: None, source })?;
         write_atomic(path, &bytes)
     }
 
@@ -559,7 +564,7 @@ pub fn validate_results(path: &Path, mut dets: Vec<Detection>, gt: &Dataset, pol
 /// atomically.
 pub fn save_results(path: impl AsRef<Path>, dets: &[Detection]) -> Result<(), CocoError> {
     let path = path.as_ref();
-    let bytes = serde_json::to_vec(dets).map_err(|source| CocoError::Json { path: path.to_path_buf(), source })?;
+    let bytes = serde_json::to_vec(dets).map_err(|source| CocoError::Json { path: path.to_path_buf(), key: None, source })?;
     write_atomic(path, &bytes)
 }
 

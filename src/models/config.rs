@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
     let text = crate::util::files::read_text(path, Some(crate::util::files::CONFIG_MAX_BYTES)).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text)
+    crate::util::json::from_object(&text)
         .map_err(|e| Error::Weights { path: path.to_path_buf(), msg: format!("cannot parse config: {e}") })
 }
 

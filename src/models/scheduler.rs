@@ -78,7 +78,7 @@ impl DdimConfig {
 
     /// Parses config JSON; `origin` names the file in errors.
     pub fn from_json(text: &str, origin: impl AsRef<Path>) -> Result<Self> {
-        serde_json::from_str(text)
+        crate::util::json::from_object(text)
             .map_err(|e| Error::Weights { path: origin.as_ref().to_path_buf(), msg: format!("scheduler config: {e}") })
     }
 }

@@ -351,7 +351,7 @@ impl SdCheckpoint {
 
     pub fn open_diffusers(root: &Path) -> Result<Self> {
         let index_path = root.join("model_index.json");
-        let index = if index_path.is_file() { Some(ModelIndex::from_file(&index_path)?) } else { None };
+        let index = if index_path.exists() { Some(ModelIndex::from_file(&index_path)?) } else { None };
         if !root.join("text_encoder").is_dir() && !root.join("vae").is_dir() && !root.join("unet").is_dir() {
             return Err(werr(root, "not a diffusers folder: no text_encoder/, vae/ or unet/ subfolder"));
         }
@@ -434,7 +434,7 @@ impl SdCheckpoint {
     /// `scheduler/scheduler_config.json` of a diffusers folder, when present.
     pub fn scheduler_config(&self) -> Option<PathBuf> {
         let p = self.root.join("scheduler/scheduler_config.json");
-        (self.layout == Layout::Diffusers && p.is_file()).then_some(p)
+        (self.layout == Layout::Diffusers && p.exists()).then_some(p)
     }
     /// The UNet config: `unet/config.json` of a diffusers folder (an error naming it when it is missing), SD v1.x
     /// for a CompVis file.

@@ -400,12 +400,19 @@ fn time_on(
     crate::with_backend!(kind, |mk| time_graph(mk()?, graph, store, feed, out, min_seconds))
 }
 
-/// `config`: `sd-v1` or a diffusers model folder (`config.json` [+ weights]); returns the folder when given.
-fn model_dir(config: &str) -> Option<PathBuf> {
-    (config != "sd-v1").then(|| {
-        let p = PathBuf::from(config);
-        if p.is_dir() { p } else { p.parent().map(|q| q.to_path_buf()).unwrap_or_default() }
-    })
+/// `--config`: `sd-v1` (`None`), or a diffusers model folder or its `config.json`: `(folder, config file)`.
+fn model_dir(config: &str) -> Result<Option<(PathBuf, PathBuf)>> {
+    if config == "sd-v1" {
+        return Ok(None);
+    }
+    let p = PathBuf::from(config);
+    if p.is_dir() {
+        return Ok(Some((p.clone(), p.join("config.json"))));
+    }
+    if !p.exists() {
+        return Err(Error::io(&p, std::io::Error::other("--config: no such model folder or config.json (or use sd-v1)")));
+    }
+    Ok(Some((p.parent().map(|q| q.to_path_buf()).unwrap_or_default(), p)))
 }
 
 /// Weights of `file_stem{,.fp16}.safetensors` in `dir` loaded for `graph`, else random ones.
@@ -432,11 +439,12 @@ fn bench_weights(dir: Option<&Path>, stem: &str, graph: &crate::graph::Graph) ->
 pub fn bench_clip(kind: BackendKind, config: &str, batch: usize, dtype: DType, min_seconds: f64) -> Result<String> {
     use crate::models::config::ClipTextConfig;
     crate::pipeline::sample::check_bench_args(batch, min_seconds)?;
-    let dir = model_dir(config);
+    let dir = model_dir(config)?;
     let cfg = match &dir {
-        Some(d) => ClipTextConfig::from_file(&d.join("config.json"))?,
+        Some((_, f)) => ClipTextConfig::from_file(f)?,
         None => ClipTextConfig::default(),
     };
+    let dir = dir.map(|(d, _)| d);
     let available = crate::with_backend!(kind, |mk| mk()?.memory_available()?);
     let mlp = [batch, crate::models::tokenizer::MAX_LEN, cfg.intermediate_size];
     checks::check_tensor_fits("the text encoder's MLP activation", &mlp, dtype, available, &format!("--batch {batch}"))?;
@@ -462,11 +470,12 @@ pub fn bench_clip(kind: BackendKind, config: &str, batch: usize, dtype: DType, m
 pub fn bench_vae(kind: BackendKind, config: &str, batch: usize, latent: Option<usize>, dtype: DType, min_seconds: f64) -> Result<String> {
     use crate::models::config::VaeConfig;
     crate::pipeline::sample::check_bench_args(batch, min_seconds)?;
-    let dir = model_dir(config);
+    let dir = model_dir(config)?;
     let cfg = match &dir {
-        Some(d) => VaeConfig::from_file(&d.join("config.json"))?,
+        Some((_, f)) => VaeConfig::from_file(f)?,
         None => VaeConfig::default(),
     };
+    let dir = dir.map(|(d, _)| d);
     let factor = cfg.downscale();
     let (side, source) = match latent {
         Some(s) => (s, "--latent"),
