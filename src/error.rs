@@ -32,6 +32,11 @@ pub enum Error {
     #[error("memory plan: {0}")]
     Plan(String),
 
+    /// A graph needs more memory than the backend has; checked before anything is allocated. `what` names the
+    /// graph and the flags or config fields that sized it (set by the caller with [`Error::building`]).
+    #[error("{what}needs {needed} bytes ({detail}) but only {available} bytes are available")]
+    Memory { what: String, needed: u128, available: usize, detail: String },
+
     #[error("{0}")]
     Other(String),
 }
@@ -47,5 +52,13 @@ impl Error {
     }
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io { path: path.into(), source }
+    }
+    /// Names what was being built (for example `UNet graph (--batch 4, --latent 64)`) in a [`Error::Memory`]
+    /// error; other errors pass through.
+    pub fn building(self, what: impl std::fmt::Display) -> Self {
+        match self {
+            Error::Memory { needed, available, detail, .. } => Error::Memory { what: format!("{what}: "), needed, available, detail },
+            e => e,
+        }
     }
 }

@@ -12,6 +12,66 @@ pub struct ParamStore {
     tensors: BTreeMap<String, HostTensor>,
 }
 
+/// The message for a safetensors file that does not deserialize: the first tensor whose `data_offsets` do not
+/// match its dtype and shape, or lie outside the file, is named; otherwise the parser's own message.
+pub fn safetensors_error(bytes: &[u8], e: &safetensors::SafeTensorError) -> String {
+    let general = format!("not a valid safetensors file ({} bytes; truncated or corrupt?): {e}", bytes.len());
+    let Some(n) = bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().unwrap())) else { return general };
+    let Some(header) = usize::try_from(n).ok().and_then(|n| bytes.get(8..n.checked_add(8)?)) else { return general };
+    let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(header) else { return general };
+    let data_len = bytes.len() - 8 - header.len();
+    let mut ranges: Vec<(u64, u64, &str)> = Vec::new();
+    for (name, v) in &map {
+        if name == "__metadata__" {
+            continue;
+        }
+        let elem = match v["dtype"].as_str() {
+            Some("F64" | "I64" | "U64") => 8,
+            Some("F32" | "I32" | "U32") => 4,
+            Some("F16" | "BF16" | "I16" | "U16") => 2,
+            Some("I8" | "U8" | "BOOL" | "F8_E4M3" | "F8_E5M2") => 1,
+            _ => continue,
+        };
+        let shape: Option<Vec<usize>> = v["shape"].as_array().and_then(|a| a.iter().map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok())).collect());
+        let offs: Option<Vec<u64>> = v["data_offsets"].as_array().and_then(|a| a.iter().map(|d| d.as_u64()).collect());
+        let (Some(shape), Some(offs)) = (shape, offs) else { continue };
+        if offs.len() != 2 {
+            continue;
+        }
+        let need = shape.iter().try_fold(elem as u64, |acc, &d| acc.checked_mul(d as u64));
+        let (start, end) = (offs[0], offs[1]);
+        let dtype = v["dtype"].as_str().unwrap_or("?");
+        match need {
+            None => return format!("tensor '{name}': shape {shape:?} overflows"),
+            Some(need) if end < start || end - start != need => {
+                return format!("tensor '{name}': {dtype} {shape:?} needs {need} bytes but its data_offsets [{start}, {end}] give {}",
+                    end as i128 - start as i128);
+            }
+            Some(_) if end > data_len as u64 => {
+                return format!("tensor '{name}': data_offsets [{start}, {end}] run past the end of the data ({data_len} bytes; truncated?)");
+            }
+            _ => ranges.push((start, end, name)),
+        }
+    }
+    // The tensors must cover the data exactly, without gaps or overlaps.
+    ranges.sort();
+    let mut at = 0u64;
+    for (start, end, name) in &ranges {
+        if *start != at {
+            return if *start > at {
+                format!("bytes [{at}, {start}) of the data belong to no tensor (the next is '{name}'; a header entry removed?)")
+            } else {
+                format!("tensor '{name}': data_offsets [{start}, {end}] overlap the previous tensor (which ends at {at})")
+            };
+        }
+        at = *end;
+    }
+    if at != data_len as u64 {
+        return format!("bytes [{at}, {data_len}) of the data belong to no tensor (a header entry removed?)");
+    }
+    general
+}
+
 impl ParamStore {
     pub fn new() -> Self {
         Self::default()
@@ -39,14 +99,13 @@ impl ParamStore {
     /// Read every tensor of a safetensors file. A truncated or malformed file, or a dtype the engine does not
     /// store, is an error naming the file (and the key).
     pub fn load_safetensors(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bytes = crate::util::files::read_input(path, None).map_err(|e| Error::io(path, e))?;
         Self::from_safetensors_bytes(&bytes, path)
     }
 
     pub fn from_safetensors_bytes(bytes: &[u8], path: &Path) -> Result<Self> {
         let werr = |msg: String| Error::Weights { path: path.to_path_buf(), msg };
-        let st = safetensors::SafeTensors::deserialize(bytes)
-            .map_err(|e| werr(format!("not a valid safetensors file ({} bytes): {e}", bytes.len())))?;
+        let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| werr(safetensors_error(bytes, &e)))?;
         let mut store = ParamStore::new();
         for (name, view) in st.tensors() {
             let dtype = DType::from_safetensors(view.dtype())
@@ -70,9 +129,7 @@ impl ParamStore {
             .collect::<Result<_>>()?;
         let bytes = safetensors::tensor::serialize(views, None)
             .map_err(|e| Error::Weights { path: path.to_path_buf(), msg: e.to_string() })?;
-        let tmp = path.with_extension("safetensors.tmp");
-        std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+        crate::util::files::write_atomic(path, &bytes).map_err(|e| Error::io(path, e))
     }
 
     /// The tensor under `name` with the expected shape and dtype, or an error naming the key and both shapes.

@@ -5,6 +5,8 @@
 //! annotations in `../shared/data` (or `$INSTAGEN_DATA`, or `/work/shared/data`); those tests skip with a message
 //! when it is absent. The validation tests build their inputs here.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use instagen::detection::coco::{
@@ -13,15 +15,7 @@ use instagen::detection::coco::{
 use instagen::detection::eval::{self, EvalParams, OVCOCO, OVCOCO_BASE_NAMES, OVCOCO_NOVEL_NAMES};
 
 fn data_dir() -> Option<PathBuf> {
-    let cands = match std::env::var_os("INSTAGEN_DATA") {
-        Some(d) => vec![PathBuf::from(d)],
-        None => vec![PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"), PathBuf::from("/work/shared/data")],
-    };
-    let found = cands.iter().find(|d| d.join("coco128").is_dir()).cloned();
-    if found.is_none() {
-        println!("SKIP: no shared data folder with coco128 among {cands:?} (set INSTAGEN_DATA)");
-    }
-    found
+    common::shared_data("coco128").and_then(|p| p.parent().map(|d| d.to_path_buf()))
 }
 
 fn fixtures() -> PathBuf {
@@ -425,16 +419,16 @@ fn cli_eval_reports_and_writes_json() {
     let gt = data.join("tiny_coco/annotations/instances_val2017.json");
     let dir = tmp_dir("cli");
     let out = dir.join("figures.json");
-    let text = eval::run_cli(&gt, &fixtures().join("tinyval_jitter.json"), Some("ovcoco"), Some(&out), false).unwrap();
+    let text = instagen::pipeline::eval::run(&gt, &fixtures().join("tinyval_jitter.json"), Some("ovcoco"), Some(&out), false).unwrap();
     assert!(text.contains(" Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ] = "), "{text}");
     assert!(text.contains("ovcoco: AP50 base"), "{text}");
     let j: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
     assert_eq!(j["stats_array"].as_array().unwrap().len(), 12);
     assert!(j["split"]["novel_ap50"].is_f64());
-    let e = eval::run_cli(&gt, &fixtures().join("tinyval_jitter.json"), Some("lvis"), None, false).unwrap_err();
+    let e = instagen::pipeline::eval::run(&gt, &fixtures().join("tinyval_jitter.json"), Some("lvis"), None, false).unwrap_err();
     assert!(e.to_string().contains("unknown split 'lvis'"), "{e}");
     // Detections on images that are not in this GT: a clear error.
-    let e = eval::run_cli(&gt, &fixtures().join("coco128_jitter.json"), None, None, false).unwrap_err();
+    let e = instagen::pipeline::eval::run(&gt, &fixtures().join("coco128_jitter.json"), None, None, false).unwrap_err();
     assert!(e.to_string().contains("coco128_jitter.json: ") && e.to_string().contains("is not a ground-truth image"), "{e}");
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -1,75 +1,19 @@
-//! `instagen sample` end to end on the CPU with the small random-weight fixtures (tests/fixtures/sd): a complete
-//! diffusers folder is assembled in a temp dir from text_encoder/ and vae/, a UNet with the fixture's config but
-//! `cross_attention_dim` 64 (the fixture CLIP's width; the fixture UNet was made for 32) and seeded random
-//! weights, and a tokenizer/ (vocab.json + merges.txt) written from ../shared/data/clip. The fixture CLIP has a
-//! 1000-token vocabulary: the pipeline maps ids modulo 1000 (as the fixtures do) and says so.
-//! Skips with a message when the CLIP vocabulary data is missing.
+//! `instagen sample` end to end on the CPU with the small random-weight fixtures: the diffusers folder of
+//! tests/common/sd.rs (fixture CLIP with the full 49,408-id embedding, fixture VAE, a random UNet of the fixture's
+//! config, the real tokenizer from ../shared/data/clip). Skips without the CLIP vocabulary data (fails with
+//! INSTAGEN_REQUIRE_DATA=1).
+
+mod common;
 
 use std::path::{Path, PathBuf};
 
 use instagen::backend::BackendKind;
-use instagen::models::tokenizer::read_bpe_gz;
-use instagen::models::unet::{self, UNetConfig, UNetShape};
 use instagen::params::ParamStore;
 use instagen::pipeline::txt2img::{Progress, Txt2ImgOptions, run, to_rgb8};
 use instagen::tensor::DType;
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sd")
-}
-
-fn bpe_gz() -> Option<PathBuf> {
-    let cands = [
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/clip/bpe_simple_vocab_16e6.txt.gz"),
-        PathBuf::from("/work/shared/data/clip/bpe_simple_vocab_16e6.txt.gz"),
-    ];
-    let found = cands.iter().find(|p| p.is_file()).cloned();
-    if found.is_none() {
-        println!("SKIP: no CLIP vocabulary at {:?}", cands);
-    }
-    found
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-    }
-}
-
-/// A complete small diffusers folder under the temp dir (`tag` keeps parallel tests apart).
 fn assemble(tag: &str) -> Option<PathBuf> {
-    let gz = bpe_gz()?;
-    let root = std::env::temp_dir().join(format!("instagen_sample_{tag}_{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    copy_dir(&fixtures().join("text_encoder"), &root.join("text_encoder"));
-    copy_dir(&fixtures().join("vae"), &root.join("vae"));
-    // UNet: the fixture config with the CLIP width as cross_attention_dim, random weights.
-    let text: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("unet/config.json")).unwrap()).unwrap();
-    let mut cfg_json = text.clone();
-    cfg_json["cross_attention_dim"] = serde_json::json!(64);
-    std::fs::create_dir_all(root.join("unet")).unwrap();
-    let cfg_text = serde_json::to_string_pretty(&cfg_json).unwrap();
-    std::fs::write(root.join("unet/config.json"), &cfg_text).unwrap();
-    let cfg = UNetConfig::from_file(root.join("unet/config.json")).unwrap();
-    let g = unet::build(&cfg, &UNetShape { batch: 2, height: 16, width: 16, context_len: 77, dtype: DType::F32, features: false, taps: false })
-        .unwrap()
-        .graph;
-    let w: ParamStore = instagen::nn::init_params(&g, 7).unwrap();
-    w.save_safetensors(&root.join("unet/diffusion_pytorch_model.safetensors")).unwrap();
-    // Tokenizer in the Hugging Face layout.
-    let (vocab, merges) = read_bpe_gz(&gz).unwrap();
-    std::fs::create_dir_all(root.join("tokenizer")).unwrap();
-    let map: serde_json::Map<String, serde_json::Value> =
-        vocab.iter().enumerate().map(|(i, t)| (t.clone(), serde_json::json!(i))).collect();
-    std::fs::write(root.join("tokenizer/vocab.json"), serde_json::to_string(&map).unwrap()).unwrap();
-    let mut m = String::from("#version: 0.2\n");
-    for (a, b) in &merges {
-        m += &format!("{a} {b}\n");
-    }
-    std::fs::write(root.join("tokenizer/merges.txt"), m).unwrap();
-    Some(root)
+    common::sd::assemble(tag)
 }
 
 fn opts(weights: &Path, out: &Path, features: bool) -> Txt2ImgOptions {
@@ -95,7 +39,6 @@ fn sample_writes_pngs_json_and_features_deterministically() {
     let out_a = root.join("out_a");
     let r = run(BackendKind::Cpu, &opts(&root, &out_a, true)).unwrap();
     print!("{}", r.text());
-    assert!(r.vocab_note.is_some(), "the fixture vocabulary (1000) must be reported as mapped");
     assert_eq!(r.plans.iter().map(|(g, _)| g.as_str()).collect::<Vec<_>>(), ["text_encoder", "unet", "vae_decoder"]);
     // 16x16 latents, a 2-block VAE (factor 2): 32x32 images.
     assert_eq!(r.image_size, (32, 32));

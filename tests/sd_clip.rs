@@ -5,6 +5,8 @@
 
 mod sd_util;
 
+mod common;
+
 use instagen::models::clip_text::ClipTextModel;
 use instagen::models::weights::{Component, SdCheckpoint};
 use instagen::tensor::DType;
@@ -172,14 +174,7 @@ fn truncated_file_names_the_file() {
 fn fixture_ids_are_our_tokenizer_ids() {
     // The prompts tools/make_sd_fixtures.py encoded (with Hugging Face's tokenizer).
     let prompts = ["a photograph of a dog and a hot dog", "a 1920s car, 4k, 8K UHD, f/1.8"];
-    let gz = ["../shared/data", "/work/shared/data"]
-        .iter()
-        .map(|d| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(d).join("clip/bpe_simple_vocab_16e6.txt.gz"))
-        .find(|p| p.is_file());
-    let Some(gz) = gz else {
-        println!("SKIP: the CLIP vocabulary (../shared/data/clip) is absent");
-        return;
-    };
+    let Some(gz) = common::shared_data("clip/bpe_simple_vocab_16e6.txt.gz") else { return };
     let tok = instagen::models::tokenizer::ClipTokenizer::from_bpe_gz(&gz).unwrap();
     let full = activations("clip_activations.safetensors").get("input_ids_full").unwrap().to_i64();
     for (p, want) in prompts.iter().zip(full.chunks(77)) {

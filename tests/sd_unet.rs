@@ -342,8 +342,6 @@ fn sampling_loop_reproduces_diffusers_guided_ddim() {
     assert_eq!(out.timesteps, vec![667, 334, 1]);
     let (e, _) = errors(&out.latents.to_f32(), &f.r("ddim.step2").to_f32());
     assert!(e <= tol_ddim(DType::F32), "final latents: {e:.3e}");
-    let scaled: Vec<f32> = out.latents.to_f32().iter().map(|v| v / 0.18215).collect();
-    assert_eq!(out.decoder_latents.to_f32(), scaled);
     let shapes: Vec<(&str, &[usize])> = out.features.iter().map(|(n, t)| (n.as_str(), &t.shape[..])).collect();
     // 16x16: conv_in 16 + 2 x 16 + upsampler 32 + 3 x 16 = 128 channels, doubled (uncond|cond) = 256;
     // 8x8: downsampler 16 + 2 x 32 + mid 32 + 2 x 32 = 176, doubled = 352.

@@ -1,25 +1,14 @@
 //! The CLIP tokenizer against Hugging Face's ids (`tests/fixtures/tokenizer/clip_prompts.json`, written by
 //! `tools/make_tokenizer_fixtures.py`). Needs `../shared/data/clip` (or `$INSTAGEN_DATA/clip`); skips without it.
 
+mod common;
+
 use std::path::PathBuf;
 
 use instagen::models::tokenizer::{BOS_ID, ClipTokenizer, EOS_ID, MAX_LEN, PAD_ID, read_bpe_gz};
 
-fn data_dir() -> PathBuf {
-    match std::env::var_os("INSTAGEN_DATA") {
-        Some(d) => PathBuf::from(d),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"),
-    }
-}
-
 fn gz_path() -> Option<PathBuf> {
-    let p = data_dir().join("clip/bpe_simple_vocab_16e6.txt.gz");
-    if p.is_file() {
-        Some(p)
-    } else {
-        println!("SKIP: {} is absent (set INSTAGEN_DATA to the shared data folder)", p.display());
-        None
-    }
+    common::shared_data("clip/bpe_simple_vocab_16e6.txt.gz")
 }
 
 fn load() -> Option<ClipTokenizer> {

@@ -1,7 +1,7 @@
 //! Backends run one graph node at a time on memory laid out by the planner.
 //!
-//! `cpu` (Rust, every op: the reference), `cuda` (the `kernels/*.cu` through cudarc) and, later, `emu`
-//! (the same `.cu` sources compiled for the CPU). The executor is generic over [`Backend`].
+//! `cpu` (Rust, every op: the reference), `cuda` (the `kernels/*.cu` through cudarc) and `emu` (the same `.cu`
+//! sources compiled for the CPU). The executor is generic over [`Backend`].
 
 pub mod cpu;
 pub mod cuda;
@@ -12,6 +12,18 @@ use crate::error::Result;
 use crate::graph::{Graph, NodeId};
 use crate::optim::AdamWConfig;
 use crate::tensor::DType;
+
+/// Used when `/proc/meminfo` cannot be read (not Linux): 8 GiB.
+pub const HOST_MEMORY_FALLBACK: usize = 8 << 30;
+
+/// Host memory available to a new allocation: `MemAvailable` of `/proc/meminfo`, else [`HOST_MEMORY_FALLBACK`].
+pub fn host_memory_available() -> usize {
+    let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().strip_suffix("kB")?.trim().parse::<usize>().ok())
+        .map_or(HOST_MEMORY_FALLBACK, |kb| kb.saturating_mul(1024))
+}
 
 /// Which memory region a tensor lives in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,6 +101,17 @@ pub trait Backend {
     fn write(&self, mem: &mut Self::Mem, offset: usize, data: &[u8]) -> Result<()>;
     fn read(&self, mem: &Self::Mem, offset: usize, out: &mut [u8]) -> Result<()>;
 
+    /// Bytes that [`Backend::alloc`] can still hand out; the executor checks a graph's memory against it before
+    /// allocating. Host backends: [`host_memory_available`].
+    fn memory_available(&self) -> Result<usize> {
+        Ok(host_memory_available())
+    }
+
+    /// The device, for reports (the GPU's name on `cuda`).
+    fn device_name(&self) -> String {
+        self.name().to_string()
+    }
+
     /// Wait for all queued work (a no-op on synchronous backends).
     fn synchronize(&self) -> Result<()> {
         Ok(())
@@ -128,6 +151,30 @@ pub enum BackendKind {
     Cpu,
     Emu,
     Cuda,
+}
+
+/// Evaluates `$body` with `$mk` bound to a constructor (`impl Fn() -> Result<B>`) of the backend `$kind` names:
+/// the one place that turns a run-time [`BackendKind`] into a static backend type.
+///
+/// `with_backend!(kind, |mk| run_with(mk, &opts))`
+#[macro_export]
+macro_rules! with_backend {
+    ($kind:expr, |$mk:ident| $body:expr) => {
+        match $kind {
+            $crate::backend::BackendKind::Cpu => {
+                let $mk = || -> $crate::Result<$crate::backend::cpu::CpuBackend> { Ok($crate::backend::cpu::CpuBackend) };
+                $body
+            }
+            $crate::backend::BackendKind::Emu => {
+                let $mk = || -> $crate::Result<$crate::backend::emu::EmuBackend> { Ok($crate::backend::emu::EmuBackend::new()) };
+                $body
+            }
+            $crate::backend::BackendKind::Cuda => {
+                let $mk = || $crate::backend::cuda::CudaBackend::new(0);
+                $body
+            }
+        }
+    };
 }
 
 impl BackendKind {

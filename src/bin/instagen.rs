@@ -1,6 +1,11 @@
 //! The `instagen` command line: parses, calls a library function, prints. No logic here.
+//!
+//! Numeric flags are range-checked while parsing (a batch, step count or latent side of 0, a NaN or negative
+//! time is a usage error naming the flag); backend, dtype and bench kind are typed choices.
 
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
 use instagen::backend::BackendKind;
 
 #[derive(Parser)]
@@ -10,6 +15,83 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// Where graphs run.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Backend {
+    /// The Rust reference implementation of every op.
+    Cpu,
+    /// The CUDA kernels compiled for the CPU through the emulator (slow; for checking kernels without a GPU).
+    Emu,
+    /// The CUDA kernels on GPU 0.
+    Cuda,
+}
+
+/// Storage dtype of weights and activations.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Dtype {
+    F32,
+    F16,
+    Bf16,
+}
+
+/// What `bench` times.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum BenchKind {
+    /// Every kernel bench case (GB/s or TFLOP/s).
+    Kernels,
+    /// One SD UNet call.
+    Unet,
+    /// One CLIP text encoder call on 77-token prompts.
+    Clip,
+    /// One VAE decoder call.
+    Vae,
+}
+
+/// `--backend` given, else INSTAGEN_BACKEND, else cuda when a GPU is found, else cpu.
+fn backend_kind(b: Option<Backend>) -> instagen::Result<BackendKind> {
+    match b {
+        Some(Backend::Cpu) => Ok(BackendKind::Cpu),
+        Some(Backend::Emu) => Ok(BackendKind::Emu),
+        Some(Backend::Cuda) => Ok(BackendKind::Cuda),
+        None => BackendKind::default_for_machine(),
+    }
+}
+
+fn dtype(d: Dtype) -> instagen::DType {
+    match d {
+        Dtype::F32 => instagen::DType::F32,
+        Dtype::F16 => instagen::DType::F16,
+        Dtype::Bf16 => instagen::DType::BF16,
+    }
+}
+
+/// An integer >= 1.
+fn positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be >= 1".into()),
+        Ok(v) => Ok(v),
+        Err(e) => Err(format!("not a whole number >= 1 ({e})")),
+    }
+}
+
+/// A finite number of seconds in [0, 1e6].
+fn seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=1e6).contains(&v) => Ok(v),
+        Ok(v) => Err(format!("{v} is not a finite number of seconds in [0, 1e6]")),
+        Err(e) => Err(format!("not a number ({e})")),
+    }
+}
+
+/// A finite guidance scale (its range is checked by the pipeline: see `pipeline::checks::GUIDANCE_MAX`).
+fn finite(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(v) if v.is_finite() => Ok(v),
+        Ok(v) => Err(format!("{v} is not finite (a number in [0, {}])", instagen::pipeline::checks::GUIDANCE_MAX)),
+        Err(e) => Err(format!("not a number ({e})")),
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Backends, NVRTC version, compiled kernels with their ptxas figures, GPUs found.
@@ -17,44 +99,46 @@ enum Cmd {
     /// A short engine check: train a small MLP, plan and verify a transformer block (on the CPU), then run the
     /// block on the chosen backend and compare.
     Selfcheck {
-        /// cpu, emu or cuda (default: INSTAGEN_BACKEND, else cuda if a GPU is found, else cpu).
-        #[arg(long)]
-        backend: Option<String>,
+        /// Default: INSTAGEN_BACKEND, else cuda if a GPU is found, else cpu.
+        #[arg(long, value_enum)]
+        backend: Option<Backend>,
     },
     /// Run the kernel parity suite on a backend against the CPU reference.
     Parity {
-        /// cpu, emu or cuda (default: INSTAGEN_BACKEND, else cuda if a GPU is found, else cpu).
-        #[arg(long)]
-        backend: Option<String>,
+        /// Default: INSTAGEN_BACKEND, else cuda if a GPU is found, else cpu.
+        #[arg(long, value_enum)]
+        backend: Option<Backend>,
         /// Only cases whose name contains this.
         #[arg(long, default_value = "")]
         filter: String,
         /// Seed of the random inputs (default: from the clock, so every run draws fresh inputs).
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         seed: Option<u64>,
     },
-    /// Benchmarks: `kernels` times every kernel bench case on a backend; `unet` times one UNet call.
+    /// Benchmarks: kernel cases, or one UNet / CLIP / VAE call.
     Bench {
-        /// What to bench: kernels, unet.
-        what: String,
-        #[arg(long)]
-        backend: Option<String>,
+        #[arg(value_enum)]
+        what: BenchKind,
+        /// Default: INSTAGEN_BACKEND, else cuda if a GPU is found, else cpu.
+        #[arg(long, value_enum)]
+        backend: Option<Backend>,
+        /// Kernel bench: only cases whose name contains this.
         #[arg(long, default_value = "")]
         filter: String,
-        /// Minimum seconds of timed runs per case.
-        #[arg(long, default_value_t = 0.5)]
+        /// Minimum seconds of timed runs per case (finite, in [0, 1e6]).
+        #[arg(long, default_value_t = 0.5, value_parser = seconds, allow_hyphen_values = true)]
         min_seconds: f64,
         /// Model benches: a diffusers model folder (config.json [+ weights]) or `sd-v1`.
         #[arg(long, default_value = "sd-v1")]
         config: String,
-        /// Model benches: batch size.
-        #[arg(long, default_value_t = 1)]
+        /// Model benches: batch size (>= 1).
+        #[arg(long, default_value_t = 1, value_parser = positive, allow_hyphen_values = true)]
         batch: usize,
-        /// Model benches: storage dtype (f32, f16, bf16).
-        #[arg(long, default_value = "f32")]
-        dtype: String,
-        /// UNet bench: latent side (default: the config's sample_size).
-        #[arg(long)]
+        /// Model benches: storage dtype.
+        #[arg(long, value_enum, default_value_t = Dtype::F32)]
+        dtype: Dtype,
+        /// UNet / VAE bench: latent side (default: from the config's sample_size).
+        #[arg(long, value_parser = positive, allow_hyphen_values = true)]
         latent: Option<usize>,
     },
 
@@ -63,71 +147,59 @@ enum Cmd {
     Eval {
         /// Ground truth: COCO instances JSON.
         #[arg(long)]
-        gt: std::path::PathBuf,
+        gt: PathBuf,
         /// Detections: COCO results JSON ([{image_id, category_id, bbox, score}]).
         #[arg(long)]
-        dt: std::path::PathBuf,
+        dt: PathBuf,
         /// Also report a split's base / novel / all AP50: ovcoco.
         #[arg(long)]
         split: Option<String>,
-        /// Write the figures as JSON here.
+        /// Write the figures as JSON here (must not be --gt or --dt).
         #[arg(long)]
-        json: Option<std::path::PathBuf>,
+        json: Option<PathBuf>,
         /// Skip (and count) invalid records instead of failing.
         #[arg(long)]
         lenient: bool,
     },
 
     /// Text to images with SD v1.x: CLIP text encoder, guided DDIM (UNet), VAE decoder; writes
-    /// `{seed}_{i}.png`, `{seed}.json` and with --features the t=1 feature levels (safetensors).
+    /// `{seed}_{i}.png`, with --features the t=1 feature levels (safetensors), and last `{seed}.json`.
     Sample {
         /// A diffusers folder (text_encoder/, unet/, vae/, tokenizer/) or a CompVis .safetensors file.
         #[arg(long)]
-        weights: std::path::PathBuf,
+        weights: PathBuf,
         /// Tokenizer folder (vocab.json + merges.txt or tokenizer.json); needed with a CompVis file.
         #[arg(long)]
-        tokenizer: Option<std::path::PathBuf>,
+        tokenizer: Option<PathBuf>,
         #[arg(long)]
         prompt: String,
-        #[arg(long, default_value_t = 50)]
+        /// DDIM steps (>= 1).
+        #[arg(long, default_value_t = 50, value_parser = positive, allow_hyphen_values = true)]
         steps: usize,
-        #[arg(long, default_value_t = 5.0)]
+        /// Classifier-free guidance scale, in [0, 100].
+        #[arg(long, default_value_t = 5.0, value_parser = finite, allow_hyphen_values = true)]
         guidance: f32,
-        #[arg(long, default_value_t = 42)]
+        #[arg(long, default_value_t = 42, allow_hyphen_values = true)]
         seed: u64,
-        #[arg(long, default_value_t = 1)]
+        /// Images (>= 1).
+        #[arg(long, default_value_t = 1, value_parser = positive, allow_hyphen_values = true)]
         batch: usize,
         /// Output folder.
         #[arg(long)]
-        out: std::path::PathBuf,
+        out: PathBuf,
         /// Also write the t=1 feature levels.
         #[arg(long)]
         features: bool,
-        #[arg(long)]
-        backend: Option<String>,
-        /// f16, f32 or bf16.
-        #[arg(long, default_value = "f16")]
-        dtype: String,
-        /// Latent side (image side / 8 for SD); default: the UNet's sample_size.
-        #[arg(long)]
+        /// Default: INSTAGEN_BACKEND, else cuda if a GPU is found, else cpu.
+        #[arg(long, value_enum)]
+        backend: Option<Backend>,
+        #[arg(long, value_enum, default_value_t = Dtype::F16)]
+        dtype: Dtype,
+        /// Latent side (image side / 8 for SD), a multiple of the UNet's downsampling (8 for SD); default: the
+        /// UNet's sample_size.
+        #[arg(long, value_parser = positive, allow_hyphen_values = true)]
         latent: Option<usize>,
     },
-}
-
-fn backend_kind(s: Option<String>) -> instagen::Result<BackendKind> {
-    match s {
-        Some(s) => BackendKind::parse(&s),
-        None => BackendKind::default_for_machine(),
-    }
-}
-
-fn parse_dtype(s: &str) -> instagen::Result<instagen::DType> {
-    match s {
-        "f32" => Ok(instagen::DType::F32),
-        "f16" => Ok(instagen::DType::F16),
-        "bf16" => Ok(instagen::DType::BF16),
-        other => Err(instagen::Error::Other(format!("unknown dtype '{other}' (f32, f16, bf16)"))),
-    }
 }
 
 fn main() {
@@ -146,35 +218,28 @@ fn main() {
             });
             backend_kind(backend).and_then(|k| instagen::pipeline::kernels::parity(k, &filter, seed)).map(|s| print!("{s}"))
         }
-        Cmd::Bench { what, backend, filter, min_seconds, config, batch, dtype, latent } => match what.as_str() {
-            "kernels" => backend_kind(backend)
-                .and_then(|k| instagen::pipeline::kernels::bench(k, &filter, min_seconds))
-                .map(|s| print!("{s}")),
-            "unet" => parse_dtype(&dtype)
-                .and_then(|d| {
-                    let k = backend_kind(backend)?;
-                    instagen::pipeline::sample::bench_unet(k, &config, batch, latent, d, min_seconds)
+        Cmd::Bench { what, backend, filter, min_seconds, config, batch, dtype: d, latent } => {
+            use instagen::pipeline::{kernels, sample, txt2img};
+            let d = dtype(d);
+            backend_kind(backend)
+                .and_then(|k| match what {
+                    BenchKind::Kernels => kernels::bench(k, &filter, min_seconds),
+                    BenchKind::Unet => sample::bench_unet(k, &config, batch, latent, d, min_seconds),
+                    BenchKind::Clip => txt2img::bench_clip(k, &config, batch, d, min_seconds),
+                    BenchKind::Vae => txt2img::bench_vae(k, &config, batch, latent, d, min_seconds),
                 })
-                .map(|s| print!("{s}")),
-            "clip" => parse_dtype(&dtype)
-                .and_then(|d| instagen::pipeline::txt2img::bench_clip(backend_kind(backend)?, &config, batch, d, min_seconds))
-                .map(|s| print!("{s}")),
-            "vae" => parse_dtype(&dtype)
-                .and_then(|d| instagen::pipeline::txt2img::bench_vae(backend_kind(backend)?, &config, batch, latent, d, min_seconds))
-                .map(|s| print!("{s}")),
-            other => Err(instagen::Error::Other(format!("unknown bench '{other}' (kernels, unet, clip, vae)"))),
-        },
-
-        Cmd::Eval { gt, dt, split, json, lenient } => {
-            instagen::detection::eval::run_cli(&gt, &dt, split.as_deref(), json.as_deref(), lenient).map(|s| print!("{s}"))
+                .map(|s| print!("{s}"))
         }
 
-        Cmd::Sample { weights, tokenizer, prompt, steps, guidance, seed, batch, out, features, backend, dtype, latent } => {
-            parse_dtype(&dtype)
-                .and_then(|dtype| {
-                    let k = backend_kind(backend)?;
+        Cmd::Eval { gt, dt, split, json, lenient } => {
+            instagen::pipeline::eval::run(&gt, &dt, split.as_deref(), json.as_deref(), lenient).map(|s| print!("{s}"))
+        }
+
+        Cmd::Sample { weights, tokenizer, prompt, steps, guidance, seed, batch, out, features, backend, dtype: d, latent } => {
+            backend_kind(backend)
+                .and_then(|k| {
                     let o = instagen::pipeline::txt2img::Txt2ImgOptions {
-                        weights, tokenizer, prompt, steps, guidance, seed, batch, out, features, dtype, latent, progress: true,
+                        weights, tokenizer, prompt, steps, guidance, seed, batch, out, features, dtype: dtype(d), latent, progress: true,
                     };
                     instagen::pipeline::txt2img::run(k, &o)
                 })

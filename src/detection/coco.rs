@@ -112,9 +112,11 @@ pub enum CocoError {
         source: std::io::Error,
     },
     /// Malformed JSON or a field of the wrong type; serde's message carries the line and column.
-    #[error("{path}: malformed COCO JSON: {source}")]
+    #[error("{path}: malformed COCO JSON{}: {source}", key.as_ref().map(|k| format!(" at key \"{k}\"")).unwrap_or_default())]
     Json {
         path: PathBuf,
+        /// The key being read when it failed, when one is found before the error position.
+        key: Option<String>,
         #[source]
         source: serde_json::Error,
     },
@@ -309,12 +311,17 @@ pub fn xyxy_to_xywh(b: [f64; 4]) -> [f64; 4] {
 // ----------------------------------------------------------------------------------------------------------
 // Reading and validation
 
+/// A COCO JSON file: a regular file of at most [`DATA_JSON_MAX_BYTES`](crate::util::files::DATA_JSON_MAX_BYTES).
 fn read_bytes(path: &Path) -> Result<Vec<u8>, CocoError> {
-    std::fs::read(path).map_err(|source| CocoError::Io { path: path.to_path_buf(), source })
+    crate::util::files::read_input(path, Some(crate::util::files::DATA_JSON_MAX_BYTES))
+        .map_err(|source| CocoError::Io { path: path.to_path_buf(), source })
 }
 
 fn parse<T: serde::de::DeserializeOwned>(path: &Path, bytes: &[u8]) -> Result<T, CocoError> {
-    serde_json::from_slice(bytes).map_err(|source| CocoError::Json { path: path.to_path_buf(), source })
+    serde_json::from_slice(bytes).map_err(|source| {
+        let key = crate::util::json::key_before(bytes, &source).filter(|_| source.is_data());
+        CocoError::Json { path: path.to_path_buf(), key, source }
+    })
 }
 
 /// Collects issues; in strict mode they all become one error at the end.
@@ -480,7 +487,7 @@ impl Dataset {
     /// Writes the instances JSON atomically (a temporary file in the same folder, then a rename).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<(), CocoError> {
         let path = path.as_ref();
-        let bytes = serde_json::to_vec(self).map_err(|source| CocoError::Json { path: path.to_path_buf(), source })?;
+        let bytes = serde_json::to_vec(self).map_err(|source| CocoError::Json { path: path.to_path_buf(), key: None, source })?;
         write_atomic(path, &bytes)
     }
 
@@ -557,27 +564,14 @@ pub fn validate_results(path: &Path, mut dets: Vec<Detection>, gt: &Dataset, pol
 /// atomically.
 pub fn save_results(path: impl AsRef<Path>, dets: &[Detection]) -> Result<(), CocoError> {
     let path = path.as_ref();
-    let bytes = serde_json::to_vec(dets).map_err(|source| CocoError::Json { path: path.to_path_buf(), source })?;
+    let bytes = serde_json::to_vec(dets).map_err(|source| CocoError::Json { path: path.to_path_buf(), key: None, source })?;
     write_atomic(path, &bytes)
 }
 
 /// Writes `bytes` to a temporary file beside `path`, syncs it, and renames it over `path`, so a reader never
 /// sees a half-written file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CocoError> {
-    use std::io::Write;
-    let io = |source| CocoError::Io { path: path.to_path_buf(), source };
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(io)
+    crate::util::files::write_atomic(path, bytes).map_err(|source| CocoError::Io { path: path.to_path_buf(), source })
 }
 
 // ----------------------------------------------------------------------------------------------------------
@@ -586,6 +580,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CocoError> {
 /// Reads a PNG or JPEG image as 8-bit RGB.
 pub fn read_image(path: impl AsRef<Path>) -> Result<image::RgbImage, CocoError> {
     let path = path.as_ref();
+    crate::util::files::regular_file_len(path).map_err(|source| CocoError::Io { path: path.to_path_buf(), source })?;
     let img = image::open(path).map_err(|e| CocoError::Image { path: path.to_path_buf(), msg: e.to_string() })?;
     Ok(img.into_rgb8())
 }

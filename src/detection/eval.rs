@@ -19,8 +19,6 @@
 //!   cumulative recall (0 with no detections). Categories with no non-ignored GT stay -1.
 //! - Summary: the mean over entries > -1, the 12 pycocotools stats.
 
-use std::path::Path;
-
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -514,63 +512,4 @@ pub struct SplitReport {
     pub n_base: usize,
     pub n_novel: usize,
     pub n_all: usize,
-}
-
-/// `instagen eval`: loads GT and detections (validated), evaluates, returns the printable report and writes
-/// the figures as JSON to `json_out` (atomically) when given.
-pub fn run_cli(gt_path: &Path, dt_path: &Path, split: Option<&str>, json_out: Option<&Path>, lenient: bool) -> crate::Result<String> {
-    use super::coco::{LoadOptions, Policy, load_results};
-    let split = match split {
-        None => None,
-        Some(s) => Some(split_by_name(s).ok_or_else(|| crate::Error::Other(format!("unknown split '{s}' (known: ovcoco)")))?),
-    };
-    let policy = if lenient { Policy::Lenient } else { Policy::Strict };
-    let (gt, gs) = Dataset::load(gt_path, &LoadOptions { policy, ..Default::default() })?;
-    let (dts, ds) = load_results(dt_path, &gt, policy)?;
-    let r = evaluate(&gt, &dts, &EvalParams::default());
-    let mut out = String::new();
-    out.push_str(&format!("{gs}"));
-    if !ds.is_clean() {
-        out.push_str(&format!("{ds}"));
-    }
-    out.push_str(&format!(
-        "{} images, {} categories, {} detections\n",
-        r.img_ids.len(),
-        r.cat_ids.len(),
-        dts.len()
-    ));
-    out.push_str(&r.summary_lines());
-    let rep = split.map(|s| r.split_report(&s));
-    if let Some(rep) = &rep {
-        out.push_str(&format!(
-            "{}: AP50 base {:.1} ({} classes) | novel {:.1} ({}) | all {:.1} ({})\n",
-            rep.name,
-            rep.base_ap50 * 100.0,
-            rep.n_base,
-            rep.novel_ap50 * 100.0,
-            rep.n_novel,
-            rep.all_ap50 * 100.0,
-            rep.n_all
-        ));
-    }
-    if let Some(jp) = json_out {
-        let stats: serde_json::Map<String, serde_json::Value> =
-            STAT_NAMES.iter().zip(r.stats.iter()).map(|(n, v)| (n.to_string(), serde_json::json!(v))).collect();
-        let j = serde_json::json!({
-            "gt": gt_path.display().to_string(),
-            "dt": dt_path.display().to_string(),
-            "num_images": r.img_ids.len(),
-            "num_detections": dts.len(),
-            "skipped_gt": gs.skipped.len(),
-            "skipped_dt": ds.skipped.len(),
-            "stats": stats,
-            "stats_array": r.stats.to_vec(),
-            "per_category": r.per_category,
-            "split": rep,
-        });
-        let bytes = serde_json::to_vec_pretty(&j).map_err(|e| crate::Error::Other(format!("{}: {e}", jp.display())))?;
-        super::coco::write_atomic(jp, &bytes)?;
-        out.push_str(&format!("figures written to {}\n", jp.display()));
-    }
-    Ok(out)
 }

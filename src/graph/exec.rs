@@ -42,6 +42,17 @@ fn place(sizes: &[usize]) -> (Vec<usize>, usize) {
     (offs, end)
 }
 
+/// Parameters and activation arena must fit in what the backend has left (checked before allocating).
+fn check_memory<B: Backend>(backend: &B, params: usize, arena: usize) -> Result<()> {
+    let needed = params as u128 + arena as u128;
+    let available = backend.memory_available()?;
+    if needed > available as u128 {
+        let detail = format!("{params} for parameters + {arena} for activations on {}", backend.name());
+        return Err(Error::Memory { what: String::new(), needed, available, detail });
+    }
+    Ok(())
+}
+
 impl<B: Backend> Executor<B> {
     /// Plan `graph` and upload the parameters it uses from `store` (checking every name, shape and dtype).
     pub fn new(backend: B, graph: Graph, store: &ParamStore) -> Result<Self> {
@@ -61,6 +72,7 @@ impl<B: Backend> Executor<B> {
             tensors.push(store.require(name, &n.shape, n.dtype)?);
         }
         let (offs, total) = place(&tensors.iter().map(|t| t.data.len()).collect::<Vec<_>>());
+        check_memory(&backend, total, plan.arena_bytes)?;
         let mut pmem = backend.alloc(total)?;
         let mut params = HashMap::new();
         for (((_, name), t), off) in used.iter().zip(&tensors).zip(offs) {

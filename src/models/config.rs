@@ -9,8 +9,8 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text)
+    let text = crate::util::files::read_text(path, Some(crate::util::files::CONFIG_MAX_BYTES)).map_err(|e| Error::io(path, e))?;
+    crate::util::json::from_object(&text)
         .map_err(|e| Error::Weights { path: path.to_path_buf(), msg: format!("cannot parse config: {e}") })
 }
 
@@ -140,6 +140,12 @@ impl VaeConfig {
         if self.act_fn != "silu" {
             return Err(bad(path, format!("AutoencoderKL: act_fn '{}' (supported: silu)", self.act_fn)));
         }
+        if !(self.scaling_factor.is_finite() && self.scaling_factor > 0.0) {
+            return Err(bad(path, format!("AutoencoderKL: scaling_factor {} must be a finite number > 0", self.scaling_factor)));
+        }
+        if let Some(s) = self.shift_factor.filter(|s| !s.is_finite()) {
+            return Err(bad(path, format!("AutoencoderKL: shift_factor {s} must be finite")));
+        }
         let g = self.norm_num_groups;
         if g == 0 || self.block_out_channels.iter().any(|c| c % g != 0) {
             return Err(bad(path, format!("AutoencoderKL: norm_num_groups {g} must divide every block_out_channels {:?}",
@@ -189,5 +195,9 @@ mod tests {
         assert!(c.validate(None).unwrap_err().to_string().contains("relu"));
         let v: VaeConfig = serde_json::from_str(r#"{"norm_num_groups": 24}"#).unwrap();
         assert!(v.validate(None).unwrap_err().to_string().contains("norm_num_groups 24"));
+        for sf in ["0", "-0.5"] {
+            let v: VaeConfig = serde_json::from_str(&format!(r#"{{"scaling_factor": {sf}}}"#)).unwrap();
+            assert!(v.validate(None).unwrap_err().to_string().contains("scaling_factor"), "{sf}");
+        }
     }
 }

@@ -72,13 +72,13 @@ impl DdimConfig {
     /// Reads `scheduler_config.json`.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::util::files::read_text(path, Some(crate::util::files::CONFIG_MAX_BYTES)).map_err(|e| Error::io(path, e))?;
         Self::from_json(&text, path)
     }
 
     /// Parses config JSON; `origin` names the file in errors.
     pub fn from_json(text: &str, origin: impl AsRef<Path>) -> Result<Self> {
-        serde_json::from_str(text)
+        crate::util::json::from_object(text)
             .map_err(|e| Error::Weights { path: origin.as_ref().to_path_buf(), msg: format!("scheduler config: {e}") })
     }
 }
@@ -183,6 +183,11 @@ impl DdimScheduler {
         if config.num_train_timesteps < 2 {
             return Err(unsupported(&origin, "num_train_timesteps", config.num_train_timesteps, ">= 2"));
         }
+        for (key, b) in [("beta_start", config.beta_start), ("beta_end", config.beta_end)] {
+            if !(b > 0.0 && b < 1.0) {
+                return Err(unsupported(&origin, key, b, "a number in (0, 1)"));
+            }
+        }
         let n = config.num_train_timesteps;
         let betas: Vec<f32> = match beta_schedule {
             BetaSchedule::Linear => torch_linspace_f32(config.beta_start, config.beta_end, n),
@@ -191,6 +196,10 @@ impl DdimScheduler {
                 .map(|b| b * b)
                 .collect(),
         };
+        // Every beta in (0, 1) (f32 rounding of a value near 0 or 1 could still leave it).
+        if let Some((i, b)) = betas.iter().enumerate().find(|(_, b)| !(**b > 0.0 && **b < 1.0)) {
+            return Err(unsupported(&origin, "beta_start / beta_end", format!("(beta {i} is {b})"), "betas in (0, 1)"));
+        }
         // torch: alphas = 1 - betas (f32); cumprod on the CPU accumulates in f64 and stores f32.
         let mut acc = 1.0f64;
         let alphas_cumprod: Vec<f32> = betas

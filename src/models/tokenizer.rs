@@ -78,8 +78,10 @@ fn weights_err(path: &Path, msg: impl Into<String>) -> Error {
     Error::Weights { path: path.to_path_buf(), msg: msg.into() }
 }
 
+/// A regular file: vocab.json, merges.txt, tokenizer.json (capped at
+/// [`CONFIG_MAX_BYTES`](crate::util::files::CONFIG_MAX_BYTES)) or the gzipped CLIP vocabulary.
 fn read_bytes(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| Error::io(path, e))
+    crate::util::files::read_input(path, Some(crate::util::files::CONFIG_MAX_BYTES)).map_err(|e| Error::io(path, e))
 }
 
 fn read_text(path: &Path) -> Result<String> {
@@ -129,6 +131,9 @@ impl ClipTokenizer {
                 _ => return Err(weights_err(merges_path, format!("line {}: not 'a b': {line:?}", i + 1))),
             }
         }
+        if merges.is_empty() {
+            return Err(weights_err(merges_path, "no merges (an empty merges.txt): not a BPE tokenizer"));
+        }
         Self::build(vocab, merges, vocab_path)
     }
 
@@ -176,6 +181,18 @@ impl ClipTokenizer {
     }
 
     fn build(vocab: HashMap<String, u32>, merges: Merges, source: &Path) -> Result<Self> {
+        // Ids must be 0..n-1, each once: an id at or past the vocabulary size would index past the text
+        // encoder's embedding table.
+        let n = vocab.len();
+        if let Some((tok, id)) = vocab.iter().find(|(_, id)| **id as usize >= n) {
+            return Err(weights_err(source, format!("token {tok:?} has id {id}, at or above the vocabulary size {n} (ids must be 0..{n})")));
+        }
+        if vocab.values().collect::<std::collections::HashSet<_>>().len() != n {
+            return Err(weights_err(source, "two tokens share an id"));
+        }
+        if merges.is_empty() {
+            return Err(weights_err(source, "no merges: not a BPE tokenizer"));
+        }
         for (tok, id) in [(BOS_TOKEN, BOS_ID), (EOS_TOKEN, EOS_ID)] {
             match vocab.get(tok) {
                 Some(&got) if got == id => {}
@@ -247,6 +264,16 @@ impl ClipTokenizer {
     /// `encode` for each prompt, in order.
     pub fn encode_batch<S: AsRef<str>>(&self, prompts: &[S]) -> Result<Vec<Encoded>> {
         prompts.iter().map(|p| self.encode(p.as_ref())).collect()
+    }
+
+    /// Entries of the vocabulary (ids are `0..vocab_size()`).
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(false)
+    }
+
+    /// Where it was loaded from.
+    pub fn source(&self) -> &Path {
+        &self.source
     }
 
     /// The token strings of ids (byte-level characters, `</w>` marking word ends); `None` for unknown ids.

@@ -146,14 +146,14 @@ impl UNetConfig {
     /// Reads and validates `unet/config.json`.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::util::files::read_text(path, Some(crate::util::files::CONFIG_MAX_BYTES)).map_err(|e| Error::io(path, e))?;
         Self::from_json(&text, path)
     }
 
     /// Parses and validates config JSON; `origin` names the file in errors.
     pub fn from_json(text: &str, origin: impl AsRef<Path>) -> Result<Self> {
         let origin = origin.as_ref();
-        let cfg: UNetConfig = serde_json::from_str(text)
+        let cfg: UNetConfig = crate::util::json::from_object(text)
             .map_err(|e| Error::Weights { path: origin.to_path_buf(), msg: format!("unet config: {e}") })?;
         cfg.validate().map_err(|msg| Error::Weights { path: origin.to_path_buf(), msg: format!("unet config: {msg}") })?;
         Ok(cfg)
@@ -200,6 +200,10 @@ impl UNetConfig {
         if self.center_input_sample {
             return Err("center_input_sample: unsupported value true".into());
         }
+        if self.in_channels == 0 || self.out_channels == 0 || self.cross_attention_dim == 0 {
+            return Err(format!("in_channels ({}), out_channels ({}) and cross_attention_dim ({}) must be >= 1",
+                self.in_channels, self.out_channels, self.cross_attention_dim));
+        }
         if self.layers_per_block == 0 || self.transformer_layers_per_block == 0 {
             return Err("layers_per_block and transformer_layers_per_block must be >= 1".into());
         }
@@ -207,7 +211,8 @@ impl UNetConfig {
             let heads = self.heads(i);
             if self.norm_num_groups == 0 || c % self.norm_num_groups != 0 || heads == 0 || c % heads != 0 {
                 return Err(format!(
-                    "block_out_channels[{i}] = {c} must be divisible by norm_num_groups ({}) and the head count ({heads})",
+                    "block_out_channels[{i}] = {c} must be divisible by norm_num_groups ({}) and the head count ({heads}, \
+                     from attention_head_dim / num_attention_heads)",
                     self.norm_num_groups
                 ));
             }

@@ -52,14 +52,12 @@ impl std::fmt::Debug for WeightFile {
 
 impl WeightFile {
     pub fn open(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bytes = crate::util::files::read_input(path, None).map_err(|e| Error::io(path, e))?;
         Self::from_bytes(path, bytes)
     }
 
     pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<Self> {
-        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
-            werr(path, format!("not a valid safetensors file ({} bytes; truncated or corrupt?): {e}", bytes.len()))
-        })?;
+        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| werr(path, crate::params::safetensors_error(&bytes, &e)))?;
         let base = bytes.as_ptr() as usize;
         let mut entries = BTreeMap::new();
         for (name, view) in st.tensors() {
@@ -353,15 +351,32 @@ impl SdCheckpoint {
 
     pub fn open_diffusers(root: &Path) -> Result<Self> {
         let index_path = root.join("model_index.json");
-        let index = if index_path.is_file() { Some(ModelIndex::from_file(&index_path)?) } else { None };
-        let te = root.join("text_encoder/config.json");
-        let vae = root.join("vae/config.json");
-        let text_config = if te.is_file() { ClipTextConfig::from_file(&te)? } else { ClipTextConfig::default() };
-        let vae_config = if vae.is_file() { VaeConfig::from_file(&vae)? } else { VaeConfig::default() };
+        let index = if index_path.exists() { Some(ModelIndex::from_file(&index_path)?) } else { None };
         if !root.join("text_encoder").is_dir() && !root.join("vae").is_dir() && !root.join("unet").is_dir() {
             return Err(werr(root, "not a diffusers folder: no text_encoder/, vae/ or unet/ subfolder"));
         }
+        // A component folder must carry its config.json: SD v1.x defaults are for CompVis files only.
+        let text_config = match Self::config_path(root, Component::TextEncoder)? {
+            Some(p) => ClipTextConfig::from_file(&p)?,
+            None => ClipTextConfig::default(),
+        };
+        let vae_config = match Self::config_path(root, Component::Vae)? {
+            Some(p) => VaeConfig::from_file(&p)?,
+            None => VaeConfig::default(),
+        };
         Ok(SdCheckpoint { root: root.to_path_buf(), layout: Layout::Diffusers, single: None, index, text_config, vae_config })
+    }
+
+    /// `root/<component>/config.json`; `None` when the component folder is absent (its weights are then missing
+    /// too, an error when they are asked for), an error when the folder is there without its config.
+    fn config_path(root: &Path, c: Component) -> Result<Option<PathBuf>> {
+        let dir = root.join(c.subfolder());
+        let p = dir.join("config.json");
+        match (dir.is_dir(), p.exists()) {
+            (false, _) => Ok(None),
+            (true, true) => Ok(Some(p)),
+            (true, false) => Err(werr(&p, format!("missing: the {} config of this diffusers folder", c.subfolder()))),
+        }
     }
 
     pub fn open_compvis(file: &Path) -> Result<Self> {
@@ -396,7 +411,8 @@ impl SdCheckpoint {
     pub fn component_file(&self, c: Component) -> Result<PathBuf> {
         let dir = self.root.join(c.subfolder());
         let names = [format!("{}.safetensors", c.file_stem()), format!("{}.fp16.safetensors", c.file_stem())];
-        names.iter().map(|n| dir.join(n)).find(|p| p.is_file()).ok_or_else(|| {
+        // `exists`, not `is_file`: a link to a device is taken, and reading it says what it is.
+        names.iter().map(|n| dir.join(n)).find(|p| p.exists()).ok_or_else(|| {
             werr(&dir, format!("no {} or {} (sharded and .bin checkpoints are not supported)", names[0], names[1]))
         })
     }
@@ -418,12 +434,20 @@ impl SdCheckpoint {
     /// `scheduler/scheduler_config.json` of a diffusers folder, when present.
     pub fn scheduler_config(&self) -> Option<PathBuf> {
         let p = self.root.join("scheduler/scheduler_config.json");
-        (self.layout == Layout::Diffusers && p.is_file()).then_some(p)
+        (self.layout == Layout::Diffusers && p.exists()).then_some(p)
     }
-    /// `unet/config.json` of a diffusers folder, when present.
-    pub fn unet_config(&self) -> Option<PathBuf> {
+    /// The UNet config: `unet/config.json` of a diffusers folder (an error naming it when it is missing), SD v1.x
+    /// for a CompVis file.
+    pub fn unet_config(&self) -> Result<crate::models::unet::UNetConfig> {
+        use crate::models::unet::UNetConfig;
+        if self.layout == Layout::CompVis {
+            return Ok(UNetConfig::sd_v1());
+        }
         let p = self.root.join("unet/config.json");
-        (self.layout == Layout::Diffusers && p.is_file()).then_some(p)
+        if !p.exists() {
+            return Err(werr(&p, "missing: the unet config of this diffusers folder"));
+        }
+        UNetConfig::from_file(&p)
     }
 }
 

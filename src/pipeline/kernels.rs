@@ -1,9 +1,6 @@
 //! `instagen parity` and `instagen bench kernels`: the kernel parity suite and kernel benches on a chosen
 //! backend (the GPU check script runs both on `cuda`).
 
-use crate::backend::cpu::CpuBackend;
-use crate::backend::cuda::CudaBackend;
-use crate::backend::emu::EmuBackend;
 use crate::backend::{Backend, BackendKind};
 use crate::error::Result;
 use crate::parity::{self, BenchResult, Outcome};
@@ -27,11 +24,7 @@ fn parity_on<B: Backend + Clone>(backend: B, filter: &str, seed: u64, progress: 
 
 /// Run every parity case whose name contains `filter` on `kind`; the table, or an error listing failures.
 pub fn parity(kind: BackendKind, filter: &str, seed: u64) -> Result<String> {
-    let outcomes = match kind {
-        BackendKind::Cpu => parity_on(CpuBackend, filter, seed, true)?,
-        BackendKind::Emu => parity_on(EmuBackend::new(), filter, seed, true)?,
-        BackendKind::Cuda => parity_on(CudaBackend::new(0)?, filter, seed, true)?,
-    };
+    let outcomes = crate::with_backend!(kind, |mk| parity_on(mk()?, filter, seed, true)?);
     if outcomes.is_empty() {
         return Err(crate::error::Error::Other(format!("no parity case name contains '{filter}'")));
     }
@@ -58,15 +51,11 @@ fn bench_on<B: Backend + Clone>(backend: B, filter: &str, min_seconds: f64) -> R
 /// Time every bench case whose name contains `filter` on `kind`; a table with rates and, on known GPUs, the
 /// fraction of the device's measured ceiling.
 pub fn bench(kind: BackendKind, filter: &str, min_seconds: f64) -> Result<String> {
-    let (results, device) = match kind {
-        BackendKind::Cpu => (bench_on(CpuBackend, filter, min_seconds)?, "cpu".to_string()),
-        BackendKind::Emu => (bench_on(EmuBackend::new(), filter, min_seconds)?, "emu".to_string()),
-        BackendKind::Cuda => {
-            let b = CudaBackend::new(0)?;
-            let name = b.device_name();
-            (bench_on(b, filter, min_seconds)?, name)
-        }
-    };
+    let (results, device) = crate::with_backend!(kind, |mk| {
+        let b = mk()?;
+        let name = b.device_name();
+        (bench_on(b, filter, min_seconds)?, name)
+    });
     if results.is_empty() {
         return Err(crate::error::Error::Other(format!("no bench case name contains '{filter}'")));
     }

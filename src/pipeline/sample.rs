@@ -4,8 +4,9 @@
 //! DDIM step run on the host (`models::scheduler`, f64 per element). Initial latents come from our seeded
 //! [`GaussianNoise`] (not torch's stream): `N * h * w * 4` draws in NHWC order, image after image, times
 //! `init_noise_sigma`. At the last step (t = 1 for SD v1 settings) the feature levels of that same call are read
-//! back when asked for. The returned `decoder_latents` are divided by the VAE scale 0.18215, ready for the VAE
-//! decoder.
+//! back when asked for. The UNet output and the latents are checked after every step: a NaN or infinity (bad
+//! weights, an extreme guidance) is an error naming the step. The caller divides the returned latents by the VAE's
+//! `scaling_factor` for the decoder.
 //!
 //! The text encoder and VAE are not called here: the caller passes the `uncond`/`cond` contexts (CLIP outputs) and
 //! decodes `decoder_latents`.
@@ -13,7 +14,8 @@
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::graph::{Executor, Plan};
-use crate::models::scheduler::{DdimScheduler, GaussianNoise, LATENT_SCALE, classifier_free_guidance};
+use crate::models::scheduler::{DdimScheduler, GaussianNoise, classifier_free_guidance};
+use crate::pipeline::checks;
 use crate::models::unet::{self, UNetConfig, UNetShape};
 use crate::params::ParamStore;
 use crate::tensor::{DType, HostTensor};
@@ -45,8 +47,6 @@ impl Default for SampleOptions {
 pub struct SampleOutput {
     /// The final latents `[N, h, w, 4]` (NHWC), as the scheduler left them.
     pub latents: HostTensor,
-    /// `latents / 0.18215`, the VAE decoder's input.
-    pub decoder_latents: HostTensor,
     /// `(name, [N, h, w, C])` feature levels of the last step's call, when captured.
     pub features: Vec<(String, HostTensor)>,
     /// The memory plan of the UNet graph (`planned X MiB (naive Y MiB)`).
@@ -82,8 +82,12 @@ pub fn sample<B: Backend>(
     if uncond.dtype != opts.dtype || cond.dtype != opts.dtype {
         return Err(bad(format!("contexts must be {} (got {} and {})", opts.dtype, uncond.dtype, cond.dtype)));
     }
+    checks::check_guidance(opts.guidance)?;
+    let rows = n.checked_mul(2).ok_or_else(|| bad(format!("batch {n} overflows")))?;
+    let culprit = format!("batch {n} of {}x{} latents", opts.height, opts.width);
+    checks::check_unet_fits(cfg, rows, opts.height, opts.dtype, backend.memory_available()?, &culprit)?;
     let shape = UNetShape {
-        batch: 2 * n,
+        batch: rows,
         height: opts.height,
         width: opts.width,
         context_len: t,
@@ -94,7 +98,7 @@ pub fn sample<B: Backend>(
     let ug = unet::build(cfg, &shape)?;
     let plan = Plan::new(&ug.graph);
     let plan_text = plan.summary();
-    let mut ex = Executor::with_plan(backend, ug.graph.clone(), plan, weights)?;
+    let mut ex = Executor::with_plan(backend, ug.graph.clone(), plan, weights).map_err(|e| e.building(format!("UNet graph ({culprit})")))?;
 
     // Context [uncond x N; cond], fixed for the whole run.
     let row = t * d * opts.dtype.size();
@@ -123,8 +127,11 @@ pub fn sample<B: Backend>(
         let tt = HostTensor::from_f32(&[2 * n], DType::F32, &vec![ts as f32; 2 * n])?;
         ex.run(&[("sample", &sample), ("timestep", &tt), ("context", &context)])?;
         let eps = ex.get(ug.nodes.out)?.to_f32();
+        let step = || format!("step {}/{} (t={ts})", i + 1, timesteps.len());
+        checks::check_finite(&eps, || format!("UNet output at {}", step()))?;
         let guided = classifier_free_guidance(&eps[..len], &eps[len..], opts.guidance)?;
         latents = sched.step(&guided, ts, &latents, 0.0, None)?.prev_sample;
+        checks::check_finite(&latents, || format!("latents after {}", step()))?;
         if i + 1 == timesteps.len() {
             for (name, id) in &ug.features {
                 features.push((name.clone(), ex.get(*id)?));
@@ -132,10 +139,8 @@ pub fn sample<B: Backend>(
         }
         progress(i + 1, timesteps.len());
     }
-    let decoder: Vec<f32> = latents.iter().map(|v| v / LATENT_SCALE).collect();
     Ok(SampleOutput {
         latents: HostTensor::from_f32(&[n, h, w, 4], DType::F32, &latents)?,
-        decoder_latents: HostTensor::from_f32(&[n, h, w, 4], DType::F32, &decoder)?,
         features,
         plan: plan_text,
         timesteps,
@@ -157,6 +162,17 @@ pub fn unet_weights(dir: &std::path::Path, graph: &crate::graph::Graph, dtype: D
         }
     }
     Ok((crate::nn::init_params(graph, 0)?, "random (no weights in the directory)".into()))
+}
+
+/// Model benches: `--batch` >= 1 and `--min-seconds` finite and >= 0.
+pub fn check_bench_args(batch: usize, min_seconds: f64) -> Result<()> {
+    if batch == 0 {
+        return Err(Error::Other("--batch 0: the batch must be >= 1".into()));
+    }
+    if !(min_seconds.is_finite() && min_seconds >= 0.0) {
+        return Err(Error::Other(format!("--min-seconds {min_seconds}: must be a finite number >= 0")));
+    }
+    Ok(())
 }
 
 fn time_unet<B: Backend>(
@@ -202,7 +218,7 @@ pub fn bench_unet(
     dtype: DType,
     min_seconds: f64,
 ) -> Result<String> {
-    use crate::backend::BackendKind;
+    check_bench_args(batch, min_seconds)?;
     let (cfg, dir) = if config == "sd-v1" {
         (UNetConfig::sd_v1(), None)
     } else {
@@ -210,18 +226,22 @@ pub fn bench_unet(
         let file = if dir.is_dir() { dir.join("config.json") } else { dir.clone() };
         (UNetConfig::from_file(&file)?, file.parent().map(|p| p.to_path_buf()))
     };
-    let side = latent.unwrap_or(cfg.sample_size);
+    let (side, source) = match latent {
+        Some(s) => (s, "--latent"),
+        None => (cfg.sample_size, "sample_size of the UNet config"),
+    };
+    checks::check_latent_side(&cfg, side, source)?;
+    let culprit = format!("--batch {batch} with {source} {side}");
+    let available = crate::with_backend!(kind, |mk| mk()?.memory_available()?);
+    checks::check_unet_fits(&cfg, batch, side, dtype, available, &culprit)?;
     let shape = UNetShape { batch, height: side, width: side, context_len: 77, dtype, features: false, taps: false };
     let graph = unet::build(&cfg, &shape)?.graph;
     let (weights, source) = match &dir {
         Some(d) => unet_weights(d, &graph, dtype)?,
         None => (crate::nn::init_params(&graph, 0)?, "random".into()),
     };
-    let (secs, calls, plan) = match kind {
-        BackendKind::Cpu => time_unet(crate::backend::cpu::CpuBackend, &cfg, &shape, &weights, min_seconds)?,
-        BackendKind::Emu => time_unet(crate::backend::emu::EmuBackend::new(), &cfg, &shape, &weights, min_seconds)?,
-        BackendKind::Cuda => time_unet(crate::backend::cuda::CudaBackend::new(0)?, &cfg, &shape, &weights, min_seconds)?,
-    };
+    let (secs, calls, plan) = crate::with_backend!(kind, |mk| time_unet(mk()?, &cfg, &shape, &weights, min_seconds))
+        .map_err(|e| e.building(format!("UNet graph ({culprit})")))?;
     Ok(format!(
         "unet {config}: batch {batch}, latent {side}x{side}, context 77x{}, {dtype}, backend {kind:?}, weights {source}\n\
          memory: {plan}\n{:.3} ms per call ({calls} calls)\n",

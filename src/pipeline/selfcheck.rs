@@ -2,8 +2,6 @@
 //! block forward + backward with and without the memory planner and compare the results bit for bit.
 
 use crate::backend::cpu::CpuBackend;
-use crate::backend::cuda::CudaBackend;
-use crate::backend::emu::EmuBackend;
 use crate::backend::{Backend, BackendKind};
 use crate::error::{Error, Result};
 use crate::graph::{autodiff, Executor, Graph, Plan, UnaryOp};
@@ -150,8 +148,7 @@ pub fn run(kind: BackendKind) -> Result<String> {
     }
     let other = match kind {
         BackendKind::Cpu => None,
-        BackendKind::Emu => Some(compare_backend(EmuBackend::new(), 3)?),
-        BackendKind::Cuda => Some(compare_backend(CudaBackend::new(0)?, 3)?),
+        _ => Some(crate::with_backend!(kind, |mk| compare_backend(mk()?, 3)?)),
     };
     if let Some(err) = other {
         s += &format!("transformer block fwd+bwd on {kind:?} vs cpu: worst relative L2 error {err:.2e}\n");

@@ -1,4 +1,7 @@
-//! Small helpers shared by the layers: a seedable random number generator.
+//! Small helpers shared by the layers: a seedable random number generator, safe file input and output.
+
+pub mod files;
+pub mod json;
 
 /// SplitMix64: a tiny, fast, seedable generator for weight init, test data and graph fuzzing.
 #[derive(Clone, Debug)]

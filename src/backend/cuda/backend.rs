@@ -71,11 +71,6 @@ impl CudaBackend {
         self.arch
     }
 
-    /// The device's name, e.g. "NVIDIA H100 80GB HBM3".
-    pub fn device_name(&self) -> String {
-        self.ctx.name().unwrap_or_else(|e| format!("unknown ({e:?})"))
-    }
-
     /// The module for `file` with `defines`, loaded once per key. Modules built at build time (no defines) are
     /// taken as CUBIN for this architecture when there is one, else as PTX for the driver to JIT.
     fn module(&self, file: &str, defines: &[(String, String)]) -> Result<Arc<CudaModule>> {
@@ -163,6 +158,17 @@ impl Backend for CudaBackend {
             Some(self.stream.alloc_zeros::<u8>(bytes).map_err(|e| cuda_err(format!("allocating {bytes} bytes"), e))?)
         };
         Ok(CudaMem { buf, bytes })
+    }
+
+    /// The device's name, e.g. "NVIDIA H100 80GB HBM3".
+    fn device_name(&self) -> String {
+        self.ctx.name().unwrap_or_else(|e| format!("unknown ({e:?})"))
+    }
+
+    fn memory_available(&self) -> Result<usize> {
+        let ctx = self.stream.context();
+        ctx.bind_to_thread().map_err(|e| cuda_err("binding the context", e))?;
+        ctx.mem_get_info().map(|(free, _total)| free).map_err(|e| cuda_err("cuMemGetInfo", e))
     }
 
     fn write(&self, mem: &mut CudaMem, offset: usize, data: &[u8]) -> Result<()> {
