@@ -5,6 +5,7 @@
 //! See `docs/DESIGN.md`.
 
 pub mod backend;
+pub mod boxes;
 pub mod detection;
 pub mod error;
 pub mod graph;
@@ -12,6 +13,7 @@ pub mod info;
 pub mod kernels;
 pub mod models;
 pub mod nn;
+pub mod ops;
 pub mod optim;
 pub mod parity;
 pub mod params;

@@ -1,0 +1,226 @@
+//! Parity cases: attention (`kernels/attention.cu`, launcher `backend/launch/attention.rs`) and the SD helpers
+//! (`kernels/sd_misc.cu`, launcher `backend/launch/sd_misc.rs`), plus quick GELU in the unary machinery.
+//!
+//! Attention shapes reach every path: each tensor-core head dimension (D = 40, 64, 80, 160 pad to 48, 64, 80,
+//! 160) with a query tail (Tq = 70: a full and a partial 64-row block) and the cross-attention key length 77
+//! (a key tail in the last tile), causal self-attention (CLIP's T = 77, and T = 130 where whole key tiles are
+//! skipped), the SIMT kernels for f32 and for head dimensions the tensor-core kernels do not take (D = 20),
+//! the statistics pass on both paths, and the backward (dq and dk/dv kernels) plain and causal.
+//!
+//! Tolerances: `Tol::for_dtype` for every f32 output, every SIMT path and every gradient, with one documented
+//! widening for the tensor-core forward: like flash attention, it rounds the probabilities P to the storage
+//! type to feed them to the P V tensor-core product (the row sum uses the unrounded values). Each p_j then
+//! carries a relative error of at most u (2^-11 for f16, 2^-8 for bf16), so the output moves by at most
+//! |sum_j p_j d_j v_j| / l <= u max|v| — an absolute error that does not shrink with |o| (seen on emu: 4.9e-4
+//! for f16 and 7.8e-3 for bf16 where |o| is small). Those cases draw v uniformly in [-2, 2] and add 2u to atol.
+//! The backward cases take o as an input (identical on both sides) so they test the backward kernels, not the
+//! forward's rounding. The statistics are f32
+//! outputs computed from f16/bf16 inputs: the logsumexp is within f32 rounding, but delta = sum_d o dy is a
+//! cancelling sum of D products accumulated in f32 on the device (f64 on the CPU): its absolute error is about
+//! sqrt(D) 2^-24 max|o dy| (~1e-6 at D = 160 for normal inputs), so the stats cases allow atol 1e-5 (rtol
+//! stays 1e-5).
+
+use crate::parity::{Case, Gen, Tol, Work};
+use crate::graph::op::{Op, UnaryOp};
+use crate::graph::{Graph, NodeId};
+use crate::tensor::DType;
+
+const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+
+/// The kernel variant (`d48`.. or `simt`) the launcher picks for aligned tensors.
+fn variant(dt: DType, d: usize) -> String {
+    if dt != DType::F32 && d % 8 == 0 && d <= 160 {
+        format!("d{}", [48, 64, 80, 160].into_iter().find(|&p| d <= p).unwrap())
+    } else {
+        "simt".into()
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Att {
+    b: usize,
+    tq: usize,
+    tk: usize,
+    h: usize,
+    d: usize,
+    causal: bool,
+}
+
+impl Att {
+    fn q(&self) -> Vec<usize> {
+        vec![self.b, self.tq, self.h, self.d]
+    }
+    fn k(&self) -> Vec<usize> {
+        vec![self.b, self.tk, self.h, self.d]
+    }
+    fn scale(&self) -> f32 {
+        1.0 / (self.d as f32).sqrt()
+    }
+    fn label(&self) -> String {
+        format!("B{} Tq{} Tk{} H{} D{}{}", self.b, self.tq, self.tk, self.h, self.d, if self.causal { " causal" } else { "" })
+    }
+    /// Forward FLOPs: q k^T and p v, 2 per multiply-add, over the unmasked scores.
+    fn flops(&self) -> u64 {
+        let pairs = if self.causal {
+            (0..self.tq).map(|i| (i + 1).min(self.tk)).sum::<usize>()
+        } else {
+            self.tq * self.tk
+        };
+        (4 * self.b * self.h * pairs * self.d) as u64
+    }
+}
+
+fn fwd_case(dt: DType, a: Att) -> Case {
+    let var = variant(dt, a.d);
+    let kernel = format!("attention_fwd_{var}_{dt}");
+    let mut tol = Tol::for_dtype(dt);
+    let mut vgen = Gen::Normal;
+    if var != "simt" {
+        // P rounded to the storage type before P V: |error| <= u max|v| (module comment), with |v| <= 2.
+        let u = if dt == DType::F16 { 1.0 / 2048.0 } else { 1.0 / 256.0 };
+        tol.atol += 2.0 * u;
+        vgen = Gen::Uniform(-2.0, 2.0);
+    }
+    let ins = vec![(a.q(), dt, Gen::Normal), (a.k(), dt, Gen::Normal), (a.k(), dt, vgen)];
+    let (causal, scale) = (a.causal, a.scale());
+    Case::new(format!("attention {dt} {}", a.label()), ins, tol, &[&kernel], move |g, x| {
+        g.push(Op::Attention { causal, scale }, &[x[0], x[1], x[2]])
+    })
+}
+
+/// Statistics from independent random o and dy (the op is defined for any o).
+fn stats_case(dt: DType, a: Att) -> Case {
+    let kernel = format!("attention_stats_fwd_{}_{dt}", variant(dt, a.d));
+    let ins = vec![(a.q(), dt, Gen::Normal), (a.k(), dt, Gen::Normal), (a.q(), dt, Gen::Normal), (a.q(), dt, Gen::Normal)];
+    let (causal, scale) = (a.causal, a.scale());
+    // Why atol 1e-5: see the module comment (delta is a cancelling f32 sum of D products).
+    let tol = Tol { atol: 1e-5, rtol: 1e-5 };
+    Case::new(format!("attention_stats {dt} {}", a.label()), ins, tol, &[&kernel], move |g, x| {
+        g.push(Op::AttentionStats { causal, scale }, &[x[0], x[1], x[2], x[3]])
+    })
+}
+
+/// The backward as autodiff builds it, with o an input (x[4]): stats(q, k, o, dy), then the gradients.
+fn bwd_graph(g: &mut Graph, x: &[NodeId], causal: bool, scale: f32) -> crate::Result<NodeId> {
+    let st = g.push(Op::AttentionStats { causal, scale }, &[x[0], x[1], x[4], x[3]])?;
+    g.push(Op::AttentionBwd { causal, scale }, &[x[0], x[1], x[2], x[3], st])
+}
+
+fn bwd_case(dt: DType, a: Att) -> Case {
+    let kernels = [format!("attention_bwd_dq_simt_{dt}"), format!("attention_bwd_dkv_simt_{dt}")];
+    // o (the last input) stands for the forward output; any o defines the same op on both sides.
+    let ins = vec![
+        (a.q(), dt, Gen::Normal),
+        (a.k(), dt, Gen::Normal),
+        (a.k(), dt, Gen::Normal),
+        (a.q(), dt, Gen::Normal),
+        (a.q(), dt, Gen::Uniform(-1.0, 1.0)),
+    ];
+    let (causal, scale) = (a.causal, a.scale());
+    let ks: Vec<&str> = kernels.iter().map(|s| s.as_str()).collect();
+    Case::new(format!("attention_bwd {dt} {}", a.label()), ins, Tol::for_dtype(dt), &ks, move |g, x| {
+        bwd_graph(g, x, causal, scale)
+    })
+}
+
+fn geglu_case(dt: DType, shape: &[usize], bwd: bool) -> Case {
+    let pass = if bwd { "bwd" } else { "fwd" };
+    let mut ins = vec![(shape.to_vec(), dt, Gen::Uniform(-4.0, 4.0))];
+    if bwd {
+        let mut half = shape.to_vec();
+        *half.last_mut().unwrap() /= 2;
+        ins.push((half, dt, Gen::Normal));
+    }
+    let op = if bwd { Op::GegluBwd } else { Op::Geglu };
+    Case::new(format!("geglu_{pass} {dt} {shape:?}"), ins, Tol::for_dtype(dt), &[&format!("geglu_{pass}_{dt}")], move |g, x| {
+        g.push(op.clone(), x)
+    })
+}
+
+fn timestep_case(dt: DType, n: usize, dim: usize, flip: bool, shift: f32) -> Case {
+    let op = Op::TimestepEmbedding { dim, flip_sin_to_cos: flip, shift, max_period: 10000.0 };
+    let ins = vec![(vec![n], dt, Gen::Uniform(0.0, 1000.0))];
+    // The output is f32 whatever t's storage is; both sides take the same rounded t.
+    Case::new(
+        format!("timestep_embedding t {dt} [{n}] dim {dim} flip {flip} shift {shift}"),
+        ins,
+        Tol::for_dtype(DType::F32),
+        &[&format!("timestep_embedding_fwd_{dt}")],
+        move |g, x| g.push(op.clone(), x),
+    )
+}
+
+fn quick_gelu_case(dt: DType, bwd: bool) -> Case {
+    let shape = vec![5, 77];
+    let pass = if bwd { "bwd" } else { "fwd" };
+    let mut ins = vec![(shape.clone(), dt, Gen::Uniform(-8.0, 8.0))];
+    if bwd {
+        ins.push((shape, dt, Gen::Normal));
+    }
+    Case::new(format!("unary{} QuickGelu {dt} [5, 77]", if bwd { "_bwd" } else { "" }), ins, Tol::for_dtype(dt), &[&format!("unary_{pass}_{dt}")], move |g, x| {
+        if bwd { g.push(Op::UnaryBwd(UnaryOp::QuickGelu), x) } else { g.unary(UnaryOp::QuickGelu, x[0]) }
+    })
+}
+
+pub fn cases() -> Vec<Case> {
+    let mut v = Vec::new();
+    let att = |tq, tk, d, causal| Att { b: 1, tq, tk, h: 2, d, causal };
+    for dt in DTYPES {
+        for d in [40, 64, 80, 160] {
+            v.push(fwd_case(dt, att(70, 77, d, false)));
+            v.push(stats_case(dt, att(70, 77, d, false)));
+        }
+        v.push(fwd_case(dt, att(77, 77, 64, true)));
+        v.push(stats_case(dt, att(77, 77, 64, true)));
+        v.push(fwd_case(dt, Att { b: 2, tq: 9, tk: 13, h: 3, d: 20, causal: false }));
+        v.push(stats_case(dt, Att { b: 2, tq: 9, tk: 13, h: 3, d: 20, causal: true }));
+        v.push(bwd_case(dt, att(33, 77, 40, false)));
+        v.push(bwd_case(dt, att(40, 40, 64, true)));
+        v.push(bwd_case(dt, Att { b: 2, tq: 5, tk: 9, h: 3, d: 20, causal: false }));
+        for bwd in [false, true] {
+            v.push(geglu_case(dt, &[3, 5, 74], bwd));
+            v.push(quick_gelu_case(dt, bwd));
+        }
+        v.push(timestep_case(dt, 5, 320, true, 0.0));
+        v.push(timestep_case(dt, 3, 7, false, 1.0));
+    }
+    // Whole key tiles above the diagonal are skipped (causal, 130 keys in tiles of 64 and 32).
+    v.push(fwd_case(DType::F16, att(130, 130, 40, true)));
+    v.push(fwd_case(DType::BF16, att(130, 130, 160, true)));
+    v
+}
+
+pub fn bench_cases() -> Vec<(Case, Work)> {
+    let mut v = Vec::new();
+    let sd = |tq, tk, d| Att { b: 2, tq, tk, h: 8, d, causal: false };
+    // SD 1.x attention at 512x512: 64x64 latents (D 40 at 8 heads), 32x32 (D 80), 16x16 (D 160); cross-attention
+    // over the 77 text tokens; CLIP-L's causal self-attention.
+    let shapes = [sd(4096, 4096, 40), sd(4096, 77, 40), sd(1024, 1024, 80), sd(256, 256, 160), sd(1024, 77, 80)];
+    for a in shapes {
+        v.push((fwd_case(DType::F16, a), Work::Flops(a.flops())));
+    }
+    let clip = Att { b: 2, tq: 77, tk: 77, h: 12, d: 64, causal: true };
+    v.push((fwd_case(DType::F16, clip), Work::Flops(clip.flops())));
+    v.push((fwd_case(DType::BF16, sd(4096, 4096, 40)), Work::Flops(sd(4096, 4096, 40).flops())));
+    // The f32 SIMT path at the 32x32 level.
+    v.push((fwd_case(DType::F32, sd(1024, 1024, 80)), Work::Flops(sd(1024, 1024, 80).flops())));
+    // Statistics pass (q k^T only: half the forward FLOPs) and the backward (flash-attention 2's count of 2.5
+    // forwards; our two-kernel backward recomputes q k^T and dy v^T once more than that).
+    for a in [sd(4096, 4096, 40), sd(1024, 1024, 80)] {
+        v.push((stats_case(DType::F16, a), Work::Flops(a.flops() / 2)));
+    }
+    v.push((stats_case(DType::F32, sd(1024, 1024, 80)), Work::Flops(sd(1024, 1024, 80).flops() / 2)));
+    for a in [sd(1024, 1024, 80), sd(4096, 77, 40)] {
+        v.push((bwd_case(DType::F16, a), Work::Flops(a.flops() / 2 * 5 + a.flops() / 2)));
+    }
+    // GEGLU of SD's 64x64 transformer feed-forward (320 -> 2 x 1280), forward and backward; bytes moved.
+    let (rows, c) = (2 * 4096usize, 1280usize);
+    v.push((geglu_case(DType::F16, &[2, 4096, 2 * c], false), Work::Bytes((3 * rows * c * 2) as u64)));
+    v.push((geglu_case(DType::F16, &[2, 4096, 2 * c], true), Work::Bytes((6 * rows * c * 2) as u64)));
+    // Timestep embedding for a batch of 2 (SD) and quick GELU over CLIP-L's MLP activations.
+    v.push((timestep_case(DType::F32, 2, 320, true, 0.0), Work::Bytes((2 * 4 + 2 * 320 * 4) as u64)));
+    let n = 2 * 77 * 3072;
+    let qg = Case::new("unary QuickGelu f16 [2, 77, 3072]", vec![(vec![2, 77, 3072], DType::F16, Gen::Normal)], Tol::for_dtype(DType::F16), &["unary_fwd_f16"], |g, x| g.unary(UnaryOp::QuickGelu, x[0]));
+    v.push((qg, Work::Bytes((2 * n * 2) as u64)));
+    v
+}
