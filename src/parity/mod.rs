@@ -400,3 +400,42 @@ pub fn format_bench(results: &[BenchResult], device_name: &str) -> String {
     }
     s
 }
+
+// ---- helpers for gradient-check cases -----------------------------------------------------------------------
+
+/// A constant f32 tensor built from fills (the non-differentiable ops of a gradient check get fixed inputs, so
+/// the finite differences see only the differentiable path).
+pub fn constant(g: &mut Graph, vals: &[f32], shape: &[usize]) -> Result<NodeId> {
+    let parts: Vec<NodeId> = vals.iter().map(|&v| g.fill(v, &[1], DType::F32)).collect();
+    let c = g.concat(&parts, 0)?;
+    g.reshape(c, shape)
+}
+
+/// `x` (values on the 1/4 grid of [`Gen::GridB`]) times 4, through an i32 cast: the same values, but constant
+/// under the finite-difference steps and without a gradient (for inputs the ops do not differentiate).
+pub fn frozen(g: &mut Graph, x: NodeId) -> Result<NodeId> {
+    let s = g.affine(x, 4.0, 64.5)?;
+    let i = g.cast(s, DType::I32)?;
+    let f = g.cast(i, DType::F32)?;
+    g.affine(f, 1.0, -64.0)
+}
+
+/// RoIs [K,5] from frozen grid values: batch index 0/1, boxes of 0.3 to 7.5 pixels starting in [0.4, 11.6]
+/// (partly off a 10x12 map), times `scale` (so that `scale * spatial_scale` maps them onto the map).
+pub fn frozen_rois(g: &mut Graph, x: NodeId, scale: f32) -> Result<NodeId> {
+    use crate::graph::{BinaryOp, UnaryOp};
+    let t = frozen(g, x)?;
+    let col = |g: &mut Graph, i: usize| g.slice(t, 1, i, i + 1);
+    let (c0, c1, c2, c3, c4) = (col(g, 0)?, col(g, 1)?, col(g, 2)?, col(g, 3)?, col(g, 4)?);
+    let zero = g.fill(0.0, &[1], DType::F32);
+    let b = g.binary(BinaryOp::Gt, c0, zero)?;
+    let x1 = g.affine(c1, 0.7 * scale, 6.0 * scale)?;
+    let y1 = g.affine(c2, 0.7 * scale, 6.0 * scale)?;
+    let w = g.unary(UnaryOp::Abs, c3)?;
+    let w = g.affine(w, 0.9 * scale, 0.3 * scale)?;
+    let h = g.unary(UnaryOp::Abs, c4)?;
+    let h = g.affine(h, 0.9 * scale, 0.3 * scale)?;
+    let x2 = g.add(x1, w)?;
+    let y2 = g.add(y1, h)?;
+    g.concat(&[b, x1, y1, x2, y2], 1)
+}

@@ -162,7 +162,8 @@ fn quick_gelu_case(dt: DType, bwd: bool) -> Case {
     })
 }
 
-pub fn cases() -> Vec<Case> {
+/// Parity cases.
+fn kernel_cases() -> Vec<Case> {
     let mut v = Vec::new();
     let att = |tq, tk, d, causal| Att { b: 1, tq, tk, h: 2, d, causal };
     for dt in DTYPES {
@@ -223,4 +224,30 @@ pub fn bench_cases() -> Vec<(Case, Work)> {
     let qg = Case::new("unary QuickGelu f16 [2, 77, 3072]", vec![(vec![2, 77, 3072], DType::F16, Gen::Normal)], Tol::for_dtype(DType::F16), &["unary_fwd_f16"], |g, x| g.unary(UnaryOp::QuickGelu, x[0]));
     v.push((qg, Work::Bytes((2 * n * 2) as u64)));
     v
+}
+
+/// Parity cases and gradient checks.
+pub fn cases() -> Vec<Case> {
+    let mut v = kernel_cases();
+    v.extend(grad_cases());
+    v
+}
+
+/// Gradient checks: cross-attention shapes (Tk != Tq, several heads and batches), causal self-attention, and
+/// only some inputs on the path to the loss (the dq and dv slices alone).
+fn grad_cases() -> Vec<Case> {
+    let (q, kv): (&[usize], &[usize]) = (&[2, 3, 2, 4], &[2, 5, 2, 4]);
+    let s: &[usize] = &[1, 4, 2, 3];
+    vec![
+        Case::grad("attention", &[(q, Gen::Normal), (kv, Gen::Normal), (kv, Gen::Normal)], |g, x| {
+            g.push(Op::Attention { causal: false, scale: 0.6 }, &[x[0], x[1], x[2]])
+        }),
+        Case::grad("attention causal", &[(s, Gen::Normal), (s, Gen::Normal), (s, Gen::Normal)], |g, x| {
+            g.push(Op::Attention { causal: true, scale: 0.8 }, &[x[0], x[1], x[2]])
+        }),
+        Case::grad("attention q and v only", &[(q, Gen::Normal), (kv, Gen::Normal)], move |g, x| {
+            let k = g.fill(0.3, kv, DType::F32);
+            g.push(Op::Attention { causal: false, scale: 1.0 }, &[x[0], k, x[1]])
+        }),
+    ]
 }

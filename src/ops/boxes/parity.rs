@@ -5,7 +5,7 @@
 //! f16/bf16 scores make ties common (bf16 has 128 values in [0.5, 1)), which checks the tie order (lower index
 //! first) on both sides.
 
-use crate::parity::{Case, Gen, Tol, Work};
+use crate::parity::{constant, Case, Gen, Tol, Work};
 use crate::boxes::BBOX_XFORM_CLIP;
 use crate::graph::Op;
 use crate::tensor::DType;
@@ -85,7 +85,8 @@ fn gather_bwd_case(dt: DType, it: DType, shape: &[usize], axis: usize, size: usi
     })
 }
 
-pub fn cases() -> Vec<Case> {
+/// Parity cases.
+fn kernel_cases() -> Vec<Case> {
     let mut v = Vec::new();
     for dt in FLOATS {
         v.push(box_iou_case(dt, &[3, 5, 4], &[3, 7, 4], false));
@@ -145,5 +146,56 @@ pub fn bench_cases() -> Vec<(Case, Work)> {
     // Reading the top-k values back, and its gradient.
     v.push((gather_case(DType::F32, DType::I64, &[8, 20_000], &[8, 1000], 1), Work::Bytes(8 * 1000 * (8 + 4 + 4))));
     v.push((gather_bwd_case(DType::F32, DType::I64, &[8, 1000], 1, 2000), Work::Bytes(8 * (1000 * 12 + 2000 * 4))));
+    v
+}
+
+/// Parity cases and gradient checks.
+pub fn cases() -> Vec<Case> {
+    let mut v = kernel_cases();
+    v.extend(grad_cases());
+    v
+}
+
+/// Gradient checks: gather (with top-k indices, and along axis 0 with smaller and repeated indices); the
+/// non-differentiable box ops run on constant boxes and scale a differentiable input.
+fn grad_cases() -> Vec<Case> {
+    // Values 0.07 apart, so +-h never changes which are the top 3; TopK itself has no gradient.
+    let mut v = vec![
+        Case::grad("gather of topk", &[(&[3, 8], Gen::Distinct)], |g, x| {
+            let idx = g.push(Op::TopK { k: 3 }, &[x[0]])?;
+            g.push(Op::Gather { axis: 1 }, &[x[0], idx])
+        }),
+        Case::grad("gather axis 0, smaller idx", &[(&[4, 6], Gen::Normal), (&[5, 4], Gen::Distinct)], |g, x| {
+            let idx = g.push(Op::TopK { k: 2 }, &[x[1]])?; // [5, 2], values in 0..4
+            let idx = g.permute(idx, &[1, 0])?; // [2, 5]
+            let twice = g.concat(&[idx, idx], 0)?; // [4, 5]: every index twice
+            g.push(Op::Gather { axis: 0 }, &[x[0], twice])
+        }),
+    ];
+    let a = [0.0, 0.0, 10.0, 10.0, 5.0, 5.0, 15.0, 20.0, 2.0, 1.0, 9.0, 12.0];
+    let b = [1.0, 1.0, 11.0, 9.0, 30.0, 30.0, 40.0, 45.0];
+    v.push(Case::grad("box_iou / giou on constant boxes", &[(&[3, 2], Gen::Normal)], move |g, x| {
+        let (ca, cb) = (constant(g, &a, &[3, 4])?, constant(g, &b, &[2, 4])?);
+        let iou = g.push(Op::BoxIou { giou: false }, &[ca, cb])?;
+        let giou = g.push(Op::BoxIou { giou: true }, &[ca, cb])?;
+        let y = g.mul(x[0], iou)?;
+        g.add(y, giou)
+    }));
+    v.push(Case::grad("box_encode / decode on constant boxes", &[(&[3, 4], Gen::Normal)], move |g, x| {
+        let (r, t) = (constant(g, &a, &[3, 4])?, constant(g, &[&b[..], &b[..4]].concat(), &[3, 4])?);
+        let d = g.push(Op::BoxEncode { weights: [10.0, 10.0, 5.0, 5.0] }, &[r, t])?;
+        let back = g.push(Op::BoxDecode { weights: [10.0, 10.0, 5.0, 5.0], clamp: 4.135 }, &[r, d])?;
+        let y = g.mul(x[0], d)?;
+        g.add(y, back)
+    }));
+    v.push(Case::grad("nms on constant boxes", &[(&[4], Gen::Normal)], move |g, x| {
+        let bx = constant(g, &a, &[3, 4])?;
+        let s = constant(g, &[0.9, 0.8, 0.7], &[3])?;
+        let c = constant(g, &[0.0, 0.0, 1.0], &[3])?;
+        let c = g.cast(c, DType::I64)?;
+        let keep = g.push(Op::Nms { iou_threshold: 0.3, max_out: 3 }, &[bx, s, c])?;
+        let keep = g.cast(keep, DType::F32)?;
+        g.mul(x[0], keep)
+    }));
     v
 }

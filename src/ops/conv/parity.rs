@@ -111,7 +111,8 @@ fn upsample_case(dt: DType, x: [usize; 4], bwd: bool) -> Case {
     }
 }
 
-pub fn cases() -> Vec<Case> {
+/// Parity cases.
+fn kernel_cases() -> Vec<Case> {
     let mut v = Vec::new();
     for dt in DTYPES {
         // Forward: 3x3 s1 p1 with 16 channels (cp.async path, K = 144: 5 k-tiles), bias.
@@ -196,4 +197,31 @@ pub fn bench_cases() -> Vec<(Case, Work)> {
     v.push((upsample_case(f16, x, false), Work::Bytes((5 * n * 2) as u64)));
     v.push((upsample_case(f16, x, true), Work::Bytes((5 * n * 2) as u64)));
     v
+}
+
+/// Parity cases and gradient checks.
+pub fn cases() -> Vec<Case> {
+    let mut v = kernel_cases();
+    v.extend(grad_cases());
+    v
+}
+
+/// Gradient checks: a convolution with the weight as an input (the nn-level ones with bias and parameters are
+/// in tests/gradcheck.rs), and the two backward ops as forward ops (they are linear in each input; their own
+/// gradients are convolutions again).
+fn grad_cases() -> Vec<Case> {
+    vec![
+        Case::grad("conv2d no bias, weight as input", &[(&[1, 4, 4, 2], Gen::Normal), (&[3, 2, 3, 3], Gen::Normal)], |g, x| {
+            g.push(Op::Conv2d { stride: 1, padding: 1, bias: false }, &[x[0], x[1]])
+        }),
+        Case::grad("conv2d with bias, all inputs", &[(&[1, 5, 4, 2], Gen::Normal), (&[3, 2, 3, 3], Gen::Normal), (&[3], Gen::Normal)], |g, x| {
+            g.push(Op::Conv2d { stride: 2, padding: 1, bias: true }, &[x[0], x[1], x[2]])
+        }),
+        Case::grad("conv2d_bwd_data as a forward op", &[(&[1, 3, 3, 2], Gen::Normal), (&[2, 3, 3, 3], Gen::Normal)], |g, x| {
+            g.push(Op::Conv2dBwdData { stride: 2, padding: 1, h: 6, w: 5 }, &[x[0], x[1]])
+        }),
+        Case::grad("conv2d_bwd_weight as a forward op", &[(&[1, 5, 4, 2], Gen::Normal), (&[1, 3, 2, 3], Gen::Normal)], |g, x| {
+            g.push(Op::Conv2dBwdWeight { stride: 2, padding: 1, kh: 3, kw: 3 }, &[x[0], x[1]])
+        }),
+    ]
 }

@@ -175,7 +175,8 @@ fn cast_cases(v: &mut Vec<Case>) {
     }
 }
 
-pub fn cases() -> Vec<Case> {
+/// Parity cases.
+fn kernel_cases() -> Vec<Case> {
     let mut v = Vec::new();
     unary_cases(&mut v);
     binary_cases(&mut v);
@@ -237,5 +238,65 @@ pub fn bench_cases() -> Vec<(Case, Work)> {
         |g, x| g.cast(x[0], DType::F16),
     );
     v.push((c, Work::Bytes((m * 6) as u64)));
+    v
+}
+
+/// Parity cases and gradient checks.
+pub fn cases() -> Vec<Case> {
+    let mut v = kernel_cases();
+    v.extend(grad_cases());
+    v
+}
+
+/// Gradient checks: every unary op on its smooth domain, every binary op under broadcasting (max, min and the
+/// comparisons on interleaved grids, so no pair is within a step of a tie), a cast round trip, a fill.
+fn grad_cases() -> Vec<Case> {
+    use BinaryOp::*;
+    let positive = Gen::Uniform(0.5, 2.0);
+    let unary: Vec<(UnaryOp, Gen)> = vec![
+        (UnaryOp::Neg, Gen::Normal),
+        (UnaryOp::Exp, Gen::Normal),
+        (UnaryOp::Log, positive),
+        (UnaryOp::Sqrt, positive),
+        (UnaryOp::Rsqrt, positive),
+        (UnaryOp::Recip, positive),
+        (UnaryOp::Abs, Gen::AwayFromZero),
+        (UnaryOp::Square, Gen::Normal),
+        (UnaryOp::Tanh, Gen::Normal),
+        (UnaryOp::Sigmoid, Gen::Normal),
+        (UnaryOp::Relu, Gen::AwayFromZero),
+        (UnaryOp::Gelu, Gen::Normal),
+        (UnaryOp::GeluTanh, Gen::Normal),
+        (UnaryOp::Silu, Gen::Normal),
+        (UnaryOp::Sin, Gen::Normal),
+        (UnaryOp::Cos, Gen::Normal),
+        (UnaryOp::Affine { mul: -1.5, add: 0.25 }, Gen::Normal),
+        (UnaryOp::Powf(1.7), positive),
+        (UnaryOp::QuickGelu, Gen::Normal),
+    ];
+    let mut v = Vec::new();
+    for (u, gk) in unary {
+        v.push(Case::grad(format!("unary {u:?}"), &[(&[3, 5], gk)], move |g, x| g.unary(u, x[0])));
+    }
+    let shapes: [(&[usize], &[usize]); 3] = [(&[3, 4], &[3, 4]), (&[2, 3, 4], &[4]), (&[3, 1], &[1, 4])];
+    for op in [Add, Sub, Mul, Div, Max, Min, Eq, Gt, Ge] {
+        for (sa, sb) in shapes {
+            let (ga, gb) = match op {
+                Div => (Gen::Normal, positive),
+                Max | Min | Eq | Gt | Ge => (Gen::GridA, Gen::GridB),
+                _ => (Gen::Normal, Gen::Normal),
+            };
+            let name = format!("binary {op:?} {sa:?} {sb:?}");
+            v.push(Case::grad(name, &[(sa, ga), (sb, gb)], move |g, x| g.binary(op, x[0], x[1])));
+        }
+    }
+    v.push(Case::grad("cast f32->f16->f32", &[(&[4, 3], Gen::F16Grid)], |g, x| {
+        let h = g.cast(x[0], DType::F16)?;
+        g.cast(h, DType::F32)
+    }));
+    v.push(Case::grad("fill (constant operand)", &[(&[2, 3], Gen::Normal)], |g, x| {
+        let c = g.fill(2.5, &[3], DType::F32);
+        g.mul(x[0], c)
+    }));
     v
 }

@@ -50,7 +50,8 @@ fn case(d: DType, a_batch: &[usize], b_batch: &[usize], m: usize, n: usize, k: u
 
 const LAYOUTS: [(bool, bool); 4] = [(false, false), (false, true), (true, false), (true, true)];
 
-pub fn cases() -> Vec<Case> {
+/// Parity cases.
+fn kernel_cases() -> Vec<Case> {
     let mut v = Vec::new();
     for d in [DType::F16, DType::BF16] {
         // Leading dimensions 53 / 45 / 37: no 16-byte rows, every chunk through registers.
@@ -105,5 +106,28 @@ pub fn bench_cases() -> Vec<(Case, Work)> {
         v.push(bench(d, 16, 4096, 4096, 40));
     }
     v.push(bench(DType::F32, 1, 2048, 2048, 2048));
+    v
+}
+
+/// Parity cases and gradient checks.
+pub fn cases() -> Vec<Case> {
+    let mut v = kernel_cases();
+    v.extend(grad_cases());
+    v
+}
+
+/// Gradient checks: every transpose combination, and broadcast batch axes.
+fn grad_cases() -> Vec<Case> {
+    let mut v = Vec::new();
+    for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+        let a: &[usize] = if ta { &[2, 4, 3] } else { &[2, 3, 4] };
+        let b: &[usize] = if tb { &[5, 4] } else { &[4, 5] };
+        v.push(Case::grad(format!("matmul ta={ta} tb={tb}"), &[(a, Gen::Normal), (b, Gen::Normal)], move |g, x| {
+            g.matmul_t(x[0], x[1], ta, tb)
+        }));
+    }
+    v.push(Case::grad("batched matmul broadcast", &[(&[2, 1, 3, 4], Gen::Normal), (&[3, 4, 2], Gen::Normal)], |g, x| {
+        g.matmul(x[0], x[1])
+    }));
     v
 }

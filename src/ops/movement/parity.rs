@@ -57,7 +57,8 @@ fn per_dtype(
     }
 }
 
-pub fn cases() -> Vec<Case> {
+/// Parity cases.
+fn kernel_cases() -> Vec<Case> {
     let mut v = Vec::new();
 
     // Reshape: a copy when the input must survive (it is also a graph output), nothing when in place.
@@ -234,4 +235,29 @@ pub fn bench_cases() -> Vec<(Case, Work)> {
     );
     v.push((c, Work::Bytes((2 * 4096 * (77 + 80) * 2) as u64)));
     v
+}
+
+/// Parity cases and gradient checks.
+pub fn cases() -> Vec<Case> {
+    let mut v = kernel_cases();
+    v.extend(grad_cases());
+    v
+}
+
+/// Gradient checks of every movement op, and of a parameter.
+fn grad_cases() -> Vec<Case> {
+    vec![
+        Case::grad("reshape", &[(&[2, 6], Gen::Normal)], |g, x| g.reshape(x[0], &[3, 4])),
+        Case::grad("permute", &[(&[2, 3, 4], Gen::Normal)], |g, x| g.permute(x[0], &[2, 0, 1])),
+        Case::grad("broadcast_to", &[(&[3, 1], Gen::Normal)], |g, x| g.broadcast_to(x[0], &[2, 3, 4])),
+        Case::grad("concat", &[(&[2, 1, 3], Gen::Normal), (&[2, 2, 3], Gen::Normal), (&[2, 3, 3], Gen::Normal)], |g, x| {
+            g.concat(x, 1)
+        }),
+        Case::grad("slice", &[(&[3, 7], Gen::Normal)], |g, x| g.slice(x[0], 1, 2, 5)),
+        Case::grad("pad", &[(&[3, 2], Gen::Normal)], |g, x| g.pad(x[0], 0, 1, 2)),
+        Case::grad("param (as an operand)", &[(&[2, 3], Gen::Normal)], |g, x| {
+            let w = g.param("w", &[3], DType::F32)?;
+            g.mul(x[0], w)
+        }),
+    ]
 }

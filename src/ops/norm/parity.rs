@@ -53,7 +53,8 @@ fn layer_norm_case(dt: DType, shape: &[usize], affine: bool, bwd: bool) -> Case 
     Case::new(name, ins, Tol::for_dtype(dt), &[&kernel], move |g, x| g.push(op.clone(), x))
 }
 
-pub fn cases() -> Vec<Case> {
+/// Parity cases.
+fn kernel_cases() -> Vec<Case> {
     let mut v = Vec::new();
     for dt in DTYPES {
         for bwd in [false, true] {
@@ -91,5 +92,25 @@ pub fn bench_cases() -> Vec<(Case, Work)> {
     v.push((softmax_case(DType::F16, &[r, k], 1, true), Work::Bytes((3 * r * k * 2) as u64)));
     v.push((softmax_case(DType::F16, &[16, 4096, 77], 1, false), Work::Bytes((2 * 16 * 4096 * 77 * 2) as u64)));
     v.push((softmax_case(DType::F16, &[16, 4096, 77], 1, true), Work::Bytes((3 * 16 * 4096 * 77 * 2) as u64)));
+    v
+}
+
+/// Parity cases and gradient checks.
+pub fn cases() -> Vec<Case> {
+    let mut v = kernel_cases();
+    v.extend(grad_cases());
+    v
+}
+
+/// Gradient checks: softmax along every axis, layer norm with and without weight and bias.
+fn grad_cases() -> Vec<Case> {
+    let mut v = Vec::new();
+    for axis in [0, 1, 2] {
+        v.push(Case::grad(format!("softmax axis {axis}"), &[(&[2, 3, 4], Gen::Normal)], move |g, x| g.softmax(x[0], axis)));
+    }
+    v.push(Case::grad("layer_norm", &[(&[3, 6], Gen::Normal)], |g, x| g.layer_norm(x[0], None, 1e-5)));
+    v.push(Case::grad("layer_norm affine", &[(&[2, 3, 6], Gen::Normal), (&[6], Gen::Normal), (&[6], Gen::Normal)], |g, x| {
+        g.layer_norm(x[0], Some((x[1], x[2])), 1e-5)
+    }));
     v
 }

@@ -23,7 +23,8 @@ fn case(op: ReduceOp, name: &str, dt: DType, shape: &[usize], axes: &[usize], ke
     )
 }
 
-pub fn cases() -> Vec<Case> {
+/// Parity cases.
+fn kernel_cases() -> Vec<Case> {
     // (shape, axes, keepdim, column kernel)
     let layouts: &[(&[usize], &[usize], bool, bool)] = &[
         (&[37, 129], &[0], false, true),
@@ -63,5 +64,24 @@ pub fn bench_cases() -> Vec<(Case, Work)> {
     v.push((case(ReduceOp::Max, "max", DType::F16, &[t, ch], &[0], false, true), Work::Bytes((t * ch * 2 + ch * 2) as u64)));
     v.push((case(ReduceOp::Mean, "mean", DType::F16, &[t, ch], &[1], false, false), Work::Bytes((t * ch * 2 + t * 2) as u64)));
     v.push((case(ReduceOp::Max, "max", DType::F16, &[t, ch], &[1], false, false), Work::Bytes((t * ch * 2 + t * 2) as u64)));
+    v
+}
+
+/// Parity cases and gradient checks.
+pub fn cases() -> Vec<Case> {
+    let mut v = kernel_cases();
+    v.extend(grad_cases());
+    v
+}
+
+/// Gradient checks: every reduction over several axis sets (distinct values: no ties in max).
+fn grad_cases() -> Vec<Case> {
+    let mut v = Vec::new();
+    for op in [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max] {
+        for (axes, keep) in [(&[1usize][..], false), (&[0, 2][..], true), (&[2][..], true), (&[0, 1, 2][..], false)] {
+            let name = format!("reduce {op:?} {axes:?} keep={keep}");
+            v.push(Case::grad(name, &[(&[2, 3, 4], Gen::Distinct)], move |g, x| g.reduce(op, x[0], axes, keep)));
+        }
+    }
     v
 }

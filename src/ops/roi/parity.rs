@@ -6,7 +6,8 @@
 //! edges), with batch indices up to one past the batch (invalid RoIs give zeros), at spatial scales 1, 1/4 and
 //! 1/8, aligned or not, with fixed (2) and adaptive (0, -1) sampling ratios.
 
-use crate::parity::{Case, Gen, Tol, Work};
+use crate::graph::UnaryOp;
+use crate::parity::{frozen, frozen_rois, Case, Gen, Tol, Work};
 use crate::graph::Op;
 use crate::tensor::DType;
 
@@ -133,7 +134,8 @@ pub fn giou_case(dt: DType, lead: &[usize], bwd: bool) -> Case {
     Case::new(format!("giou_loss_{pass} {dt} {lead:?}"), ins, tol, &[&kernel], move |g, x| g.push(op.clone(), x))
 }
 
-pub fn cases() -> Vec<Case> {
+/// Parity cases.
+fn kernel_cases() -> Vec<Case> {
     let mut v = Vec::new();
     for dt in DTYPES {
         for (i, s) in SETTINGS.into_iter().enumerate() {
@@ -188,5 +190,44 @@ pub fn bench_cases() -> Vec<(Case, Work)> {
     let m = 100_000;
     v.push((giou_case(DType::F32, &[m], false), Work::Bytes(m as u64 * 36)));
     v.push((giou_case(DType::F32, &[m], true), Work::Bytes(m as u64 * 52)));
+    v
+}
+
+/// Parity cases and gradient checks.
+pub fn cases() -> Vec<Case> {
+    let mut v = kernel_cases();
+    v.extend(grad_cases());
+    v
+}
+
+/// Gradient checks: RoI Align is linear in the features (the bilinear kinks are in the RoI coordinates, which
+/// are frozen); the FPN level of each RoI is used as a (non-differentiable) weight.
+fn grad_cases() -> Vec<Case> {
+    let mut v = Vec::new();
+    for (aligned, sr, scale) in [(false, 2, 1.0), (true, 0, 0.5), (true, -1, 0.25), (false, 0, 1.0)] {
+        let name = format!("roi_align aligned={aligned} sampling_ratio={sr} spatial_scale={scale}");
+        v.push(Case::grad(name, &[(&[2, 10, 12, 3], Gen::Normal), (&[4, 5], Gen::GridB)], move |g, x| {
+            let rois = frozen_rois(g, x[1], 1.0 / scale)?;
+            let op = Op::RoiAlign { out_h: 2, out_w: 3, spatial_scale: scale, sampling_ratio: sr, aligned };
+            g.push(op, &[x[0], rois])
+        }));
+    }
+    // Levels 0..3 of canonical 224 at level 4.
+    v.push(Case::grad("fpn_levels (as a constant factor)", &[(&[6, 3], Gen::Normal), (&[6, 5], Gen::GridB)], |g, x| {
+        let r = frozen(g, x[1])?;
+        let r = g.unary(UnaryOp::Abs, r)?;
+        let r = g.affine(r, 30.0, 1.0)?;
+        let lo = g.slice(r, 1, 0, 3)?;
+        let wh = g.slice(r, 1, 3, 5)?;
+        let xy = g.slice(lo, 1, 1, 3)?;
+        let hi = g.add(xy, wh)?;
+        let rois = g.concat(&[lo, hi], 1)?;
+        let op = Op::FpnLevels { k_min: 2, k_max: 5, canonical_scale: 224.0, canonical_level: 4, eps: 1e-6 };
+        let lv = g.push(op, &[rois])?;
+        let lv = g.cast(lv, DType::F32)?;
+        let lv = g.affine(lv, 0.5, 1.0)?;
+        let lv = g.reshape(lv, &[6, 1])?;
+        g.mul(x[0], lv)
+    }));
     v
 }
