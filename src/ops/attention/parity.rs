@@ -1,5 +1,4 @@
-//! Parity cases: attention (`kernels/attention.cu`, launcher `backend/launch/attention.rs`) and the SD helpers
-//! (`kernels/sd_misc.cu`, launcher `backend/launch/sd_misc.rs`), plus quick GELU in the unary machinery.
+//! Parity cases: attention (`kernels/attention.cu`, launcher `ops/attention/launch.rs`).
 //!
 //! Attention shapes reach every path: each tensor-core head dimension (D = 40, 64, 80, 160 pad to 48, 64, 80,
 //! 160) with a query tail (Tq = 70: a full and a partial 64-row block) and the cross-attention key length 77
@@ -21,7 +20,7 @@
 //! stays 1e-5).
 
 use crate::parity::{Case, Gen, Tol, Work};
-use crate::graph::op::{Op, UnaryOp};
+use crate::graph::op::Op;
 use crate::graph::{Graph, NodeId};
 use crate::tensor::DType;
 
@@ -123,45 +122,6 @@ fn bwd_case(dt: DType, a: Att) -> Case {
     })
 }
 
-fn geglu_case(dt: DType, shape: &[usize], bwd: bool) -> Case {
-    let pass = if bwd { "bwd" } else { "fwd" };
-    let mut ins = vec![(shape.to_vec(), dt, Gen::Uniform(-4.0, 4.0))];
-    if bwd {
-        let mut half = shape.to_vec();
-        *half.last_mut().unwrap() /= 2;
-        ins.push((half, dt, Gen::Normal));
-    }
-    let op = if bwd { Op::GegluBwd } else { Op::Geglu };
-    Case::new(format!("geglu_{pass} {dt} {shape:?}"), ins, Tol::for_dtype(dt), &[&format!("geglu_{pass}_{dt}")], move |g, x| {
-        g.push(op.clone(), x)
-    })
-}
-
-fn timestep_case(dt: DType, n: usize, dim: usize, flip: bool, shift: f32) -> Case {
-    let op = Op::TimestepEmbedding { dim, flip_sin_to_cos: flip, shift, max_period: 10000.0 };
-    let ins = vec![(vec![n], dt, Gen::Uniform(0.0, 1000.0))];
-    // The output is f32 whatever t's storage is; both sides take the same rounded t.
-    Case::new(
-        format!("timestep_embedding t {dt} [{n}] dim {dim} flip {flip} shift {shift}"),
-        ins,
-        Tol::for_dtype(DType::F32),
-        &[&format!("timestep_embedding_fwd_{dt}")],
-        move |g, x| g.push(op.clone(), x),
-    )
-}
-
-fn quick_gelu_case(dt: DType, bwd: bool) -> Case {
-    let shape = vec![5, 77];
-    let pass = if bwd { "bwd" } else { "fwd" };
-    let mut ins = vec![(shape.clone(), dt, Gen::Uniform(-8.0, 8.0))];
-    if bwd {
-        ins.push((shape, dt, Gen::Normal));
-    }
-    Case::new(format!("unary{} QuickGelu {dt} [5, 77]", if bwd { "_bwd" } else { "" }), ins, Tol::for_dtype(dt), &[&format!("unary_{pass}_{dt}")], move |g, x| {
-        if bwd { g.push(Op::UnaryBwd(UnaryOp::QuickGelu), x) } else { g.unary(UnaryOp::QuickGelu, x[0]) }
-    })
-}
-
 /// Parity cases.
 fn kernel_cases() -> Vec<Case> {
     let mut v = Vec::new();
@@ -178,12 +138,6 @@ fn kernel_cases() -> Vec<Case> {
         v.push(bwd_case(dt, att(33, 77, 40, false)));
         v.push(bwd_case(dt, att(40, 40, 64, true)));
         v.push(bwd_case(dt, Att { b: 2, tq: 5, tk: 9, h: 3, d: 20, causal: false }));
-        for bwd in [false, true] {
-            v.push(geglu_case(dt, &[3, 5, 74], bwd));
-            v.push(quick_gelu_case(dt, bwd));
-        }
-        v.push(timestep_case(dt, 5, 320, true, 0.0));
-        v.push(timestep_case(dt, 3, 7, false, 1.0));
     }
     // Whole key tiles above the diagonal are skipped (causal, 130 keys in tiles of 64 and 32).
     v.push(fwd_case(DType::F16, att(130, 130, 40, true)));
@@ -214,15 +168,6 @@ pub fn bench_cases() -> Vec<(Case, Work)> {
     for a in [sd(1024, 1024, 80), sd(4096, 77, 40)] {
         v.push((bwd_case(DType::F16, a), Work::Flops(a.flops() / 2 * 5 + a.flops() / 2)));
     }
-    // GEGLU of SD's 64x64 transformer feed-forward (320 -> 2 x 1280), forward and backward; bytes moved.
-    let (rows, c) = (2 * 4096usize, 1280usize);
-    v.push((geglu_case(DType::F16, &[2, 4096, 2 * c], false), Work::Bytes((3 * rows * c * 2) as u64)));
-    v.push((geglu_case(DType::F16, &[2, 4096, 2 * c], true), Work::Bytes((6 * rows * c * 2) as u64)));
-    // Timestep embedding for a batch of 2 (SD) and quick GELU over CLIP-L's MLP activations.
-    v.push((timestep_case(DType::F32, 2, 320, true, 0.0), Work::Bytes((2 * 4 + 2 * 320 * 4) as u64)));
-    let n = 2 * 77 * 3072;
-    let qg = Case::new("unary QuickGelu f16 [2, 77, 3072]", vec![(vec![2, 77, 3072], DType::F16, Gen::Normal)], Tol::for_dtype(DType::F16), &["unary_fwd_f16"], |g, x| g.unary(UnaryOp::QuickGelu, x[0]));
-    v.push((qg, Work::Bytes((2 * n * 2) as u64)));
     v
 }
 

@@ -1,5 +1,5 @@
 //! Parity cases: box ops and NMS (`kernels/boxes.cu`), top-k and gather (`kernels/topk.cu`); launcher
-//! `backend/launch/boxes.rs`.
+//! `ops/boxes/launch.rs`.
 //!
 //! Index outputs (NMS, top-k) must match exactly: their tolerance (0.5) is below the distance of two indices.
 //! f16/bf16 scores make ties common (bf16 has 128 values in [0.5, 1)), which checks the tie order (lower index

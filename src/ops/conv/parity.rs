@@ -1,5 +1,4 @@
-//! Parity cases: convolutions (`kernels/conv.cu`, launcher `backend/launch/conv.rs`), group norm
-//! (`kernels/groupnorm.cu`, `backend/launch/groupnorm.rs`) and nearest 2x upsampling (`nn::spatial`, a
+//! Parity cases: convolutions (`kernels/conv.cu`, launcher `ops/conv/launch.rs`) and nearest 2x upsampling (`nn::spatial`, a
 //! reshape + broadcast on the movement kernels, and its gradient, a sum over the two repeat axes).
 //!
 //! Convolution shapes cover 3x3 and 1x1, stride 1 and 2, padding 0 and 1, tails in every GEMM dimension
@@ -72,25 +71,6 @@ fn bwd_weight_case(dt: DType, x: [usize; 4], o: usize, k: usize, s: usize, p: us
     })
 }
 
-fn group_norm_case(dt: DType, shape: &[usize], groups: usize, silu: bool, bwd: bool) -> Case {
-    let c = shape[shape.len() - 1];
-    let pass = if bwd { "bwd" } else { "fwd" };
-    let kernel = format!("group_norm_{pass}_{dt}");
-    let name = format!("group_norm_{pass} {dt} {shape:?} groups {groups}{}", if silu { " silu" } else { "" });
-    // x with an offset, so the mean matters; weights around 1.
-    let mut ins = vec![
-        (shape.to_vec(), dt, Gen::Uniform(-1.0, 3.0)),
-        (vec![c], dt, Gen::Uniform(0.5, 1.5)),
-        (vec![c], dt, Gen::Normal),
-    ];
-    if bwd {
-        ins.push((shape.to_vec(), dt, Gen::Normal));
-    }
-    let eps = 1e-5;
-    let op = if bwd { Op::GroupNormBwd { groups, eps, silu } } else { Op::GroupNorm { groups, eps, silu } };
-    Case::new(name, ins, Tol::for_dtype(dt), &[&kernel], move |g, x| g.push(op.clone(), x))
-}
-
 /// Nearest 2x upsampling, or its gradient (the sum of each 2x2 block of dy).
 fn upsample_case(dt: DType, x: [usize; 4], bwd: bool) -> Case {
     let [n, h, w, c] = x;
@@ -139,16 +119,6 @@ fn kernel_cases() -> Vec<Case> {
         v.push(bwd_weight_case(dt, [2, 7, 6, 24], 8, 1, 2, 0));
         v.push(bwd_weight_case(dt, [1, 6, 6, 3], 8, 3, 1, 1));
         v.push(bwd_weight_case(dt, [1, 7, 6, 8], 5, 3, 2, 0));
-        // Group norm: 4 channels a group; a group of 1200 elements with 3 channels (512 % 3 != 0: carries);
-        // one group of 1100 channels (more channels than threads); rank 3 and rank 2 (no middle axes).
-        for bwd in [false, true] {
-            for silu in [false, true] {
-                v.push(group_norm_case(dt, &[2, 3, 4, 16], 4, silu, bwd));
-                v.push(group_norm_case(dt, &[1, 20, 20, 6], 2, silu, bwd));
-            }
-            v.push(group_norm_case(dt, &[1, 2, 1100], 1, true, bwd));
-            v.push(group_norm_case(dt, &[3, 12], 3, false, bwd));
-        }
         v.push(upsample_case(dt, [2, 3, 5, 6], false));
         v.push(upsample_case(dt, [2, 3, 5, 6], true));
     }
@@ -183,14 +153,6 @@ pub fn bench_cases() -> Vec<(Case, Work)> {
     v.push((conv_case(DType::F32, x, 320, 3, 1, 1, true), Work::Flops(conv_flops(x, 320, 3, 1, 1))));
     v.push((bwd_data_case(DType::F32, x, 320, 3, 1, 1), Work::Flops(conv_flops(x, 320, 3, 1, 1))));
     v.push((bwd_weight_case(DType::F32, x, 320, 3, 1, 1), Work::Flops(conv_flops(x, 320, 3, 1, 1))));
-    // Group norm (32 groups): UNet [2, 64, 64, 320] with SiLU, and the VAE's [1, 512, 512, 128].
-    for (shape, silu) in [(&[2usize, 64, 64, 320][..], true), (&[1, 512, 512, 128][..], true)] {
-        let n: usize = shape.iter().product();
-        v.push((group_norm_case(f16, shape, 32, silu, false), Work::Bytes((2 * n * 2) as u64)));
-        v.push((group_norm_case(f16, shape, 32, silu, true), Work::Bytes((3 * n * 2) as u64)));
-    }
-    let n = 2 * 64 * 64 * 320;
-    v.push((group_norm_case(DType::F32, &[2, 64, 64, 320], 32, false, false), Work::Bytes((2 * n * 4) as u64)));
     // Upsampling before the UNet's up blocks: [2, 32, 32, 640] -> [2, 64, 64, 640], and its gradient.
     let x = [2, 32, 32, 640];
     let n: usize = x.iter().product();

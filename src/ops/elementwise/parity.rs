@@ -175,6 +175,19 @@ fn cast_cases(v: &mut Vec<Case>) {
     }
 }
 
+/// Quick GELU (CLIP's activation) on its own rows: the SD-sized shapes of the text encoder.
+fn quick_gelu_case(dt: DType, bwd: bool) -> Case {
+    let shape = vec![5, 77];
+    let pass = if bwd { "bwd" } else { "fwd" };
+    let mut ins = vec![(shape.clone(), dt, Gen::Uniform(-8.0, 8.0))];
+    if bwd {
+        ins.push((shape, dt, Gen::Normal));
+    }
+    Case::new(format!("unary{} QuickGelu {dt} [5, 77]", if bwd { "_bwd" } else { "" }), ins, Tol::for_dtype(dt), &[&format!("unary_{pass}_{dt}")], move |g, x| {
+        if bwd { g.push(Op::UnaryBwd(UnaryOp::QuickGelu), x) } else { g.unary(UnaryOp::QuickGelu, x[0]) }
+    })
+}
+
 /// Parity cases.
 fn kernel_cases() -> Vec<Case> {
     let mut v = Vec::new();
@@ -182,6 +195,11 @@ fn kernel_cases() -> Vec<Case> {
     binary_cases(&mut v);
     fill_cases(&mut v);
     cast_cases(&mut v);
+    for dt in FLOATS {
+        for bwd in [false, true] {
+            v.push(quick_gelu_case(dt, bwd));
+        }
+    }
     v
 }
 
@@ -238,6 +256,10 @@ pub fn bench_cases() -> Vec<(Case, Work)> {
         |g, x| g.cast(x[0], DType::F16),
     );
     v.push((c, Work::Bytes((m * 6) as u64)));
+    // Quick GELU over CLIP-L's MLP activations.
+    let n = 2 * 77 * 3072;
+    let qg = Case::new("unary QuickGelu f16 [2, 77, 3072]", vec![(vec![2, 77, 3072], DType::F16, Gen::Normal)], Tol::for_dtype(DType::F16), &["unary_fwd_f16"], |g, x| g.unary(UnaryOp::QuickGelu, x[0]));
+    v.push((qg, Work::Bytes((2 * n * 2) as u64)));
     v
 }
 

@@ -1,4 +1,4 @@
-//! Parity cases: gemm kernels (`kernels/gemm.cu`, launcher `backend/launch/gemm.rs`).
+//! Parity cases: gemm kernels (`kernels/gemm.cu`, launcher `ops/gemm/launch.rs`).
 //!
 //! Shapes are not multiples of the 128 x 128 x 32 (tc) / 128 x 128 x 8 (simt) tiles, cover every ta/tb
 //! layout, unaligned leading dimensions (the tc kernel's register-load path), z-batches, broadcast

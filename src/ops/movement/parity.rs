@@ -3,7 +3,7 @@
 //!
 //! Copies move bits, so every case must match exactly (the default tolerance is far looser than needed).
 //! Which `copy_strided_b*` kernel a case launches depends on the element size and on whether the launcher
-//! can widen the innermost contiguous run (see src/backend/launch/movement.rs); each case lists the one it
+//! can widen the innermost contiguous run (see ops/movement/launch.rs); each case lists the one it
 //! is expected to use.
 
 use crate::parity::{Case, Gen, Tol, Work};

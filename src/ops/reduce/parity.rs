@@ -1,4 +1,4 @@
-//! Parity cases: reduction kernels (`kernels/reduce.cu`, launcher `backend/launch/reduce.rs`).
+//! Parity cases: reduction kernels (`kernels/reduce.cu`, launcher `ops/reduce/launch.rs`).
 
 use crate::parity::{Case, Gen, Tol, Work};
 use crate::graph::ReduceOp;

@@ -1,6 +1,5 @@
-//! Parity cases for `kernels/roi_align.cu` (RoI Align forward and backward, FPN levels) and
-//! `kernels/det_losses.cu` (sigmoid focal loss, GIoU loss, and their gradients); launchers
-//! `backend/launch/roi.rs` and `backend/launch/det_losses.rs`.
+//! Parity cases for `kernels/roi_align.cu` (RoI Align forward and backward, FPN levels); launcher
+//! `ops/roi/launch.rs`.
 //!
 //! RoIs are drawn over an image slightly larger than the feature map covers (so some RoIs reach past its
 //! edges), with batch indices up to one past the batch (invalid RoIs give zeros), at spatial scales 1, 1/4 and
@@ -98,42 +97,6 @@ fn fpn_case(dt: DType, k: usize, cols: usize) -> Case {
     })
 }
 
-pub fn focal_case(dt: DType, shape: &[usize], alpha: f32, gamma: f32, soft: bool, bwd: bool) -> Case {
-    let pass = if bwd { "bwd" } else { "fwd" };
-    let name = format!("sigmoid_focal_loss_{pass} {dt} {shape:?} alpha={alpha} gamma={gamma}{}", if soft { " soft" } else { "" });
-    let mut ins = vec![
-        (shape.to_vec(), dt, Gen::Uniform(-6.0, 6.0)),
-        (shape.to_vec(), dt, if soft { Gen::Uniform(0.0, 1.0) } else { Gen::Index(2) }),
-    ];
-    let op = if bwd {
-        ins.push((shape.to_vec(), dt, Gen::Normal));
-        Op::SigmoidFocalLossBwd { alpha, gamma }
-    } else {
-        Op::SigmoidFocalLoss { alpha, gamma }
-    };
-    let kernel = format!("sigmoid_focal_loss_{pass}_{dt}");
-    Case::new(name, ins, Tol::for_dtype(dt), &[&kernel], move |g, x| g.push(op.clone(), x))
-}
-
-/// GIoU loss on random box pairs in a 64-pixel image (overlapping, nested and disjoint pairs all occur).
-pub fn giou_case(dt: DType, lead: &[usize], bwd: bool) -> Case {
-    let pass = if bwd { "bwd" } else { "fwd" };
-    let mut shape = lead.to_vec();
-    shape.push(4);
-    let mut ins = vec![(shape.clone(), dt, Gen::Boxes(64.0)), (shape, dt, Gen::Boxes(64.0))];
-    let op = if bwd {
-        ins.push((lead.to_vec(), dt, Gen::Normal));
-        Op::GiouLossBwd { eps: 1e-7 }
-    } else {
-        Op::GiouLoss { eps: 1e-7 }
-    };
-    let kernel = format!("giou_loss_{pass}_{dt}");
-    // f32: the kernel computes in f32 what the reference computes in f64; areas of up to 1e3 px^2 enter
-    // differences like (C - U) / C, so allow 1e-5 absolute on values of order 1.
-    let tol = if dt == DType::F32 { Tol { atol: 1e-5, rtol: 1e-5 } } else { Tol::for_dtype(dt) };
-    Case::new(format!("giou_loss_{pass} {dt} {lead:?}"), ins, tol, &[&kernel], move |g, x| g.push(op.clone(), x))
-}
-
 /// Parity cases.
 fn kernel_cases() -> Vec<Case> {
     let mut v = Vec::new();
@@ -158,13 +121,6 @@ fn kernel_cases() -> Vec<Case> {
         }
         v.push(fpn_case(dt, 300, 5));
         v.push(fpn_case(dt, 50, 4));
-        for bwd in [false, true] {
-            for (alpha, gamma, soft) in [(0.25, 2.0, false), (-1.0, 0.0, true), (0.5, 1.5, true)] {
-                v.push(focal_case(dt, &[7, 13], alpha, gamma, soft, bwd));
-            }
-            v.push(giou_case(dt, &[37], bwd));
-            v.push(giou_case(dt, &[2, 5], bwd));
-        }
     }
     v
 }
@@ -182,14 +138,6 @@ pub fn bench_cases() -> Vec<(Case, Work)> {
     v.push((roi_align_case(DType::F16, feat, k, s, roi_tol(DType::F16)), work));
     v.push((roi_align_bwd_case(DType::F16, feat, k, s, roi_tol(DType::F16)), work));
     v.push((fpn_case(DType::F32, 2000, 5), Work::Bytes(2000 * 28)));
-    // RetinaNet-sized classification loss: 2 images x ~50k anchors x 80 classes.
-    let n = 2 * 50_000 * 80;
-    v.push((focal_case(DType::F16, &[2, 50_000, 80], 0.25, 2.0, false, false), Work::Bytes(n as u64 * 6)));
-    v.push((focal_case(DType::F16, &[2, 50_000, 80], 0.25, 2.0, false, true), Work::Bytes(n as u64 * 8)));
-    // DETR-style box loss over many matched pairs.
-    let m = 100_000;
-    v.push((giou_case(DType::F32, &[m], false), Work::Bytes(m as u64 * 36)));
-    v.push((giou_case(DType::F32, &[m], true), Work::Bytes(m as u64 * 52)));
     v
 }
 
