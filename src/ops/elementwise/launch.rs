@@ -124,13 +124,8 @@ fn launch(kernel: String, threads: usize, args: Vec<Arg>) -> Launch {
 pub fn launches(ctx: &NodeCtx) -> Result<Option<Vec<Launch>>> {
     let dt = ctx.node.dtype;
     let n = ctx.node.numel();
-    let arity = match ctx.node.op {
-        Op::Unary(_) | Op::Cast { .. } => 1,
-        Op::UnaryBwd(_) | Op::Binary(_) => 2,
-        Op::Fill { .. } => 0,
-        _ => return Ok(None),
-    };
-    if ctx.inputs.len() != arity || ctx.ins.len() != arity {
+    let arity = ctx.node.op.arity();
+    if !arity.accepts(ctx.inputs.len()) || ctx.ins.len() != ctx.inputs.len() {
         return Err(err(
             ctx,
             format!("expects {arity} inputs, got {} ({} locations)", ctx.inputs.len(), ctx.ins.len()),
