@@ -157,6 +157,14 @@ fn every_op_kind_is_gradient_checked() {
     assert!(missing.is_empty(), "op kinds without a gradient check: {missing:?}");
 }
 
+/// Every op family has gradient-check cases of its own (a new family's checks live in its folder).
+#[test]
+fn every_family_has_flagged_cases() {
+    for (family, cases) in instagen::ops::cases_by_family() {
+        assert!(cases.iter().any(|c| c.gradcheck), "op family {family} has no gradient-check case");
+    }
+}
+
 #[test]
 fn nn_layer_norm_linear_and_attention() {
     check("layer_norm affine (params)", &[(&[2, 3, 6], Gen::Normal)], |g, x| nn::layer_norm(g, "ln", x[0], 1e-5));

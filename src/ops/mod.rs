@@ -149,11 +149,9 @@ macro_rules! op_table {
             }
         }
 
-        /// Every family's cases (parity cases and gradient-check cases).
-        pub fn cases() -> Vec<Case> {
-            let mut v = Vec::new();
-            $(v.extend($fam::parity::cases());)*
-            v
+        /// Every family's cases (parity cases and gradient-check cases), by family.
+        pub fn cases_by_family() -> Vec<(&'static str, Vec<Case>)> {
+            vec![$((stringify!($fam), $fam::parity::cases()),)*]
         }
 
         /// Every family's bench cases.
@@ -301,6 +299,11 @@ op_table! {
         /// Gradient of `GiouLoss` w.r.t. pred; inputs (pred, target, dy [...]) -> dpred [..., 4].
         GiouLossBwd { eps: f32 } => "giou_loss_bwd", 3;
     }
+}
+
+/// Every family's cases (parity cases and gradient-check cases).
+pub fn cases() -> Vec<Case> {
+    cases_by_family().into_iter().flat_map(|(_, c)| c).collect()
 }
 
 impl Op {

@@ -8,8 +8,8 @@ pub mod launch;
 pub mod parity;
 
 use super::{Op, require_float, same_dtype, broadcast_shapes, no_second_order};
-use crate::graph::autodiff::sum_to_shape;
 use crate::error::Result;
+use crate::graph::autodiff::sum_to_shape;
 use crate::graph::{Graph, NodeId};
 use crate::tensor::DType;
 

@@ -6,11 +6,11 @@ pub mod cpu;
 pub mod launch;
 pub mod parity;
 
+use super::UnaryOp;
 use super::{Op, require_float, same_dtype, no_second_order};
 use crate::error::Result;
 use crate::graph::{Graph, NodeId};
 use crate::tensor::DType;
-use super::UnaryOp;
 
 /// Shape and dtype of one of this family's ops (the arity is already checked by [`super::infer`]).
 pub fn infer(op: &Op, shapes: &[&[usize]], dtypes: &[DType]) -> Result<(Vec<usize>, DType)> {

@@ -6,11 +6,11 @@ pub mod cpu;
 pub mod launch;
 pub mod parity;
 
+use super::BinaryOp;
 use super::{Op, require_float, check_axis};
 use crate::error::Result;
 use crate::graph::{Graph, NodeId};
 use crate::tensor::DType;
-use super::BinaryOp;
 
 /// Reductions over a set of axes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
