@@ -1,7 +1,9 @@
 //! instagen: an engine that turns Stable Diffusion into an object-detection dataset factory.
 //!
 //! Layers (each uses only the ones below it): `bin/instagen` (CLI) -> `pipeline` -> `models` -> `nn`
-//! -> `graph` (ops, shape inference, autodiff, planner, executor) -> `backend` (cpu, cuda, emu) -> `kernels/*.cu`.
+//! -> `graph` (builder, autodiff, planner, executor) -> `backend` (cpu, cuda, emu) -> `kernels/*.cu`. The ops
+//! themselves live in `ops`, one folder per family (shape and backward rules, CPU code, launcher, cases), which
+//! `graph` and the backends dispatch into; `boxes` (host box algorithms) depends on nothing.
 //! See `docs/DESIGN.md`.
 
 pub mod backend;
