@@ -3,7 +3,7 @@
 //! Layers (each uses only the ones below it): `bin/instagen` (CLI) -> `pipeline` -> `models` -> `nn`
 //! -> `graph` (builder, autodiff, planner, executor) -> `backend` (cpu, cuda, emu) -> `kernels/*.cu`. The ops
 //! themselves live in `ops`, one folder per family (shape and backward rules, CPU code, launcher, cases), which
-//! `graph` and the backends dispatch into; `boxes` (host box algorithms) depends on nothing.
+//! `graph` and the backends dispatch into; `boxes` (host box algorithms) depends only on `error`.
 //! See `docs/DESIGN.md`.
 
 pub mod backend;
