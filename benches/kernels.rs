@@ -41,9 +41,9 @@ fn bench_all<B: Backend + Clone>(c: &mut Criterion, backend: B) {
         });
     }
     // AdamW is not a graph op: time the backend's fused update directly (4 reads + 3 writes of 4 bytes/param).
-    let n = parity::norm::ADAMW_BENCH_NUMEL;
+    let n = parity::adamw::ADAMW_BENCH_NUMEL;
     if let Ok((mut mems, slot)) =
-        parity::norm::adamw_setup(&backend, n, instagen::DType::F32, instagen::DType::F32, false, &mut Rng::new(1))
+        parity::adamw::adamw_setup(&backend, n, instagen::DType::F32, instagen::DType::F32, false, &mut Rng::new(1))
     {
         let cfg = instagen::optim::AdamWConfig::default();
         group.throughput(Throughput::Bytes(28 * n as u64));

@@ -1,10 +1,13 @@
 //! instagen: an engine that turns Stable Diffusion into an object-detection dataset factory.
 //!
 //! Layers (each uses only the ones below it): `bin/instagen` (CLI) -> `pipeline` -> `models` -> `nn`
-//! -> `graph` (ops, shape inference, autodiff, planner, executor) -> `backend` (cpu, cuda, emu) -> `kernels/*.cu`.
+//! -> `graph` (builder, autodiff, planner, executor) -> `backend` (cpu, cuda, emu) -> `kernels/*.cu`. The ops
+//! themselves live in `ops`, one folder per family (shape and backward rules, CPU code, launcher, cases), which
+//! `graph` and the backends dispatch into; `boxes` (host box algorithms) depends only on `error`.
 //! See `docs/DESIGN.md`.
 
 pub mod backend;
+pub mod boxes;
 pub mod detection;
 pub mod error;
 pub mod graph;
@@ -12,6 +15,7 @@ pub mod info;
 pub mod kernels;
 pub mod models;
 pub mod nn;
+pub mod ops;
 pub mod optim;
 pub mod parity;
 pub mod params;

@@ -39,7 +39,7 @@ fn every_kernel_matches_the_cpu_reference_on_emu() {
     }
     if filter.is_empty() || "adamw".contains(&filter) {
         outcomes.push(parity::run_adamw(EmuBackend::new, seed).unwrap());
-        outcomes.push(parity::norm::run_adamw_direct(EmuBackend::new, seed).unwrap());
+        outcomes.push(parity::adamw::run_adamw_direct(EmuBackend::new, seed).unwrap());
     }
     eprint!("{}", parity::format_outcomes(&outcomes));
     eprintln!("{} parity cases in {:.1} s", outcomes.len(), start.elapsed().as_secs_f64());

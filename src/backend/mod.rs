@@ -1,7 +1,9 @@
 //! Backends run one graph node at a time on memory laid out by the planner.
 //!
 //! `cpu` (Rust, every op: the reference), `cuda` (the `kernels/*.cu` through cudarc) and `emu` (the same `.cu`
-//! sources compiled for the CPU). The executor is generic over [`Backend`].
+//! sources compiled for the CPU by the emulator). `launch` maps a node onto kernel launches (shared by cuda and
+//! emu). The op-specific code of each backend lives with the op's family in `ops/<family>/`. The executor is
+//! generic over [`Backend`].
 
 pub mod cpu;
 pub mod cuda;

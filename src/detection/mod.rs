@@ -5,6 +5,7 @@ pub mod hungarian;
 pub mod coco;
 pub mod eval;
 
-pub mod boxes;
+/// The host box algorithms live in `crate::boxes` (the CPU backend uses them too); re-exported here.
+pub use crate::boxes;
 
 pub mod roi;

@@ -3,11 +3,13 @@
 
 pub mod autodiff;
 pub mod exec;
-pub mod op;
 pub mod plan;
 
+/// The ops and their shape rules live in `crate::ops`; `graph::op` is the name graph code knew them by.
+pub use crate::ops as op;
+
 pub use exec::Executor;
-pub use op::{BinaryOp, Op, ReduceOp, UnaryOp};
+pub use crate::ops::{BinaryOp, Op, ReduceOp, UnaryOp};
 pub use plan::Plan;
 
 use crate::error::{Error, Result};

@@ -1,23 +1,12 @@
-//! Kernel parity: every kernel family's cases, run on a backend (`emu` in CI, `cuda` on a GPU) and compared
-//! with the CPU reference on fresh random inputs, with the backend's activation arena poisoned (NaN bytes)
-//! before each run so unwritten elements show.
+//! Kernel parity: every op family's cases (`ops/<family>/parity.rs`), run on a backend (`emu` in CI, `cuda` on
+//! a GPU) and compared with the CPU reference on fresh random inputs, with the backend's activation arena
+//! poisoned (NaN bytes) before each run so unwritten elements show. Cases flagged `gradcheck` are the
+//! finite-difference gradient checks of `tests/gradcheck.rs` (CPU backend, f32).
 //!
-//! Used by `tests/kernel_parity.rs` (emu), `instagen parity --backend cuda` (the GPU check script) and the
-//! kernel benches (the same graphs at bench shapes).
+//! Used by `tests/kernel_parity.rs` (emu), `tests/gradcheck.rs`, `instagen parity --backend cuda` (the GPU
+//! check script) and the kernel benches (the same graphs at bench shapes).
 
-pub mod elementwise;
-pub mod gemm;
-pub mod movement;
-pub mod norm;
-pub mod reduce;
-
-pub mod conv;
-
-pub mod attention;
-
-pub mod boxes;
-
-pub mod roi;
+pub mod adamw;
 
 use crate::backend::cpu::CpuBackend;
 use crate::backend::Backend;
@@ -37,6 +26,16 @@ pub enum Gen {
     Uniform(f32, f32),
     /// Integers in [0, n) (for integer inputs and casts).
     Index(usize),
+    /// |x| in [0.2, 1.5], either sign: away from the kinks of relu and abs (gradient checks).
+    AwayFromZero,
+    /// Multiples of 1/64 in [-2, 2]: exact in f16, so a cast round trip is exact under a step of 1/64.
+    F16Grid,
+    /// Odd multiples of 1/8 in [-2, 2]; never within 1/8 of a [`Gen::GridB`] value (no ties in max/min).
+    GridA,
+    /// Multiples of 1/4 in [-2, 2].
+    GridB,
+    /// Distinct values 0.07 apart, shuffled: no two within 0.02 (no ties in a reduce-max under a step of 0.01).
+    Distinct,
     /// Valid `x1, y1, x2, y2` boxes (last axis 4) inside a `size` x `size` image, sides 1% to 50% of `size`.
     Boxes(f32),
     /// RoIs `batch_index, x1, y1, x2, y2` (last axis 5): a batch index below `images`, then a box as in `Boxes`.
@@ -83,6 +82,10 @@ pub struct Case {
     pub tol: Tol,
     /// Kernels this case must launch (checked against what the backend launched).
     pub kernels: Vec<String>,
+    /// Run as a parity case (backend against the CPU reference).
+    pub parity: bool,
+    /// Run as a finite-difference gradient check of every input and parameter (`tests/gradcheck.rs`).
+    pub gradcheck: bool,
 }
 
 impl Case {
@@ -99,28 +102,38 @@ impl Case {
             build: Box::new(build),
             tol,
             kernels: kernels.iter().map(|k| k.to_string()).collect(),
+            parity: true,
+            gradcheck: false,
         }
+    }
+
+    /// A gradient-check case only (not a parity case): f32 inputs drawn by `inputs`' generators, the loss
+    /// `sum(build(inputs) * r)` differentiated w.r.t. every input and parameter and compared with central
+    /// differences on the CPU backend.
+    pub fn grad(
+        name: impl Into<String>,
+        inputs: &[(&[usize], Gen)],
+        build: impl Fn(&mut Graph, &[NodeId]) -> Result<NodeId> + Send + Sync + 'static,
+    ) -> Case {
+        let inputs = inputs.iter().map(|(s, g)| (s.to_vec(), DType::F32, *g)).collect();
+        Case { parity: false, gradcheck: true, ..Case::new(name, inputs, Tol::for_dtype(DType::F32), &[], build) }
+    }
+
+    /// Also run this case as a gradient check (its inputs must be f32).
+    pub fn with_gradcheck(mut self) -> Case {
+        self.gradcheck = true;
+        self
     }
 }
 
-/// Every family's cases.
+/// Every family's parity cases.
 pub fn all_cases() -> Vec<Case> {
-    let mut v = Vec::new();
-    v.extend(elementwise::cases());
-    v.extend(movement::cases());
-    v.extend(reduce::cases());
-    v.extend(norm::cases());
-    v.extend(gemm::cases());
+    crate::ops::cases().into_iter().filter(|c| c.parity).collect()
+}
 
-    v.extend(conv::cases());
-
-    v.extend(attention::cases());
-
-    v.extend(boxes::cases());
-
-    v.extend(roi::cases());
-
-    v
+/// Every family's gradient-check cases.
+pub fn gradcheck_cases() -> Vec<Case> {
+    crate::ops::cases().into_iter().filter(|c| c.gradcheck).collect()
 }
 
 /// The outcome of one case.
@@ -141,6 +154,17 @@ pub fn random_tensor(shape: &[usize], dtype: DType, g: Gen, rng: &mut Rng) -> Re
         Gen::Normal => rng.normal_vec(n, 1.0),
         Gen::Uniform(lo, hi) => rng.uniform_vec(n, lo, hi),
         Gen::Index(k) => (0..n).map(|_| rng.below(k) as f32).collect(),
+        Gen::Distinct => {
+            let mut v: Vec<f32> = (0..n).map(|i| i as f32 * 0.07 - 0.035 * n as f32).collect();
+            for i in (1..n).rev() {
+                v.swap(i, rng.below(i + 1));
+            }
+            v
+        }
+        Gen::AwayFromZero => (0..n).map(|_| rng.range(0.2, 1.5) * if rng.uniform() < 0.5 { -1.0 } else { 1.0 }).collect(),
+        Gen::F16Grid => (0..n).map(|_| (rng.range(-2.0, 2.0) * 64.0).round() / 64.0).collect(),
+        Gen::GridA => (0..n).map(|_| (rng.range(-2.0, 2.0) * 4.0).floor() / 4.0 + 0.125).collect(),
+        Gen::GridB => (0..n).map(|_| (rng.range(-2.0, 2.0) * 4.0).round() / 4.0).collect(),
         Gen::Boxes(size) => random_boxes(n / 4, size, rng).concat(),
         Gen::Rois { images, size } => {
             let boxes = random_boxes(n / 5, size, rng);
@@ -345,22 +369,7 @@ pub fn bench_case<B: Backend>(case: &Case, work: Work, backend: B, min_runs: usi
 
 /// Every family's bench cases.
 pub fn all_bench_cases() -> Vec<(Case, Work)> {
-    let mut v = Vec::new();
-    v.extend(elementwise::bench_cases());
-    v.extend(movement::bench_cases());
-    v.extend(reduce::bench_cases());
-    v.extend(norm::bench_cases());
-    v.extend(gemm::bench_cases());
-
-    v.extend(conv::bench_cases());
-
-    v.extend(attention::bench_cases());
-
-    v.extend(boxes::bench_cases());
-
-    v.extend(roi::bench_cases());
-
-    v
+    crate::ops::bench_cases()
 }
 
 /// Measured ceilings of known devices (`../shared/docs/ANCHORS.md`): dense f16/bf16 tensor TFLOP/s and
@@ -390,4 +399,43 @@ pub fn format_bench(results: &[BenchResult], device_name: &str) -> String {
         s += &format!("{:<56} {:>8.3} ms {:>7.2} {unit:<7} {frac:>6}\n", r.name, r.seconds_per_run * 1e3, rate);
     }
     s
+}
+
+// ---- helpers for gradient-check cases -----------------------------------------------------------------------
+
+/// A constant f32 tensor built from fills (the non-differentiable ops of a gradient check get fixed inputs, so
+/// the finite differences see only the differentiable path).
+pub fn constant(g: &mut Graph, vals: &[f32], shape: &[usize]) -> Result<NodeId> {
+    let parts: Vec<NodeId> = vals.iter().map(|&v| g.fill(v, &[1], DType::F32)).collect();
+    let c = g.concat(&parts, 0)?;
+    g.reshape(c, shape)
+}
+
+/// `x` (values on the 1/4 grid of [`Gen::GridB`]) times 4, through an i32 cast: the same values, but constant
+/// under the finite-difference steps and without a gradient (for inputs the ops do not differentiate).
+pub fn frozen(g: &mut Graph, x: NodeId) -> Result<NodeId> {
+    let s = g.affine(x, 4.0, 64.5)?;
+    let i = g.cast(s, DType::I32)?;
+    let f = g.cast(i, DType::F32)?;
+    g.affine(f, 1.0, -64.0)
+}
+
+/// RoIs [K,5] from frozen grid values: batch index 0/1, boxes of 0.3 to 7.5 pixels starting in [0.4, 11.6]
+/// (partly off a 10x12 map), times `scale` (so that `scale * spatial_scale` maps them onto the map).
+pub fn frozen_rois(g: &mut Graph, x: NodeId, scale: f32) -> Result<NodeId> {
+    use crate::graph::{BinaryOp, UnaryOp};
+    let t = frozen(g, x)?;
+    let col = |g: &mut Graph, i: usize| g.slice(t, 1, i, i + 1);
+    let (c0, c1, c2, c3, c4) = (col(g, 0)?, col(g, 1)?, col(g, 2)?, col(g, 3)?, col(g, 4)?);
+    let zero = g.fill(0.0, &[1], DType::F32);
+    let b = g.binary(BinaryOp::Gt, c0, zero)?;
+    let x1 = g.affine(c1, 0.7 * scale, 6.0 * scale)?;
+    let y1 = g.affine(c2, 0.7 * scale, 6.0 * scale)?;
+    let w = g.unary(UnaryOp::Abs, c3)?;
+    let w = g.affine(w, 0.9 * scale, 0.3 * scale)?;
+    let h = g.unary(UnaryOp::Abs, c4)?;
+    let h = g.affine(h, 0.9 * scale, 0.3 * scale)?;
+    let x2 = g.add(x1, w)?;
+    let y2 = g.add(y1, h)?;
+    g.concat(&[b, x1, y1, x2, y2], 1)
 }

@@ -17,7 +17,7 @@ fn parity_on<B: Backend + Clone>(backend: B, filter: &str, seed: u64, progress: 
     }
     if "adamw".contains(filter) || filter.is_empty() {
         out.push(parity::run_adamw(|| backend.clone(), seed)?);
-        out.push(parity::norm::run_adamw_direct(|| backend.clone(), seed)?);
+        out.push(parity::adamw::run_adamw_direct(|| backend.clone(), seed)?);
     }
     Ok(out)
 }
@@ -41,7 +41,7 @@ fn bench_on<B: Backend + Clone>(backend: B, filter: &str, min_seconds: f64) -> R
         out.push(r);
     }
     if "adamw".contains(filter) || filter.is_empty() {
-        let r = parity::norm::bench_adamw(backend, parity::norm::ADAMW_BENCH_NUMEL, 3, min_seconds)?;
+        let r = parity::adamw::bench_adamw(backend, parity::adamw::ADAMW_BENCH_NUMEL, 3, min_seconds)?;
         eprintln!("{}", parity::format_bench(std::slice::from_ref(&r), "").lines().nth(1).unwrap_or_default());
         out.push(r);
     }

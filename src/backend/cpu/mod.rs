@@ -1,7 +1,7 @@
 //! The CPU backend: every op in Rust, f32 accumulation, f16/bf16 storage, threads through rayon, matrix
 //! products through the `gemm` crate. It is the reference every other backend is compared with.
 
-mod kernels;
+pub(crate) mod kernels;
 
 use super::{AdamWSlot, Backend, Loc, Mems, Space};
 use crate::error::{Error, Result};

@@ -3,24 +3,10 @@
 //!
 //! A launcher turns a node (its op, input/output shapes and dtypes, and where each tensor lives) into one or
 //! more [`Launch`]es. Pointers stay symbolic ([`Arg::Ptr`] with a [`Loc`]) until a backend resolves them.
+//! Each op family's launcher is `ops/<family>/launch.rs`; this file holds the launch types, [`node_launches`]
+//! (which asks the node's family) and the AdamW launcher (an optimiser step, not a graph op).
 
 mod adamw;
-mod elementwise;
-mod gemm;
-mod movement;
-mod norm;
-mod reduce;
-
-mod conv;
-mod groupnorm;
-
-mod attention;
-mod sd_misc;
-
-mod boxes;
-
-mod det_losses;
-mod roi;
 
 use std::collections::BTreeSet;
 
@@ -143,29 +129,9 @@ pub fn node_launches(graph: &Graph, id: NodeId, ins: &[Loc], out: Loc) -> Result
     let node = graph.node(id);
     let inputs: Vec<&Node> = node.inputs.iter().map(|i| graph.node(*i)).collect();
     let ctx = NodeCtx { graph, id, node, inputs, ins, out };
-    // Each family answers for the ops (and dtypes) it has kernels for, and `None` otherwise.
-    let families: &[fn(&NodeCtx) -> Result<Option<Vec<Launch>>>] = &[
-        elementwise::launches,
-        movement::launches,
-        reduce::launches,
-        norm::launches,
-        gemm::launches,
-
-        conv::launches,
-        groupnorm::launches,
-
-        attention::launches,
-        sd_misc::launches,
-
-        boxes::launches,
-
-        roi::launches,
-        det_losses::launches,
-    ];
-    for family in families {
-        if let Some(l) = family(&ctx)? {
-            return Ok(l);
-        }
+    // The node's family answers with its launches, or `None` for an op or dtype it has no kernel for.
+    if let Some(l) = crate::ops::launches(&ctx)? {
+        return Ok(l);
     }
     Err(unsupported(&ctx))
 }

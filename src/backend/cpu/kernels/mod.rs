@@ -5,40 +5,25 @@
 //! back with round-to-nearest-even. Large outputs are split into chunks that rayon runs in parallel;
 //! reductions combine their partial results in a fixed order, so every result is deterministic.
 //!
-//! Files: `elementwise` (unary, unary backward, broadcasting binary), `reduce`, `matmul` (through the
-//! `gemm` crate), `norm` (softmax, layer norm and their backward ops), `movement` (reshape, permute,
-//! broadcast, concat, slice, pad, cast, fill), `optim` (AdamW, sum of squares), `walk` (strided iteration).
+//! The code of each op lives with its family, in `ops/<family>/cpu.rs`; this file checks a call and
+//! dispatches it ([`run_op`]), and holds what those files share: [`View`], decoding and encoding, the
+//! parallel chunking, `walk` (strided iteration) and `scratch` (reused buffers). `optim` is AdamW and the sum of
+//! squares (not graph ops).
 
-mod elementwise;
-mod matmul;
-mod movement;
-mod norm;
 mod optim;
-mod reduce;
 mod scratch;
-mod walk;
-
-mod conv;
-mod groupnorm;
-
-mod attention;
-mod sd_misc;
-
-mod boxes;
-
-mod det_losses;
-mod roi;
+pub(crate) mod walk;
 
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::graph::op::{self, Op};
+use crate::ops::{self as op, Op};
 use crate::tensor::{self, DType};
 
 pub use optim::{adamw_update, sum_squares};
-use scratch::{Buf, Floats};
+pub(crate) use scratch::{Buf, Floats};
 
 /// A read-only tensor: shape, dtype and its row-major little-endian bytes.
 #[derive(Clone, Copy, Debug)]
@@ -55,11 +40,11 @@ const PAR_WORK: usize = 1 << 18;
 const TASK_WORK: usize = 1 << 16;
 
 /// Per-element costs for [`par_chunks`]: a copy or add, a few flops, a transcendental function.
-const COST_COPY: usize = 1;
-const COST_ARITH: usize = 4;
-const COST_TRANSCENDENTAL: usize = 16;
+pub(crate) const COST_COPY: usize = 1;
+pub(crate) const COST_ARITH: usize = 4;
+pub(crate) const COST_TRANSCENDENTAL: usize = 16;
 
-fn cpu_err(msg: impl Into<String>) -> Error {
+pub(crate) fn cpu_err(msg: impl Into<String>) -> Error {
     Error::backend("cpu", msg)
 }
 
@@ -96,7 +81,7 @@ pub fn run_op(op: &Op, ins: &[View], out: &View, out_bytes: &mut [u8]) -> Result
             if !ins.is_empty() {
                 return Err(cpu_err(format!("fill takes no inputs, got {}", ins.len())));
             }
-            movement::fill(*value, out.dtype, out_bytes);
+            crate::ops::elementwise::cpu::fill(*value, out.dtype, out_bytes);
             return Ok(());
         }
         _ => {}
@@ -115,117 +100,18 @@ pub fn run_op(op: &Op, ins: &[View], out: &View, out_bytes: &mut [u8]) -> Result
     if out_bytes.is_empty() {
         return Ok(());
     }
-    match op {
-        Op::Input { .. } | Op::Param { .. } | Op::Fill { .. } => Ok(()),
-        Op::Unary(u) => elementwise::unary(*u, &ins[0], out, out_bytes),
-        Op::UnaryBwd(u) => elementwise::unary_bwd(*u, &ins[0], &ins[1], out, out_bytes),
-        Op::Binary(b) => elementwise::binary(*b, &ins[0], &ins[1], out, out_bytes),
-        Op::Reduce { op: r, axes, .. } => reduce::reduce(*r, axes, &ins[0], out, out_bytes),
-        Op::MatMul { ta, tb } => matmul::matmul(*ta, *tb, &ins[0], &ins[1], out, out_bytes),
-        Op::Softmax { axis } => norm::softmax(*axis, &ins[0], out, out_bytes),
-        Op::SoftmaxBwd { axis } => norm::softmax_bwd(*axis, &ins[0], &ins[1], out, out_bytes),
-        Op::LayerNorm { eps, affine } => {
-            let wb = if *affine { Some((&ins[1], &ins[2])) } else { None };
-            norm::layer_norm(*eps, &ins[0], wb, out, out_bytes)
-        }
-        Op::LayerNormBwd { eps, affine } => {
-            let (w, dy) = if *affine { (Some(&ins[1]), &ins[2]) } else { (None, &ins[1]) };
-            norm::layer_norm_bwd(*eps, &ins[0], w, dy, out, out_bytes)
-        }
-        Op::Reshape { .. } => {
-            out_bytes.copy_from_slice(ins[0].data);
-            Ok(())
-        }
-        Op::Permute { perm } => movement::permute(perm, &ins[0], out, out_bytes),
-        Op::BroadcastTo { .. } => movement::broadcast_to(&ins[0], out, out_bytes),
-        Op::Concat { axis } => movement::concat(*axis, ins, out, out_bytes),
-        Op::Slice { axis, start, end } => movement::slice(*axis, *start, *end, &ins[0], out_bytes),
-        Op::Pad { axis, before, after } => movement::pad(*axis, *before, *after, &ins[0], out, out_bytes),
-        Op::Cast { dtype } => movement::cast(&ins[0], *dtype, out_bytes),
-
-        Op::Conv2d { stride, padding, bias } => {
-            let b = if *bias { Some(&ins[2]) } else { None };
-            conv::conv2d(*stride, *padding, &ins[0], &ins[1], b, out, out_bytes)
-        }
-        Op::Conv2dBwdData { stride, padding, .. } => {
-            conv::conv2d_bwd_data(*stride, *padding, &ins[0], &ins[1], out, out_bytes)
-        }
-        Op::Conv2dBwdWeight { stride, padding, .. } => {
-            conv::conv2d_bwd_weight(*stride, *padding, &ins[0], &ins[1], out, out_bytes)
-        }
-        Op::GroupNorm { groups, eps, silu } => {
-            groupnorm::group_norm(*groups, *eps, *silu, &ins[0], &ins[1], &ins[2], out, out_bytes)
-        }
-        Op::GroupNormBwd { groups, eps, silu } => {
-            groupnorm::group_norm_bwd(*groups, *eps, *silu, &ins[0], &ins[1], &ins[2], &ins[3], out, out_bytes)
-        }
-
-        Op::Attention { causal, scale } => attention::attention(*causal, *scale, &ins[0], &ins[1], &ins[2], out, out_bytes),
-        Op::AttentionStats { causal, scale } => {
-            attention::attention_stats(*causal, *scale, &ins[0], &ins[1], &ins[2], &ins[3], out, out_bytes)
-        }
-        Op::AttentionBwd { causal, scale } => {
-            attention::attention_bwd(*causal, *scale, &ins[0], &ins[1], &ins[2], &ins[3], &ins[4], out, out_bytes)
-        }
-        Op::Geglu => sd_misc::geglu(&ins[0], out, out_bytes),
-        Op::GegluBwd => sd_misc::geglu_bwd(&ins[0], &ins[1], out, out_bytes),
-        Op::TimestepEmbedding { dim, flip_sin_to_cos, shift, max_period } => {
-            sd_misc::timestep_embedding(*dim, *flip_sin_to_cos, *shift, *max_period, &ins[0], out, out_bytes)
-        }
-
-        Op::BoxIou { giou } => boxes::box_iou(*giou, &ins[0], &ins[1], out, out_bytes),
-        Op::BoxEncode { weights } => boxes::box_encode(*weights, &ins[0], &ins[1], out, out_bytes),
-        Op::BoxDecode { weights, clamp } => boxes::box_decode(*weights, *clamp, &ins[0], &ins[1], out, out_bytes),
-        Op::Nms { iou_threshold, max_out } => {
-            boxes::nms(*iou_threshold, *max_out, &ins[0], &ins[1], &ins[2], out_bytes)
-        }
-        Op::TopK { k } => boxes::topk(*k, &ins[0], out_bytes),
-        Op::Gather { axis } => boxes::gather(*axis, &ins[0], &ins[1], out_bytes),
-        Op::GatherBwd { axis, size } => boxes::gather_bwd(*axis, *size, &ins[0], &ins[1], out, out_bytes),
-
-        Op::RoiAlign { out_h, out_w, spatial_scale, sampling_ratio, aligned } => {
-            let p = roi::RoiParams {
-                out_h: *out_h,
-                out_w: *out_w,
-                scale: *spatial_scale,
-                sampling_ratio: *sampling_ratio,
-                aligned: *aligned,
-            };
-            roi::roi_align(&p, &ins[0], &ins[1], out, out_bytes)
-        }
-        Op::RoiAlignBwd { out_h, out_w, spatial_scale, sampling_ratio, aligned, .. } => {
-            let p = roi::RoiParams {
-                out_h: *out_h,
-                out_w: *out_w,
-                scale: *spatial_scale,
-                sampling_ratio: *sampling_ratio,
-                aligned: *aligned,
-            };
-            roi::roi_align_bwd(&p, &ins[0], &ins[1], out, out_bytes)
-        }
-        Op::FpnLevels { k_min, k_max, canonical_scale, canonical_level, eps } => {
-            roi::fpn_levels((*k_min, *k_max, *canonical_scale, *canonical_level, *eps), &ins[0], out_bytes)
-        }
-        Op::SigmoidFocalLoss { alpha, gamma } => {
-            det_losses::sigmoid_focal_loss(*alpha, *gamma, &ins[0], &ins[1], None, out, out_bytes)
-        }
-        Op::SigmoidFocalLossBwd { alpha, gamma } => {
-            det_losses::sigmoid_focal_loss(*alpha, *gamma, &ins[0], &ins[1], Some(&ins[2]), out, out_bytes)
-        }
-        Op::GiouLoss { eps } => det_losses::giou(*eps, &ins[0], &ins[1], None, out, out_bytes),
-        Op::GiouLossBwd { eps } => det_losses::giou(*eps, &ins[0], &ins[1], Some(&ins[2]), out, out_bytes),
-    }
+    op::run_cpu(op, ins, out, out_bytes)
 }
 
 /// Whether work of this size is worth spreading over rayon's threads.
-fn worth_parallel(work: usize) -> bool {
+pub(crate) fn worth_parallel(work: usize) -> bool {
     work >= PAR_WORK && rayon::current_num_threads() > 1
 }
 
 /// Runs `f(start, chunk)` over pieces of `out` whose lengths are multiples of `unit` (except possibly the
 /// last, when `out.len()` is not one), in parallel when the work (`out.len() * cost`) is large. `start` is the
 /// chunk's offset in `out`. How `out` is split never changes what `f` computes for an element.
-fn par_chunks_unit<T: Send>(out: &mut [T], unit: usize, cost: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+pub(crate) fn par_chunks_unit<T: Send>(out: &mut [T], unit: usize, cost: usize, f: impl Fn(usize, &mut [T]) + Sync) {
     let n = out.len();
     let unit = unit.max(1);
     let cost = cost.max(1);
@@ -239,12 +125,12 @@ fn par_chunks_unit<T: Send>(out: &mut [T], unit: usize, cost: usize, f: impl Fn(
 }
 
 /// [`par_chunks_unit`] with a unit of one element.
-fn par_chunks<T: Send>(out: &mut [T], cost: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+pub(crate) fn par_chunks<T: Send>(out: &mut [T], cost: usize, f: impl Fn(usize, &mut [T]) + Sync) {
     par_chunks_unit(out, 1, cost, f)
 }
 
 /// Sum of f32 values in f64, with four independent accumulators (a fixed order, so deterministic).
-fn sum_f64(xs: &[f32]) -> f64 {
+pub(crate) fn sum_f64(xs: &[f32]) -> f64 {
     let mut acc = [0f64; 4];
     let mut chunks = xs.chunks_exact(4);
     for c in &mut chunks {
@@ -258,7 +144,7 @@ fn sum_f64(xs: &[f32]) -> f64 {
 
 /// Decodes `out.len()` elements of `dtype` from `bytes`, which need not be aligned. f16/bf16 go through
 /// `half`'s vectorised slice conversions when the bytes are 2-byte aligned (the same values, faster).
-fn decode_into(dtype: DType, bytes: &[u8], out: &mut [f32]) {
+pub(crate) fn decode_into(dtype: DType, bytes: &[u8], out: &mut [f32]) {
     let n = out.len().min(bytes.len() / dtype.size());
     let (bytes, out) = (&bytes[..n * dtype.size()], &mut out[..n]);
     let little = cfg!(target_endian = "little");
@@ -300,7 +186,7 @@ fn encode_into(dtype: DType, vals: &[f32], bytes: &mut [u8]) {
 }
 
 /// `bytes` (a whole number of `dtype` elements) decoded to f32.
-fn decode(dtype: DType, bytes: &[u8]) -> Buf {
+pub(crate) fn decode(dtype: DType, bytes: &[u8]) -> Buf {
     let es = dtype.size();
     let mut v = Buf::new(bytes.len() / es);
     par_chunks(&mut v, COST_COPY, |s, c| decode_into(dtype, &bytes[s * es..(s + c.len()) * es], c));
@@ -308,7 +194,7 @@ fn decode(dtype: DType, bytes: &[u8]) -> Buf {
 }
 
 /// Encodes `vals` as `dtype` into `bytes` (which holds exactly `vals.len()` elements).
-fn encode(dtype: DType, vals: &[f32], bytes: &mut [u8]) {
+pub(crate) fn encode(dtype: DType, vals: &[f32], bytes: &mut [u8]) {
     let es = dtype.size();
     par_chunks_unit(bytes, es, COST_COPY, |s, c| {
         let i = s / es;
@@ -317,7 +203,7 @@ fn encode(dtype: DType, vals: &[f32], bytes: &mut [u8]) {
 }
 
 /// The values of a float tensor as f32: borrowed when it is f32 storage that is 4-byte aligned.
-fn floats<'a>(v: &View<'a>) -> Floats<'a> {
+pub(crate) fn floats<'a>(v: &View<'a>) -> Floats<'a> {
     if v.dtype == DType::F32
         && let Ok(s) = bytemuck::try_cast_slice::<u8, f32>(v.data)
     {
@@ -327,7 +213,7 @@ fn floats<'a>(v: &View<'a>) -> Floats<'a> {
 }
 
 /// Errors unless every view holds floats (the ops computed in f32).
-fn require_float(what: &str, views: &[&View]) -> Result<()> {
+pub(crate) fn require_float(what: &str, views: &[&View]) -> Result<()> {
     for v in views {
         if !v.dtype.is_float() {
             return Err(cpu_err(format!("{what} needs floating-point tensors, got {}", v.dtype)));
@@ -338,7 +224,7 @@ fn require_float(what: &str, views: &[&View]) -> Result<()> {
 
 /// Calls `f` with an f32 buffer for the output and stores it as `dtype` in `bytes`: the buffer is `bytes`
 /// itself for aligned f32 outputs, else a temporary that is encoded afterwards.
-fn with_f32_out(dtype: DType, bytes: &mut [u8], f: impl FnOnce(&mut [f32]) -> Result<()>) -> Result<()> {
+pub(crate) fn with_f32_out(dtype: DType, bytes: &mut [u8], f: impl FnOnce(&mut [f32]) -> Result<()>) -> Result<()> {
     if !dtype.is_float() {
         return Err(cpu_err(format!("cannot store a computed float result as {dtype}")));
     }
@@ -355,20 +241,20 @@ fn with_f32_out(dtype: DType, bytes: &mut [u8], f: impl FnOnce(&mut [f32]) -> Re
 
 /// Element strides of `shape` when broadcast (numpy style, rank left-padded with 1s) to `out`: size-1 axes
 /// that are repeated get stride 0.
-fn broadcast_strides(shape: &[usize], out: &[usize]) -> Vec<usize> {
+pub(crate) fn broadcast_strides(shape: &[usize], out: &[usize]) -> Vec<usize> {
     let st = tensor::strides(shape);
     let pad = out.len().saturating_sub(shape.len());
     (0..out.len()).map(|i| if i < pad || shape[i - pad] == 1 { 0 } else { st[i - pad] }).collect()
 }
 
 #[cfg(test)]
-mod test_util;
+pub(crate) mod test_util;
 
 #[cfg(test)]
 mod tests {
     use super::test_util::*;
     use super::*;
-    use crate::graph::op::{BinaryOp, ReduceOp, UnaryOp};
+    use crate::ops::{BinaryOp, ReduceOp, UnaryOp};
 
     /// An op and its f32 inputs.
     type Case<'a> = (Op, Vec<(&'a [usize], &'a [f32])>);

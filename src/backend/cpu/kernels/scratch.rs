@@ -14,10 +14,10 @@ const POOL_MAX_ELEMS: usize = 1 << 22;
 static POOL: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
 
 /// An f32 buffer of a requested length whose contents are unspecified (but initialised): callers overwrite it.
-pub(super) struct Buf(Vec<f32>);
+pub(crate) struct Buf(Vec<f32>);
 
 impl Buf {
-    pub(super) fn new(n: usize) -> Buf {
+    pub(crate) fn new(n: usize) -> Buf {
         let pooled = {
             let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
             let best = pool
@@ -67,7 +67,7 @@ impl DerefMut for Buf {
 }
 
 /// A float tensor's values as f32: borrowed from aligned f32 storage, or decoded into a scratch buffer.
-pub(super) enum Floats<'a> {
+pub(crate) enum Floats<'a> {
     Borrowed(&'a [f32]),
     Decoded(Buf),
 }

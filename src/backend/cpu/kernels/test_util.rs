@@ -5,7 +5,7 @@ use crate::graph::op::{self, Op};
 use crate::tensor::{DType, decode_f32, encode_f32, numel};
 
 /// `n` values in [-1, 1) from a fixed-seed generator (splitmix64).
-pub(super) fn rand_vals(n: usize, seed: u64) -> Vec<f32> {
+pub(crate) fn rand_vals(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(0x1234_5678);
     (0..n)
         .map(|_| {
@@ -20,14 +20,14 @@ pub(super) fn rand_vals(n: usize, seed: u64) -> Vec<f32> {
 }
 
 /// Encodes f32 values as `dtype` bytes.
-pub(super) fn bytes_of(dtype: DType, vals: &[f32]) -> Vec<u8> {
+pub(crate) fn bytes_of(dtype: DType, vals: &[f32]) -> Vec<u8> {
     let mut b = vec![0u8; vals.len() * dtype.size()];
     encode_f32(dtype, vals, &mut b);
     b
 }
 
 /// Runs `op` on raw inputs `(shape, dtype, bytes)`, returning the output shape and bytes.
-pub(super) fn run_raw(op: &Op, ins: &[(&[usize], DType, &[u8])]) -> (Vec<usize>, DType, Vec<u8>) {
+pub(crate) fn run_raw(op: &Op, ins: &[(&[usize], DType, &[u8])]) -> (Vec<usize>, DType, Vec<u8>) {
     let shapes: Vec<&[usize]> = ins.iter().map(|i| i.0).collect();
     let dtypes: Vec<DType> = ins.iter().map(|i| i.1).collect();
     let (shape, dtype) = op::infer(op, &shapes, &dtypes).unwrap();
@@ -38,7 +38,7 @@ pub(super) fn run_raw(op: &Op, ins: &[(&[usize], DType, &[u8])]) -> (Vec<usize>,
 }
 
 /// Runs `op` on f32 values stored as `dtype`, returning the output decoded to f32.
-pub(super) fn run_f32(op: &Op, ins: &[(&[usize], &[f32])], dtype: DType) -> Vec<f32> {
+pub(crate) fn run_f32(op: &Op, ins: &[(&[usize], &[f32])], dtype: DType) -> Vec<f32> {
     let bytes: Vec<Vec<u8>> = ins.iter().map(|(_, v)| bytes_of(dtype, v)).collect();
     let raw: Vec<(&[usize], DType, &[u8])> = ins.iter().zip(&bytes).map(|((s, _), b)| (*s, dtype, &b[..])).collect();
     let (shape, odt, out) = run_raw(op, &raw);
@@ -48,7 +48,7 @@ pub(super) fn run_f32(op: &Op, ins: &[(&[usize], &[f32])], dtype: DType) -> Vec<
 }
 
 /// Rounds f32 values through `dtype` storage.
-pub(super) fn round_to(dtype: DType, vals: &[f32]) -> Vec<f32> {
+pub(crate) fn round_to(dtype: DType, vals: &[f32]) -> Vec<f32> {
     let b = bytes_of(dtype, vals);
     let mut v = vec![0f32; vals.len()];
     decode_f32(dtype, &b, &mut v);

@@ -3,14 +3,14 @@
 //! are merged first, so the common cases become a few long runs.
 
 /// A coalesced walk: `dims` (at least one; the last is the inner axis) and per-operand strides for each.
-pub(super) struct Walk<const K: usize> {
+pub(crate) struct Walk<const K: usize> {
     dims: Vec<usize>,
     strides: [Vec<usize>; K],
 }
 
 impl<const K: usize> Walk<K> {
     /// A walk over `shape` where operand `k` has element stride `strides[k][i]` along axis `i`.
-    pub(super) fn new(shape: &[usize], strides: [&[usize]; K]) -> Self {
+    pub(crate) fn new(shape: &[usize], strides: [&[usize]; K]) -> Self {
         let mut dims: Vec<usize> = Vec::with_capacity(shape.len());
         let mut st: [Vec<usize>; K] = std::array::from_fn(|_| Vec::with_capacity(shape.len()));
         for (i, &d) in shape.iter().enumerate() {
@@ -47,19 +47,19 @@ impl<const K: usize> Walk<K> {
     }
 
     /// Length of the inner (last) axis.
-    pub(super) fn inner(&self) -> usize {
+    pub(crate) fn inner(&self) -> usize {
         self.dims[self.dims.len() - 1]
     }
 
     /// Each operand's stride along the inner axis.
-    pub(super) fn inner_strides(&self) -> [usize; K] {
+    pub(crate) fn inner_strides(&self) -> [usize; K] {
         std::array::from_fn(|k| self.strides[k][self.dims.len() - 1])
     }
 
     /// Visits the output elements `e0..e1` (row-major order) as runs along the inner axis: `f(pos, offsets, len)`
     /// covers output elements `pos..pos + len`, whose first element reads operand `k` at `offsets[k]` (the next
     /// ones step by [`Walk::inner_strides`]).
-    pub(super) fn runs(&self, e0: usize, e1: usize, mut f: impl FnMut(usize, [usize; K], usize)) {
+    pub(crate) fn runs(&self, e0: usize, e1: usize, mut f: impl FnMut(usize, [usize; K], usize)) {
         if e0 >= e1 {
             return;
         }
