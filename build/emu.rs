@@ -4,12 +4,17 @@
 //! crate. Needs only a C++17 compiler (no CUDA). Generates `OUT_DIR/emu_gen.rs` (included by
 //! `src/backend/emu/ffi.rs`): the launcher declarations and the `(file, kernel, launcher)` table.
 //!
-//! Each `.cu` becomes one translation unit `OUT_DIR/emu/<stem>.cpp` that includes the `.cu` inside an
-//! anonymous namespace (so helpers of different files never collide) and defines, per
-//! `extern "C" __global__` kernel, `extern "C" int instagen_emu_launch_<kernel>(const instagen_emu_dims*,
-//! void**)`. Objects are cached in `OUT_DIR/emu/` by a hash of their inputs, so editing one kernel
-//! recompiles one file (editing a header recompiles all). A C++ error fails the build with the compiler
-//! output.
+//! Each `.cu` becomes one translation unit `OUT_DIR/emu/<stem>.cpp` that holds the `.cu` text (behind a
+//! `#line`, with `INSTAGEN_EMU_SHARED_VAR(name);` added after every static `__shared__` declaration so the
+//! emulator can poison the array in every block) inside an anonymous namespace (so helpers of different files
+//! never collide) and defines, per `extern "C" __global__` kernel, `extern "C" int
+//! instagen_emu_launch_<kernel>(const instagen_emu_dims*, void**)`. A second unit `<stem>.checked.cpp`
+//! compiles the same text with `-fsanitize=thread -DINSTAGEN_EMU_RACECHECK` (launchers
+//! `instagen_emu_launch_checked_<kernel>`): the race-check copy, whose shared-memory accesses reach the
+//! emulator's `__tsan_*` hooks (the TSan runtime is never linked). Race variants (see [`VARIANTS`]) add units
+//! of a `.cu` built with `-DINSTAGEN_DROP=<n>`. Objects are cached in `OUT_DIR/emu/` by a hash of their
+//! inputs, so editing one kernel recompiles its units (editing a header recompiles all). A C++ error fails
+//! the build with the compiler output.
 
 use std::collections::hash_map::DefaultHasher;
 use std::fmt::Write as _;
@@ -31,8 +36,32 @@ struct Unit {
     source: PathBuf,
     /// Force-include the emulation header.
     include_header: bool,
+    /// Extra compiler arguments (the race-check copies, the race variants).
+    args: Vec<String>,
     /// Content hashed (besides the command line) to name the cached object.
     key_inputs: Vec<u8>,
+}
+
+/// Race variants of kernels for `tests/emu_races.rs`: `(variant, file stem, n)` compiles `kernels/<stem>.cu`
+/// with `-DINSTAGEN_DROP=n`, which leaves out the barrier or `cp.async` wait marked `INSTAGEN_DROPPABLE(n)`
+/// (kernels/common.cuh). The emulator must catch each (wrong results, and a race report in checked mode).
+/// Found by `ffi::with_variant`, never by plain kernel lookups.
+pub const VARIANTS: &[(&str, &str, u32)] = &[
+    ("attention_no_end_barrier", "attention", 1),
+    ("attention_no_tile_barrier", "attention", 2),
+    ("gemm_no_wait", "gemm", 3),
+];
+
+/// Compiler arguments of the race-check copies.
+fn racecheck_args(crate_dir: &Path) -> Vec<String> {
+    vec![
+        "-fsanitize=thread".into(),
+        "--param=tsan-instrument-func-entry-exit=0".into(),
+        "-DINSTAGEN_EMU_RACECHECK".into(),
+        // Line tables, with kernels/x.cu paths, so races name file:line (addr2line).
+        "-g1".into(),
+        format!("-fdebug-prefix-map={}/=", crate_dir.display()),
+    ]
 }
 
 /// Builds the emulator library and writes `emu_gen.rs`. Panics (failing the build) on any error.
@@ -57,8 +86,10 @@ pub fn build(kernels_dir: &Path, out_dir: &Path, sources: &[PathBuf]) {
             key_inputs: [read(&source), headers.clone()].concat(),
             source,
             include_header: false,
+            args: Vec::new(),
         })
         .collect();
+    let mut variant_kernels: Vec<(&str, Kernel)> = Vec::new();
     for src in sources {
         let file = super::stem(src);
         let text = String::from_utf8_lossy(&read(src)).into_owned();
@@ -66,9 +97,36 @@ pub fn build(kernels_dir: &Path, out_dir: &Path, sources: &[PathBuf]) {
         if names.is_empty() {
             continue;
         }
-        let tu = translation_unit(src, &names);
-        let tu_path = gen_dir.join(format!("{file}.cpp"));
-        write_if_changed(&tu_path, tu.as_bytes());
+        let body = register_static_shared(&text);
+        let mut add_unit = |name: String, prefix: &str, args: Vec<String>| {
+            let tu = translation_unit(src, &body, &names, prefix);
+            let tu_path = gen_dir.join(format!("{name}.cpp"));
+            write_if_changed(&tu_path, tu.as_bytes());
+            units.push(Unit {
+                label: format!("kernels/{file}.cu ({name})"),
+                source: tu_path,
+                include_header: true,
+                args,
+                key_inputs: [tu.into_bytes(), headers.clone()].concat(),
+            });
+        };
+        add_unit(file.clone(), "", Vec::new());
+        add_unit(format!("{file}.checked"), "checked_", racecheck_args(crate_dir));
+        for (i, (variant, stem, n)) in VARIANTS.iter().enumerate() {
+            if *stem != file {
+                continue;
+            }
+            let drop = format!("-DINSTAGEN_DROP={n}");
+            add_unit(format!("{file}.v{i}"), &format!("v{i}_"), vec![drop.clone()]);
+            add_unit(
+                format!("{file}.v{i}.checked"),
+                &format!("checked_v{i}_"),
+                [racecheck_args(crate_dir), vec![drop]].concat(),
+            );
+            for name in &names {
+                variant_kernels.push((*variant, Kernel { file: format!("v{i}_"), name: name.clone() }));
+            }
+        }
         for name in names {
             if let Some(k) = kernels.iter().find(|k| k.name == name) {
                 panic!(
@@ -82,12 +140,11 @@ pub fn build(kernels_dir: &Path, out_dir: &Path, sources: &[PathBuf]) {
                 name,
             });
         }
-        units.push(Unit {
-            label: format!("kernels/{file}.cu"),
-            source: tu_path,
-            include_header: true,
-            key_inputs: [tu.into_bytes(), text.into_bytes(), headers.clone()].concat(),
-        });
+    }
+    for (variant, stem, _) in VARIANTS {
+        if !variant_kernels.iter().any(|(v, _)| v == variant) {
+            panic!("instagen build: race variant {variant} names kernels/{stem}.cu, which has no kernels");
+        }
     }
 
     let base = cc::Build::new()
@@ -117,9 +174,10 @@ pub fn build(kernels_dir: &Path, out_dir: &Path, sources: &[PathBuf]) {
     }
 
     kernels.sort_by(|a, b| a.name.cmp(&b.name));
+    variant_kernels.sort_by(|a, b| (a.0, &a.1.name).cmp(&(b.0, &b.1.name)));
     super::write(
         &out_dir.join("emu_gen.rs"),
-        generated_rs(&kernels).as_bytes(),
+        generated_rs(&kernels, &variant_kernels).as_bytes(),
     );
 }
 
@@ -244,18 +302,78 @@ fn kernel_names(src: &str) -> Vec<String> {
     names
 }
 
-/// The C++ translation unit of one `.cu` file.
-fn translation_unit(cu: &Path, names: &[String]) -> String {
+/// `src` (a `.cu` text) with `INSTAGEN_EMU_SHARED_VAR(name);` after every static `__shared__` declaration
+/// (`__shared__ ... name[...];`, also inside macros), on the same line so line numbers stay. Comments,
+/// strings and `extern __shared__` are left alone.
+fn register_static_shared(src: &str) -> String {
+    const KEY: &str = "__shared__";
+    let b = src.as_bytes();
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    let mut out = String::with_capacity(src.len() + 256);
+    let (mut i, mut copied) = (0, 0);
+    while i < b.len() {
+        if b[i..].starts_with(b"//") {
+            i += b[i..].iter().position(|&c| c == b'\n').unwrap_or(b.len() - i);
+        } else if b[i..].starts_with(b"/*") {
+            i += src[i..].find("*/").map_or(b.len() - i, |e| e + 2);
+        } else if b[i] == b'"' {
+            i += 1;
+            while i < b.len() && b[i] != b'"' {
+                i += if b[i] == b'\\' { 2 } else { 1 };
+            }
+            i += 1;
+        } else if b[i..].starts_with(KEY.as_bytes())
+            && (i == 0 || !ident(b[i - 1]))
+            && !b.get(i + KEY.len()).is_some_and(|&c| ident(c))
+            && !src[..i].trim_end().ends_with("extern")
+        {
+            // The declaration ends at the first `;` outside brackets; its name is the last identifier before
+            // the first `[` or `=` at depth 0 (or the `;`).
+            let (mut j, mut depth, mut name_end) = (i + KEY.len(), 0i32, None);
+            while j < b.len() && !(b[j] == b';' && depth == 0) {
+                match b[j] {
+                    b'(' | b'[' | b'{' => {
+                        if depth == 0 && b[j] != b'(' && name_end.is_none() {
+                            name_end = Some(j);
+                        }
+                        depth += 1;
+                    }
+                    b')' | b']' | b'}' => depth -= 1,
+                    b'=' if depth == 0 && name_end.is_none() => name_end = Some(j),
+                    _ => {}
+                }
+                j += 1;
+            }
+            let head = src[i + KEY.len()..name_end.unwrap_or(j)].trim_end();
+            let name: String = head.bytes().rev().take_while(|&c| ident(c)).map(char::from).collect::<Vec<_>>().into_iter().rev().collect();
+            if j >= b.len() || name.is_empty() {
+                panic!("instagen build: cannot parse the __shared__ declaration at byte {i} of a kernel source");
+            }
+            out.push_str(&src[copied..=j]);
+            let _ = write!(out, " INSTAGEN_EMU_SHARED_VAR({name});");
+            copied = j + 1;
+            i = j + 1;
+        } else {
+            i += 1;
+        }
+    }
+    out.push_str(&src[copied..]);
+    out
+}
+
+/// The C++ translation unit of one `.cu` file (its text `body`), with launchers
+/// `instagen_emu_launch_<prefix><kernel>`.
+fn translation_unit(cu: &Path, body: &str, names: &[String], prefix: &str) -> String {
     let mut s = format!(
         "// @generated by build.rs (build/emu.rs): {} compiled for the CPU emulator.\n\
-         namespace {{\n#include {:?}\n}}  // namespace\n\n",
+         namespace {{\n#line 1 {:?}\n{body}\n}}  // namespace\n\n",
         cu.display(),
         cu.display().to_string()
     );
     for n in names {
         let _ = writeln!(
             s,
-            "extern \"C\" int instagen_emu_launch_{n}(const instagen_emu_dims* d, void** args) {{\n    \
+            "extern \"C\" int instagen_emu_launch_{prefix}{n}(const instagen_emu_dims* d, void** args) {{\n    \
              return ::instagen_emu::launch<&{n}>(d, \"{n}\", args);\n}}"
         );
     }
@@ -269,6 +387,7 @@ fn compile_all(compiler: &cc::Tool, units: &[Unit], header: &Path, gen_dir: &Pat
         if u.include_header {
             cmd.arg("-include").arg(header);
         }
+        cmd.args(&u.args);
         cmd.arg("-c").arg(&u.source);
         if let Some(obj) = obj {
             cmd.arg("-o").arg(obj);
@@ -361,26 +480,37 @@ fn prune(gen_dir: &Path, units: &[Unit], objects: &[PathBuf]) {
     }
 }
 
-/// Rust source included by `src/backend/emu/ffi.rs` (which defines `Dims`, `EmuKernel`).
-fn generated_rs(kernels: &[Kernel]) -> String {
+/// Rust source included by `src/backend/emu/ffi.rs` (which defines `Dims`, `EmuKernel`). `variants` hold
+/// the launcher prefix (`v<i>_`) in `file`.
+fn generated_rs(kernels: &[Kernel], variants: &[(&str, Kernel)]) -> String {
     let mut g = String::from(
         "// @generated by build.rs (build/emu.rs): the kernels compiled for the CPU emulator.\n\n\
          unsafe extern \"C\" {\n",
     );
-    for k in kernels {
-        let _ = writeln!(
-            g,
-            "    fn instagen_emu_launch_{}(dims: *const Dims, args: *mut *mut c_void) -> c_int;",
-            k.name
-        );
+    let launchers = kernels.iter().map(|k| (String::new(), &k.name)).chain(variants.iter().map(|(_, k)| (k.file.clone(), &k.name)));
+    for (prefix, name) in launchers {
+        for checked in ["", "checked_"] {
+            let _ = writeln!(
+                g,
+                "    fn instagen_emu_launch_{checked}{prefix}{name}(dims: *const Dims, args: *mut *mut c_void) -> c_int;"
+            );
+        }
     }
+    let entry = |file: &str, prefix: &str, name: &str| {
+        format!(
+            "EmuKernel {{ file: {file:?}, name: {name:?}, launch: instagen_emu_launch_{prefix}{name}, \
+             launch_checked: instagen_emu_launch_checked_{prefix}{name} }}"
+        )
+    };
     g.push_str("}\n\n/// Sorted by kernel name.\nstatic GEN_EMU_KERNELS: &[EmuKernel] = &[\n");
     for k in kernels {
-        let _ = writeln!(
-            g,
-            "    EmuKernel {{ file: {:?}, name: {:?}, launch: instagen_emu_launch_{} }},",
-            k.file, k.name, k.name
-        );
+        let _ = writeln!(g, "    {},", entry(&k.file, "", &k.name));
+    }
+    g.push_str("];\n\n/// Race variants (build/emu.rs `VARIANTS`), sorted by variant and kernel name.\n\
+                static GEN_EMU_VARIANTS: &[(&str, EmuKernel)] = &[\n");
+    for (v, k) in variants {
+        let file = VARIANTS.iter().find(|x| x.0 == *v).map_or("", |x| x.1);
+        let _ = writeln!(g, "    ({v:?}, {}),", entry(file, &k.file, &k.name));
     }
     g.push_str("];\n");
     g

@@ -34,6 +34,14 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(flo
 // Logistic sigmoid in f32, accurate (no fast math) and finite for every finite x.
 __device__ __forceinline__ float sigmoid_f32(float x) { return 1.0f / (1.0f + expf(-x)); }
 
+// INSTAGEN_DROPPABLE(n) stmt; marks a barrier or cp.async wait whose removal the emulator must catch: the race
+// variants of tests/emu_races.rs (build/emu.rs `VARIANTS`) compile the file with -DINSTAGEN_DROP=n, which leaves
+// the statement out. Everywhere else it is the statement.
+#ifndef INSTAGEN_DROP
+#define INSTAGEN_DROP 0
+#endif
+#define INSTAGEN_DROPPABLE(n) if ((n) != INSTAGEN_DROP)
+
 // ---- portable wrappers: inline PTX under NVRTC, emulations under INSTAGEN_EMU ----------------------------
 //
 // Under INSTAGEN_EMU the wrappers take two extra defaulted parameters (the caller's file and line, for error

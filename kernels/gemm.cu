@@ -184,7 +184,7 @@ __device__ __forceinline__ void gemm_tc(const T* __restrict__ A, const T* __rest
     int rs = 0, ws = TC_STAGES - 1;  // stage read this iteration, stage refilled this iteration
     for (int kt = 0; kt < ktiles; ++kt) {
         // Groups committed so far: kt + 2; at most one still in flight means tile kt has landed.
-        cp_async_wait_group<TC_STAGES - 2>();
+        INSTAGEN_DROPPABLE(3) cp_async_wait_group<TC_STAGES - 2>();
         __syncthreads();
         // Refill the stage read in iteration kt - 1 (every warp is past it: the barrier above).
         if (kt + TC_STAGES - 1 < ktiles) {
