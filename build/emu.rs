@@ -5,9 +5,10 @@
 //! `src/backend/emu/ffi.rs`): the launcher declarations and the `(file, kernel, launcher)` table.
 //!
 //! Each `.cu` becomes one translation unit `OUT_DIR/emu/<stem>.cpp` that holds the `.cu` text (behind a
-//! `#line`, with `INSTAGEN_EMU_SHARED_VAR(name);` added after every static `__shared__` declaration so the
-//! emulator can poison the array in every block) inside an anonymous namespace (so helpers of different files
-//! never collide) and defines, per `extern "C" __global__` kernel, `extern "C" int
+//! `#line`, with static `__shared__` arrays turned into the emulator's per-worker, per-block poisoned
+//! copies, see [`emu_source`]; the `kernels/*.cuh` it includes get the same treatment in copies next to it)
+//! inside an anonymous namespace (so helpers of different files
+//! never collide; kernels lose their C linkage there) and defines, per `extern "C" __global__` kernel, `extern "C" int
 //! instagen_emu_launch_<kernel>(const instagen_emu_dims*, void**)`. A second unit `<stem>.checked.cpp`
 //! compiles the same text with `-fsanitize=thread -DINSTAGEN_EMU_RACECHECK` (launchers
 //! `instagen_emu_launch_checked_<kernel>`): the race-check copy, whose shared-memory accesses reach the
@@ -90,6 +91,16 @@ pub fn build(kernels_dir: &Path, out_dir: &Path, sources: &[PathBuf]) {
         })
         .collect();
     let mut variant_kernels: Vec<(&str, Kernel)> = Vec::new();
+    // Headers with static __shared__ arrays registered too: the TUs' directory comes first in the search for
+    // a quoted #include, so these copies stand in for kernels/*.cuh.
+    let mut keep: Vec<PathBuf> = Vec::new();
+    for h in list(kernels_dir, "cuh") {
+        let text = String::from_utf8_lossy(&read(&h)).into_owned();
+        let copy = gen_dir.join(h.file_name().unwrap_or_default());
+        let body = format!("#line 1 {:?}\n{}", h.display().to_string(), emu_source(&text));
+        write_if_changed(&copy, body.as_bytes());
+        keep.push(copy);
+    }
     for src in sources {
         let file = super::stem(src);
         let text = String::from_utf8_lossy(&read(src)).into_owned();
@@ -97,7 +108,7 @@ pub fn build(kernels_dir: &Path, out_dir: &Path, sources: &[PathBuf]) {
         if names.is_empty() {
             continue;
         }
-        let body = register_static_shared(&text);
+        let body = emu_source(&text);
         let mut add_unit = |name: String, prefix: &str, args: Vec<String>| {
             let tu = translation_unit(src, &body, &names, prefix);
             let tu_path = gen_dir.join(format!("{name}.cpp"));
@@ -166,7 +177,7 @@ pub fn build(kernels_dir: &Path, out_dir: &Path, sources: &[PathBuf]) {
         .to_owned();
     let compiler = base.get_compiler();
     let objects = compile_all(&compiler, &units, &header, &gen_dir);
-    prune(&gen_dir, &units, &objects);
+    prune(&gen_dir, &units, &[objects.clone(), keep].concat());
     let mut archive = cc::Build::new();
     archive.cpp(true).objects(&objects);
     if let Err(e) = archive.try_compile("instagen_emu") {
@@ -302,10 +313,21 @@ fn kernel_names(src: &str) -> Vec<String> {
     names
 }
 
-/// `src` (a `.cu` text) with `INSTAGEN_EMU_SHARED_VAR(name);` after every static `__shared__` declaration
-/// (`__shared__ ... name[...];`, also inside macros), on the same line so line numbers stay. Comments,
-/// strings and `extern __shared__` are left alone.
-fn register_static_shared(src: &str) -> String {
+/// A kernel source (`.cu` or `.cuh`) as the emulator compiles it, line for line: kernels lose their C
+/// linkage (`extern "C" __global__` becomes `__global__`, so the several units of one file, inside anonymous
+/// namespaces, never clash; only the launchers are global symbols), and every static `__shared__`
+/// declaration becomes a reference to the running block's copy of the array, which the emulator keeps per
+/// worker and poisons in every block (a `static thread_local` array would sit in every thread's static TLS
+/// block, and there are many):
+/// `__shared__ __align__(16) float s[2][64];` becomes
+/// `static char instagen_emu_key_s; float (&s)[2][64] = INSTAGEN_EMU_STATIC_SMEM(s, instagen_emu_key_s);`
+/// (the alignment is the emulator's, 128 bytes). One declarator per declaration, no initializer; also inside
+/// macros. Comments, strings and `extern __shared__` are left alone.
+fn emu_source(src: &str) -> String {
+    static_shared_as_references(&src.replace("extern \"C\" __global__", "__global__"))
+}
+
+fn static_shared_as_references(src: &str) -> String {
     const KEY: &str = "__shared__";
     let b = src.as_bytes();
     let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
@@ -328,29 +350,38 @@ fn register_static_shared(src: &str) -> String {
             && !src[..i].trim_end().ends_with("extern")
         {
             // The declaration ends at the first `;` outside brackets; its name is the last identifier before
-            // the first `[` or `=` at depth 0 (or the `;`).
-            let (mut j, mut depth, mut name_end) = (i + KEY.len(), 0i32, None);
+            // the first `[` at depth 0 (or the `;`).
+            let (mut j, mut depth, mut dims) = (i + KEY.len(), 0i32, None);
             while j < b.len() && !(b[j] == b';' && depth == 0) {
                 match b[j] {
-                    b'(' | b'[' | b'{' => {
-                        if depth == 0 && b[j] != b'(' && name_end.is_none() {
-                            name_end = Some(j);
-                        }
+                    b'[' if depth == 0 && dims.is_none() => {
+                        dims = Some(j);
                         depth += 1;
                     }
+                    b'(' | b'[' | b'{' => depth += 1,
                     b')' | b']' | b'}' => depth -= 1,
-                    b'=' if depth == 0 && name_end.is_none() => name_end = Some(j),
+                    b'=' | b',' if depth == 0 => {
+                        panic!("instagen build: a __shared__ declaration with an initializer or several names")
+                    }
                     _ => {}
                 }
                 j += 1;
             }
-            let head = src[i + KEY.len()..name_end.unwrap_or(j)].trim_end();
-            let name: String = head.bytes().rev().take_while(|&c| ident(c)).map(char::from).collect::<Vec<_>>().into_iter().rev().collect();
-            if j >= b.len() || name.is_empty() {
+            let dims = dims.unwrap_or(j);
+            let head = src[i + KEY.len()..dims].trim_end();
+            let name_len = head.bytes().rev().take_while(|&c| ident(c)).count();
+            if j >= b.len() || name_len == 0 {
                 panic!("instagen build: cannot parse the __shared__ declaration at byte {i} of a kernel source");
             }
-            out.push_str(&src[copied..=j]);
-            let _ = write!(out, " INSTAGEN_EMU_SHARED_VAR({name});");
+            let (specs, name) = head.split_at(head.len() - name_len);
+            let specs = without_align(specs);
+            out.push_str(&src[copied..i]);
+            let _ = write!(
+                out,
+                "static char instagen_emu_key_{name}; {} (&{name}){} = INSTAGEN_EMU_STATIC_SMEM({name}, instagen_emu_key_{name});",
+                specs.trim(),
+                &src[dims..j]
+            );
             copied = j + 1;
             i = j + 1;
         } else {
@@ -358,6 +389,19 @@ fn register_static_shared(src: &str) -> String {
         }
     }
     out.push_str(&src[copied..]);
+    out
+}
+
+/// `s` without its `__align__(...)` attributes.
+fn without_align(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(at) = rest.find("__align__(") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + "__align__(".len()..];
+        rest = after.find(')').map_or("", |e| &after[e + 1..]);
+    }
+    out.push_str(rest);
     out
 }
 
@@ -469,12 +513,12 @@ fn compile_all(compiler: &cc::Tool, units: &[Unit], header: &Path, gen_dir: &Pat
 }
 
 /// Removes generated sources and cached objects of earlier builds that this one no longer uses.
-fn prune(gen_dir: &Path, units: &[Unit], objects: &[PathBuf]) {
+fn prune(gen_dir: &Path, units: &[Unit], keep: &[PathBuf]) {
     let Ok(entries) = fs::read_dir(gen_dir) else {
         return;
     };
     for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
-        if !objects.contains(&path) && !units.iter().any(|u| u.source == path) {
+        if !keep.contains(&path) && !units.iter().any(|u| u.source == path) {
             let _ = fs::remove_file(&path);
         }
     }

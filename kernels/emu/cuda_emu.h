@@ -7,9 +7,9 @@
 // * Every CUDA thread of a block is a fibre on that worker, so `__shared__` is `static thread_local` (one copy
 //   per worker = per running block) and dynamic shared memory is the worker's buffer (poisoned with 0xFF bytes
 //   at the start of every block).
-// * Every CUDA thread of a block is a fibre on that worker, so static `__shared__` arrays are `static
-//   thread_local`; build/emu.rs adds INSTAGEN_EMU_SHARED_VAR(name) after every declaration, which poisons the
-//   array (0xFF bytes) the first time each block reaches it.
+// * Every CUDA thread of a block is a fibre on that worker. build/emu.rs turns every static `__shared__`
+//   array into a reference to the worker's copy (INSTAGEN_EMU_STATIC_SMEM), a guarded buffer poisoned (0xFF
+//   bytes) the first time each block reaches the declaration.
 // * Fibres switch only at synchronisation points: `__syncthreads` (a block barrier), warp collectives
 //   (`__syncwarp`, shuffles, votes, ldmatrix, mma), which wait for exactly the lanes of their mask, and exit.
 //   A barrier that can never complete (a thread exited or waits elsewhere) ends the launch with an error.
@@ -125,8 +125,9 @@ void instagen_emu_warp_op(int kind, unsigned mask, const char* what, const char*
 void instagen_emu_cp_async(void* dst, const void* src, unsigned src_bytes, const char* file, int line);
 void instagen_emu_cp_async_commit(void);
 void instagen_emu_cp_async_wait(unsigned allowed_pending_groups);
-// After every static __shared__ declaration (added by build/emu.rs): poisons the array once per block.
-void instagen_emu_shared_var(void* p, size_t bytes);
+// The running block's copy of the static __shared__ array declared with `key` (build/emu.rs rewrites each
+// declaration to call it): per worker, 128-byte aligned, poisoned when a block first asks for it.
+void* instagen_emu_static_smem(const void* key, size_t bytes);
 // A shared-memory read made by the emulator on a kernel's behalf (ldmatrix), for the race check.
 void instagen_emu_shared_read(const void* p, size_t bytes);
 
@@ -164,9 +165,12 @@ enum {
 #define __restrict__ __restrict
 #define __align__(n) __attribute__((aligned(n)))
 #define __launch_bounds__(...)
-// One copy per OS worker thread = per running block (all fibres of a block share the worker thread).
+// build/emu.rs rewrites static __shared__ declarations into INSTAGEN_EMU_STATIC_SMEM references, so the
+// keyword is left only where a declaration was not rewritten: one copy per OS worker thread = per running block.
 #define __shared__ static thread_local
-#define INSTAGEN_EMU_SHARED_VAR(name) instagen_emu_shared_var(&(name), sizeof(name))
+#define INSTAGEN_EMU_STATIC_SMEM(name, key)                                                                    \
+    (*static_cast<std::remove_reference_t<decltype(name)>*>(                                                   \
+        instagen_emu_static_smem(&(key), sizeof(std::remove_reference_t<decltype(name)>))))
 
 #define threadIdx (static_cast<const uint3&>(instagen_emu_self->thread_idx))
 #define blockIdx (static_cast<const uint3&>(instagen_emu_blk->block_idx))

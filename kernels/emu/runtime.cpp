@@ -11,7 +11,8 @@
 // first warp with a runnable lane always runs, so one warp runs ahead to the next barrier before the others
 // start; in the other intervals every switch picks a random runnable warp. A cp.async copy lands at a random
 // moment between its issue and the covering wait (at once, after a few of its thread's switches, or at the
-// wait). Static __shared__ arrays are poisoned (0xFF bytes) in every block, like dynamic shared memory.
+// wait). Static __shared__ arrays are per-worker guarded buffers poisoned (0xFF bytes) in every block, like
+// dynamic shared memory.
 //
 // Race check (launches of the instrumented copies, instagen_emu_run with INSTAGEN_EMU_RACECHECK): every
 // shared-memory access of a kernel reaches the __tsan_* hooks below; per shared byte the last writer and the
@@ -153,9 +154,10 @@ struct Shadow {
     Site wsite, rsite;
 };
 
-// A static __shared__ array seen by this worker (registered by the code build/emu.rs adds after each
-// declaration); poisoned the first time a block reaches its declaration.
+// A static __shared__ array of this worker (build/emu.rs turns declarations into instagen_emu_static_smem
+// calls); poisoned the first time a block reaches its declaration.
 struct StaticVar {
+    const void* key;
     unsigned char* p;
     std::size_t bytes;
     unsigned block;
@@ -247,7 +249,7 @@ struct Worker {
     std::uint64_t rng = 0;
     unsigned epoch = 0;    // barrier intervals completed in this block
     unsigned serial = 0;   // of the running block on this worker (static __shared__ poisoning, shadows)
-    std::vector<StaticVar> vars;          // every static __shared__ array this worker has seen
+    std::vector<StaticVar> vars;          // every static __shared__ array this worker has used
     std::vector<StaticVar*> active;       // those of the running block
     bool checked = false;
     std::vector<Shadow> dyn_shadow;       // race check of dynamic shared memory
@@ -508,7 +510,8 @@ bool symbolise(std::uintptr_t pc, char* out, std::size_t cap) {
     pclose(pipe);
     if (best.empty()) best = fallback;
     if (best.empty()) return false;
-    std::snprintf(out, cap, "%s", best.c_str());
+    const std::size_t k = best.rfind("/kernels/");   // kernels/x.cu, as the other messages say
+    std::snprintf(out, cap, "%s", best.c_str() + (k == std::string::npos ? 0 : k + 1));
     return true;
 }
 
@@ -528,9 +531,9 @@ void format_race(Worker& w) {
     add_site(m, r.site);
     m.add(", warp %u at ", r.other);
     add_site(m, r.other_site);
-    m.add("; %u bytes at offset %zu of %s shared memory (%zu bytes); warp %u's last synchronisation: %s (%s:%d)",
-          r.bytes, r.offset, r.dynamic ? "dynamic" : "a static __shared__ array of", r.region_bytes, r.warp,
-          r.sync_what, r.sync_file, r.sync_line);
+    m.add("; %u bytes at offset %zu of %s (%zu bytes)", r.bytes, r.offset,
+          r.dynamic ? "dynamic shared memory" : "a static __shared__ array", r.region_bytes);
+    if (r.sync_line) m.add("; warp %u last synchronised at %s (%s:%d)", r.warp, r.sync_what, r.sync_file, r.sync_line);
 }
 
 // ---- fibres, barriers, collectives ------------------------------------------------------------------------
@@ -1004,29 +1007,32 @@ extern "C" void instagen_emu_cp_async_wait(unsigned allowed_pending_groups) {
     retire(w, *w.cur, allowed_pending_groups);
 }
 
-extern "C" void instagen_emu_shared_var(void* p, size_t bytes) {
+extern "C" void* instagen_emu_static_smem(const void* key, size_t bytes) {
     Worker& w = *tls_worker;
-    unsigned char* b = static_cast<unsigned char*>(p);
     StaticVar* v = nullptr;
     for (StaticVar& x : w.vars) {
-        if (x.p == b) {
+        if (x.key == key) {
             v = &x;
             break;
         }
     }
     if (!v) {
-        w.vars.push_back(StaticVar{b, bytes, 0, {}});
-        w.active.clear();   // the push may have moved the arrays: rebuilt below and by later registrations
+        void* p = instagen_emu_alloc_guarded(std::max<size_t>(bytes, 1), 128);   // overruns fault
+        if (!p) fiber_fail(w, "out of memory for a static __shared__ array of %zu bytes", bytes);
+        w.vars.push_back(StaticVar{key, static_cast<unsigned char*>(p), bytes, 0, {}});
+        w.active.clear();   // the push may have moved the entries: rebuilt
         for (StaticVar& x : w.vars) {
             if (x.block == w.serial) w.active.push_back(&x);
         }
         v = &w.vars.back();
     }
-    if (v->block == w.serial) return;
-    v->block = w.serial;
-    std::memset(b, 0xff, bytes);   // poison, as dynamic shared memory
-    if (w.checked && v->shadow.size() < bytes) v->shadow.resize(bytes);
-    w.active.push_back(v);
+    if (v->block != w.serial) {
+        v->block = w.serial;
+        std::memset(v->p, 0xff, bytes);   // poison, as dynamic shared memory
+        if (w.checked && v->shadow.size() < bytes) v->shadow.resize(bytes);
+        w.active.push_back(v);
+    }
+    return v->p;
 }
 
 extern "C" void instagen_emu_shared_read(const void* p, size_t bytes) {

@@ -9,8 +9,8 @@
 //! run between barriers or when a `cp.async` copy lands before its wait: the emulator picks both at random
 //! (seeded, `INSTAGEN_EMU_SEED`), so every read of shared memory another warp wrote needs a `__syncthreads`
 //! between (and, for `cp.async`, the writer's covering wait before it); checked mode reports any such race.
-//! Static `__shared__` arrays start poisoned in every block: declare them one per statement
-//! (`__shared__ T name[N];`), which build/emu.rs parses to register them. Mark a barrier or wait that a race
+//! Static `__shared__` arrays start poisoned in every block: declare them one per statement, without an
+//! initializer (`__shared__ T name[N];`), which build/emu.rs rewrites into the emulator's per-worker copy. Mark a barrier or wait that a race
 //! variant test deletes with `INSTAGEN_DROPPABLE(n)` (kernels/common.cuh).
 
 pub mod ffi;
