@@ -374,7 +374,7 @@ inline float fma_to_odd(float a, float b, float c) {
     inline T __hmul(T a, T b) { return a * b; }                                                                \
     inline T __hdiv(T a, T b) { return a / b; }                                                                \
     inline T __hneg(T a) { return -a; }                                                                        \
-    inline T __hfma(T a, T b, T c) { return T(::instagen_emu::fma_to_odd(float(a), float(b), float(c))); }     \
+    inline T __hfma(T a, T b, T c) { return T(::instagen_emu::fma_to_odd(float(a), float(b), float(c))); }              \
     inline T __habs(T a) { a.__x &= 0x7fffu; return a; }                                                       \
     inline T __hmax(T a, T b) { return T(fmaxf(float(a), float(b))); }                                         \
     inline T __hmin(T a, T b) { return T(fminf(float(a), float(b))); }                                         \
@@ -438,13 +438,13 @@ template <class T, class F> INSTAGEN_EMU_NO_RACECHECK inline T atomic_update(T* 
 }   // namespace instagen_emu
 
 #define INSTAGEN_EMU_ATOMIC_INT(T)                                                                             \
-    INSTAGEN_EMU_NO_RACECHECK inline T atomicAdd(T* p, T v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }                       \
-    INSTAGEN_EMU_NO_RACECHECK inline T atomicSub(T* p, T v) { return __atomic_fetch_sub(p, v, __ATOMIC_SEQ_CST); }                       \
-    INSTAGEN_EMU_NO_RACECHECK inline T atomicAnd(T* p, T v) { return __atomic_fetch_and(p, v, __ATOMIC_SEQ_CST); }                       \
-    INSTAGEN_EMU_NO_RACECHECK inline T atomicOr(T* p, T v) { return __atomic_fetch_or(p, v, __ATOMIC_SEQ_CST); }                         \
-    INSTAGEN_EMU_NO_RACECHECK inline T atomicXor(T* p, T v) { return __atomic_fetch_xor(p, v, __ATOMIC_SEQ_CST); }                       \
-    INSTAGEN_EMU_NO_RACECHECK inline T atomicExch(T* p, T v) { return __atomic_exchange_n(p, v, __ATOMIC_SEQ_CST); }                     \
-    INSTAGEN_EMU_NO_RACECHECK inline T atomicCAS(T* p, T cmp, T v) {                                                                     \
+    INSTAGEN_EMU_NO_RACECHECK inline T atomicAdd(T* p, T v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }      \
+    INSTAGEN_EMU_NO_RACECHECK inline T atomicSub(T* p, T v) { return __atomic_fetch_sub(p, v, __ATOMIC_SEQ_CST); }      \
+    INSTAGEN_EMU_NO_RACECHECK inline T atomicAnd(T* p, T v) { return __atomic_fetch_and(p, v, __ATOMIC_SEQ_CST); }      \
+    INSTAGEN_EMU_NO_RACECHECK inline T atomicOr(T* p, T v) { return __atomic_fetch_or(p, v, __ATOMIC_SEQ_CST); }        \
+    INSTAGEN_EMU_NO_RACECHECK inline T atomicXor(T* p, T v) { return __atomic_fetch_xor(p, v, __ATOMIC_SEQ_CST); }      \
+    INSTAGEN_EMU_NO_RACECHECK inline T atomicExch(T* p, T v) { return __atomic_exchange_n(p, v, __ATOMIC_SEQ_CST); }    \
+    INSTAGEN_EMU_NO_RACECHECK inline T atomicCAS(T* p, T cmp, T v) {                                                    \
         __atomic_compare_exchange_n(p, &cmp, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);                    \
         return cmp;                                                                                            \
     }                                                                                                          \

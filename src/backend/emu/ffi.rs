@@ -75,12 +75,6 @@ pub fn with_variant<R>(variant: &'static str, f: impl FnOnce() -> R) -> Result<R
     Ok(f())
 }
 
-/// The race variants' names.
-pub fn variants() -> Vec<&'static str> {
-    let mut v: Vec<&'static str> = GEN_EMU_VARIANTS.iter().map(|(v, _)| *v).collect();
-    v.dedup();
-    v
-}
 
 /// Every emulated kernel, sorted by name.
 pub fn kernels() -> &'static [EmuKernel] {
