@@ -344,7 +344,35 @@ fn kernel_names(src: &str) -> Vec<String> {
 /// (the alignment is the emulator's, 128 bytes). One declarator per declaration, no initializer; also inside
 /// macros. Comments, strings and `extern __shared__` are left alone.
 fn emu_source(src: &str) -> String {
-    static_shared_as_references(&src.replace("extern \"C\" __global__", "__global__"))
+    static_shared_as_references(&without_c_linkage(src))
+}
+
+/// `src` with every `extern "C" __global__` (any whitespace between, kept) turned into `__global__`.
+fn without_c_linkage(src: &str) -> String {
+    let mut out = String::with_capacity(src.len());
+    let mut rest = src;
+    while let Some(at) = rest.find("extern") {
+        let after = &rest[at + "extern".len()..];
+        let tail = after
+            .trim_start()
+            .strip_prefix("\"C\"")
+            .map(str::trim_start);
+        match tail.filter(|t| t.starts_with("__global__")) {
+            Some(t) => {
+                let gap = &rest[at..rest.len() - t.len()];
+                out.push_str(&rest[..at]);
+                // Keep the line breaks between, so line numbers stay.
+                out.extend(gap.chars().filter(|&c| c == '\n'));
+                rest = t;
+            }
+            None => {
+                out.push_str(&rest[..at + "extern".len()]);
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 fn static_shared_as_references(src: &str) -> String {

@@ -75,7 +75,6 @@ pub fn with_variant<R>(variant: &'static str, f: impl FnOnce() -> R) -> Result<R
     Ok(f())
 }
 
-
 /// Every emulated kernel, sorted by name.
 pub fn kernels() -> &'static [EmuKernel] {
     GEN_EMU_KERNELS
