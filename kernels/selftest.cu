@@ -347,3 +347,13 @@ extern "C" __global__ void selftest_shfl_operands(const int* offsets, int n, int
         }
     }
 }
+
+// out[block * 64 + t] = what thread t finds in a static __shared__ array before anyone writes it (then it
+// writes there): the emulator poisons static shared memory in every block, so all-one bits in each block.
+extern "C" __global__ void selftest_static_poison(unsigned* out) {
+    __shared__ unsigned s[64];
+    const unsigned t = threadIdx.x;
+    out[blockIdx.x * 64 + t] = s[t];
+    __syncthreads();
+    s[t] = t;
+}

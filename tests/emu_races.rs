@@ -2,8 +2,8 @@
 //! barrier or `cp.async` wait into wrong results, and the race check (checked mode) names it. Negative tests:
 //! kernels built without one marked barrier or wait (build/emu.rs `VARIANTS`) must fail. Also the race check
 //! on small `selftest_race` kernels (a race reported with file:line; the same code with a barrier, warp-
-//! synchronous code and atomics not reported), shuffle operands of 32 and more (PTX `shfl.sync`), and `__hfma`
-//! rounding once. Every test prints its wall time.
+//! synchronous code and atomics not reported), static `__shared__` poisoned in every block, shuffle operands of
+//! 32 and more (PTX `shfl.sync`), and `__hfma` rounding once. Every test prints its wall time.
 
 use std::ffi::c_void;
 use std::time::Instant;
@@ -100,6 +100,19 @@ fn missing_barrier_reads_wrong_values_without_the_check() {
     let (r, out) = race(1, false);
     r.unwrap();
     assert!(out.iter().enumerate().all(|(t, &v)| v == (63 - t) as f32), "{out:?}");
+}
+
+#[test]
+fn static_shared_memory_is_poisoned_in_every_block() {
+    // A worker runs its blocks one after another: each must find the array poisoned (not zero, not the last
+    // block's values).
+    let blocks = 8;
+    let mut out = vec![0u32; blocks * 64];
+    let mut slot = ptr(&mut out);
+    let args = [(&mut slot as *mut u64).cast::<c_void>()];
+    // SAFETY: one pointer argument to `blocks * 64` u32.
+    unsafe { emu::launch("selftest_static_poison", [blocks as u32, 1, 1], [64, 1, 1], 0, &args) }.unwrap();
+    assert!(out.iter().all(|&v| v == u32::MAX), "{out:?}");
 }
 
 #[test]
