@@ -4,12 +4,18 @@
 //! crate. Needs only a C++17 compiler (no CUDA). Generates `OUT_DIR/emu_gen.rs` (included by
 //! `src/backend/emu/ffi.rs`): the launcher declarations and the `(file, kernel, launcher)` table.
 //!
-//! Each `.cu` becomes one translation unit `OUT_DIR/emu/<stem>.cpp` that includes the `.cu` inside an
-//! anonymous namespace (so helpers of different files never collide) and defines, per
-//! `extern "C" __global__` kernel, `extern "C" int instagen_emu_launch_<kernel>(const instagen_emu_dims*,
-//! void**)`. Objects are cached in `OUT_DIR/emu/` by a hash of their inputs, so editing one kernel
-//! recompiles one file (editing a header recompiles all). A C++ error fails the build with the compiler
-//! output.
+//! Each `.cu` becomes one translation unit `OUT_DIR/emu/<stem>.cpp` that holds the `.cu` text (behind a
+//! `#line`, with static `__shared__` arrays turned into the emulator's per-worker, per-block poisoned
+//! copies, see [`emu_source`]; the `kernels/*.cuh` it includes get the same treatment in copies next to it)
+//! inside an anonymous namespace (so helpers of different files
+//! never collide; kernels lose their C linkage there) and defines, per `extern "C" __global__` kernel, `extern "C" int
+//! instagen_emu_launch_<kernel>(const instagen_emu_dims*, void**)`. A second unit `<stem>.checked.cpp`
+//! compiles the same text with `-fsanitize=thread -DINSTAGEN_EMU_RACECHECK` (launchers
+//! `instagen_emu_launch_checked_<kernel>`): the race-check copy, whose shared-memory accesses reach the
+//! emulator's `__tsan_*` hooks (the TSan runtime is never linked). Race variants (see [`VARIANTS`]) add units
+//! of a `.cu` built with `-DINSTAGEN_DROP=<n>`. Objects are cached in `OUT_DIR/emu/` by a hash of their
+//! inputs, so editing one kernel recompiles its units (editing a header recompiles all). A C++ error fails
+//! the build with the compiler output.
 
 use std::collections::hash_map::DefaultHasher;
 use std::fmt::Write as _;
@@ -31,8 +37,32 @@ struct Unit {
     source: PathBuf,
     /// Force-include the emulation header.
     include_header: bool,
+    /// Extra compiler arguments (the race-check copies, the race variants).
+    args: Vec<String>,
     /// Content hashed (besides the command line) to name the cached object.
     key_inputs: Vec<u8>,
+}
+
+/// Race variants of kernels for `tests/emu_races.rs`: `(variant, file stem, n)` compiles `kernels/<stem>.cu`
+/// with `-DINSTAGEN_DROP=n`, which leaves out the barrier or `cp.async` wait marked `INSTAGEN_DROPPABLE(n)`
+/// (kernels/common.cuh). The emulator must catch each (wrong results, and a race report in checked mode).
+/// Found by `ffi::with_variant`, never by plain kernel lookups.
+pub const VARIANTS: &[(&str, &str, u32)] = &[
+    ("attention_no_end_barrier", "attention", 1),
+    ("attention_no_tile_barrier", "attention", 2),
+    ("gemm_no_wait", "gemm", 3),
+];
+
+/// Compiler arguments of the race-check copies.
+fn racecheck_args(crate_dir: &Path) -> Vec<String> {
+    vec![
+        "-fsanitize=thread".into(),
+        "--param=tsan-instrument-func-entry-exit=0".into(),
+        "-DINSTAGEN_EMU_RACECHECK".into(),
+        // Line tables, with kernels/x.cu paths, so races name file:line (addr2line).
+        "-g1".into(),
+        format!("-fdebug-prefix-map={}/=", crate_dir.display()),
+    ]
 }
 
 /// Builds the emulator library and writes `emu_gen.rs`. Panics (failing the build) on any error.
@@ -76,8 +106,24 @@ pub fn build(kernels_dir: &Path, out_dir: &Path, sources: &[PathBuf]) {
             key_inputs: [read(&source), headers.clone()].concat(),
             source,
             include_header: false,
+            args: Vec::new(),
         })
         .collect();
+    let mut variant_kernels: Vec<(&str, Kernel)> = Vec::new();
+    // Headers with static __shared__ arrays registered too: the TUs' directory comes first in the search for
+    // a quoted #include, so these copies stand in for kernels/*.cuh.
+    let mut keep: Vec<PathBuf> = Vec::new();
+    for h in list(kernels_dir, "cuh") {
+        let text = String::from_utf8_lossy(&read(&h)).into_owned();
+        let copy = gen_dir.join(h.file_name().unwrap_or_default());
+        let body = format!(
+            "#line 1 {:?}\n{}",
+            h.display().to_string(),
+            emu_source(&text)
+        );
+        write_if_changed(&copy, body.as_bytes());
+        keep.push(copy);
+    }
     for src in sources {
         let file = super::stem(src);
         let text = String::from_utf8_lossy(&read(src)).into_owned();
@@ -85,9 +131,50 @@ pub fn build(kernels_dir: &Path, out_dir: &Path, sources: &[PathBuf]) {
         if names.is_empty() {
             continue;
         }
-        let tu = translation_unit(src, &names);
-        let tu_path = gen_dir.join(format!("{file}.cpp"));
-        write_if_changed(&tu_path, tu.as_bytes());
+        let body = emu_source(&text);
+        let mut add_unit = |name: String, prefix: &str, args: Vec<String>| {
+            let tu = translation_unit(src, &body, &names, prefix);
+            let tu_path = gen_dir.join(format!("{name}.cpp"));
+            write_if_changed(&tu_path, tu.as_bytes());
+            units.push(Unit {
+                label: format!("kernels/{file}.cu ({name})"),
+                source: tu_path,
+                include_header: true,
+                args,
+                key_inputs: [tu.into_bytes(), headers.clone()].concat(),
+            });
+        };
+        add_unit(file.clone(), "", Vec::new());
+        add_unit(
+            format!("{file}.checked"),
+            "checked_",
+            racecheck_args(crate_dir),
+        );
+        for (i, (variant, stem, n)) in VARIANTS.iter().enumerate() {
+            if *stem != file {
+                continue;
+            }
+            let drop = format!("-DINSTAGEN_DROP={n}");
+            add_unit(
+                format!("{file}.v{i}"),
+                &format!("v{i}_"),
+                vec![drop.clone()],
+            );
+            add_unit(
+                format!("{file}.v{i}.checked"),
+                &format!("checked_v{i}_"),
+                [racecheck_args(crate_dir), vec![drop]].concat(),
+            );
+            for name in &names {
+                variant_kernels.push((
+                    *variant,
+                    Kernel {
+                        file: format!("v{i}_"),
+                        name: name.clone(),
+                    },
+                ));
+            }
+        }
         for name in names {
             if let Some(k) = kernels.iter().find(|k| k.name == name) {
                 panic!(
@@ -101,16 +188,17 @@ pub fn build(kernels_dir: &Path, out_dir: &Path, sources: &[PathBuf]) {
                 name,
             });
         }
-        units.push(Unit {
-            label: format!("kernels/{file}.cu"),
-            source: tu_path,
-            include_header: true,
-            key_inputs: [tu.into_bytes(), text.into_bytes(), headers.clone()].concat(),
-        });
+    }
+    for (variant, stem, _) in VARIANTS {
+        if !variant_kernels.iter().any(|(v, _)| v == variant) {
+            panic!(
+                "instagen build: race variant {variant} names kernels/{stem}.cu, which has no kernels"
+            );
+        }
     }
 
     let objects = compile_all(&compiler, &units, &header, &gen_dir);
-    prune(&gen_dir, &units, &objects);
+    prune(&gen_dir, &units, &[objects.clone(), keep].concat());
     let mut archive = cc::Build::new();
     archive.cpp(true).objects(&objects);
     if let Err(e) = archive.try_compile("instagen_emu") {
@@ -118,9 +206,10 @@ pub fn build(kernels_dir: &Path, out_dir: &Path, sources: &[PathBuf]) {
     }
 
     kernels.sort_by(|a, b| a.name.cmp(&b.name));
+    variant_kernels.sort_by(|a, b| (a.0, &a.1.name).cmp(&(b.0, &b.1.name)));
     super::write(
         &out_dir.join("emu_gen.rs"),
-        generated_rs(&kernels).as_bytes(),
+        generated_rs(&kernels, &variant_kernels).as_bytes(),
     );
 }
 
@@ -264,18 +353,146 @@ fn kernel_names(src: &str) -> Vec<String> {
     names
 }
 
-/// The C++ translation unit of one `.cu` file.
-fn translation_unit(cu: &Path, names: &[String]) -> String {
+/// A kernel source (`.cu` or `.cuh`) as the emulator compiles it, line for line: kernels lose their C
+/// linkage (`extern "C" __global__` becomes `__global__`, so the several units of one file, inside anonymous
+/// namespaces, never clash; only the launchers are global symbols), and every static `__shared__`
+/// declaration becomes a reference to the running block's copy of the array, which the emulator keeps per
+/// worker and poisons in every block (a `static thread_local` array would sit in every thread's static TLS
+/// block, and there are many):
+/// `__shared__ __align__(16) float s[2][64];` becomes
+/// `static char instagen_emu_key_s; float (&s)[2][64] = INSTAGEN_EMU_STATIC_SMEM(s, instagen_emu_key_s);`
+/// (the alignment is the emulator's, 128 bytes). One declarator per declaration, no initializer; also inside
+/// macros. Comments, strings and `extern __shared__` are left alone.
+fn emu_source(src: &str) -> String {
+    static_shared_as_references(&without_c_linkage(src))
+}
+
+/// `src` with every `extern "C" __global__` (any whitespace between, kept) turned into `__global__`.
+fn without_c_linkage(src: &str) -> String {
+    let mut out = String::with_capacity(src.len());
+    let mut rest = src;
+    while let Some(at) = rest.find("extern") {
+        let after = &rest[at + "extern".len()..];
+        let tail = after
+            .trim_start()
+            .strip_prefix("\"C\"")
+            .map(str::trim_start);
+        match tail.filter(|t| t.starts_with("__global__")) {
+            Some(t) => {
+                let gap = &rest[at..rest.len() - t.len()];
+                out.push_str(&rest[..at]);
+                // Keep the line breaks between, so line numbers stay.
+                out.extend(gap.chars().filter(|&c| c == '\n'));
+                rest = t;
+            }
+            None => {
+                out.push_str(&rest[..at + "extern".len()]);
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn static_shared_as_references(src: &str) -> String {
+    const KEY: &str = "__shared__";
+    let b = src.as_bytes();
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    let mut out = String::with_capacity(src.len() + 256);
+    let (mut i, mut copied) = (0, 0);
+    while i < b.len() {
+        if b[i..].starts_with(b"//") {
+            i += b[i..]
+                .iter()
+                .position(|&c| c == b'\n')
+                .unwrap_or(b.len() - i);
+        } else if b[i..].starts_with(b"/*") {
+            i += src[i..].find("*/").map_or(b.len() - i, |e| e + 2);
+        } else if b[i] == b'"' {
+            i += 1;
+            while i < b.len() && b[i] != b'"' {
+                i += if b[i] == b'\\' { 2 } else { 1 };
+            }
+            i += 1;
+        } else if b[i..].starts_with(KEY.as_bytes())
+            && (i == 0 || !ident(b[i - 1]))
+            && !b.get(i + KEY.len()).is_some_and(|&c| ident(c))
+            && !src[..i].trim_end().ends_with("extern")
+        {
+            // The declaration ends at the first `;` outside brackets; its name is the last identifier before
+            // the first `[` at depth 0 (or the `;`).
+            let (mut j, mut depth, mut dims) = (i + KEY.len(), 0i32, None);
+            while j < b.len() && !(b[j] == b';' && depth == 0) {
+                match b[j] {
+                    b'[' if depth == 0 && dims.is_none() => {
+                        dims = Some(j);
+                        depth += 1;
+                    }
+                    b'(' | b'[' | b'{' => depth += 1,
+                    b')' | b']' | b'}' => depth -= 1,
+                    b'=' | b',' if depth == 0 => {
+                        panic!(
+                            "instagen build: a __shared__ declaration with an initializer or several names"
+                        )
+                    }
+                    _ => {}
+                }
+                j += 1;
+            }
+            let dims = dims.unwrap_or(j);
+            let head = src[i + KEY.len()..dims].trim_end();
+            let name_len = head.bytes().rev().take_while(|&c| ident(c)).count();
+            if j >= b.len() || name_len == 0 {
+                panic!(
+                    "instagen build: cannot parse the __shared__ declaration at byte {i} of a kernel source"
+                );
+            }
+            let (specs, name) = head.split_at(head.len() - name_len);
+            let specs = without_align(specs);
+            out.push_str(&src[copied..i]);
+            let _ = write!(
+                out,
+                "static char instagen_emu_key_{name}; {} (&{name}){} = INSTAGEN_EMU_STATIC_SMEM({name}, instagen_emu_key_{name});",
+                specs.trim(),
+                &src[dims..j]
+            );
+            copied = j + 1;
+            i = j + 1;
+        } else {
+            i += 1;
+        }
+    }
+    out.push_str(&src[copied..]);
+    out
+}
+
+/// `s` without its `__align__(...)` attributes.
+fn without_align(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(at) = rest.find("__align__(") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + "__align__(".len()..];
+        rest = after.find(')').map_or("", |e| &after[e + 1..]);
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The C++ translation unit of one `.cu` file (its text `body`), with launchers
+/// `instagen_emu_launch_<prefix><kernel>`.
+fn translation_unit(cu: &Path, body: &str, names: &[String], prefix: &str) -> String {
     let mut s = format!(
         "// @generated by build.rs (build/emu.rs): {} compiled for the CPU emulator.\n\
-         namespace {{\n#include {:?}\n}}  // namespace\n\n",
+         namespace {{\n#line 1 {:?}\n{body}\n}}  // namespace\n\n",
         cu.display(),
         cu.display().to_string()
     );
     for n in names {
         let _ = writeln!(
             s,
-            "extern \"C\" int instagen_emu_launch_{n}(const instagen_emu_dims* d, void** args) {{\n    \
+            "extern \"C\" int instagen_emu_launch_{prefix}{n}(const instagen_emu_dims* d, void** args) {{\n    \
              return ::instagen_emu::launch<&{n}>(d, \"{n}\", args);\n}}"
         );
     }
@@ -289,6 +506,7 @@ fn compile_all(compiler: &cc::Tool, units: &[Unit], header: &Path, gen_dir: &Pat
         if u.include_header {
             cmd.arg("-include").arg(header);
         }
+        cmd.args(&u.args);
         cmd.arg("-c").arg(&u.source);
         if let Some(obj) = obj {
             cmd.arg("-o").arg(obj);
@@ -370,37 +588,53 @@ fn compile_all(compiler: &cc::Tool, units: &[Unit], header: &Path, gen_dir: &Pat
 }
 
 /// Removes generated sources and cached objects of earlier builds that this one no longer uses.
-fn prune(gen_dir: &Path, units: &[Unit], objects: &[PathBuf]) {
+fn prune(gen_dir: &Path, units: &[Unit], keep: &[PathBuf]) {
     let Ok(entries) = fs::read_dir(gen_dir) else {
         return;
     };
     for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
-        if !objects.contains(&path) && !units.iter().any(|u| u.source == path) {
+        if !keep.contains(&path) && !units.iter().any(|u| u.source == path) {
             let _ = fs::remove_file(&path);
         }
     }
 }
 
-/// Rust source included by `src/backend/emu/ffi.rs` (which defines `Dims`, `EmuKernel`).
-fn generated_rs(kernels: &[Kernel]) -> String {
+/// Rust source included by `src/backend/emu/ffi.rs` (which defines `Dims`, `EmuKernel`). `variants` hold
+/// the launcher prefix (`v<i>_`) in `file`.
+fn generated_rs(kernels: &[Kernel], variants: &[(&str, Kernel)]) -> String {
     let mut g = String::from(
         "// @generated by build.rs (build/emu.rs): the kernels compiled for the CPU emulator.\n\n\
          unsafe extern \"C\" {\n",
     );
-    for k in kernels {
-        let _ = writeln!(
-            g,
-            "    fn instagen_emu_launch_{}(dims: *const Dims, args: *mut *mut c_void) -> c_int;",
-            k.name
-        );
+    let launchers = kernels
+        .iter()
+        .map(|k| (String::new(), &k.name))
+        .chain(variants.iter().map(|(_, k)| (k.file.clone(), &k.name)));
+    for (prefix, name) in launchers {
+        for checked in ["", "checked_"] {
+            let _ = writeln!(
+                g,
+                "    fn instagen_emu_launch_{checked}{prefix}{name}(dims: *const Dims, args: *mut *mut c_void) -> c_int;"
+            );
+        }
     }
+    let entry = |file: &str, prefix: &str, name: &str| {
+        format!(
+            "EmuKernel {{ file: {file:?}, name: {name:?}, launch: instagen_emu_launch_{prefix}{name}, \
+             launch_checked: instagen_emu_launch_checked_{prefix}{name} }}"
+        )
+    };
     g.push_str("}\n\n/// Sorted by kernel name.\nstatic GEN_EMU_KERNELS: &[EmuKernel] = &[\n");
     for k in kernels {
-        let _ = writeln!(
-            g,
-            "    EmuKernel {{ file: {:?}, name: {:?}, launch: instagen_emu_launch_{} }},",
-            k.file, k.name, k.name
-        );
+        let _ = writeln!(g, "    {},", entry(&k.file, "", &k.name));
+    }
+    g.push_str(
+        "];\n\n/// Race variants (build/emu.rs `VARIANTS`), sorted by variant and kernel name.\n\
+                static GEN_EMU_VARIANTS: &[(&str, EmuKernel)] = &[\n",
+    );
+    for (v, k) in variants {
+        let file = VARIANTS.iter().find(|x| x.0 == *v).map_or("", |x| x.1);
+        let _ = writeln!(g, "    ({v:?}, {}),", entry(file, &k.file, &k.name));
     }
     g.push_str("];\n");
     g

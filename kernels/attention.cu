@@ -137,7 +137,7 @@ __device__ __forceinline__ void att_fwd_tc(const T* __restrict__ q, const T* __r
         } else {
             cp_async_wait_group<0>();
         }
-        __syncthreads();
+        INSTAGEN_DROPPABLE(2) __syncthreads();  // tile kt, copied by every thread, has landed for all warps
         const unsigned short* kt_s = ks + buf * BC * PITCH;
         const long long k0 = (long long)kt * BC;
 
@@ -220,7 +220,7 @@ __device__ __forceinline__ void att_fwd_tc(const T* __restrict__ q, const T* __r
                 }
             }
         }
-        __syncthreads();  // every warp is done with `buf` before the next iteration refills it
+        INSTAGEN_DROPPABLE(1) __syncthreads();  // every warp is done with `buf` before the next iteration refills it
     }
     cp_async_wait_all();
 #pragma unroll

@@ -177,7 +177,8 @@ __device__ __forceinline__ void ldmatrix_x4_trans(unsigned r[4], const void* row
 // cp.async.cg.shared.global: 16 bytes from global to shared memory (both 16-byte aligned), asynchronously:
 // the data is there only after a cp_async_wait_* that covers its group (and, for other threads, a
 // __syncthreads). The _zfill form reads src_bytes (0..16) and zero-fills the rest; with 0 nothing is read.
-// Under the emulator a copy lands at the covering wait, so a missing wait reads stale shared memory.
+// Under the emulator a copy lands at a random moment between issue and the covering wait, so a missing wait
+// (or barrier) reads stale shared memory.
 #ifdef INSTAGEN_EMU
 __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem INSTAGEN_CALLER) {
     instagen_emu_cp_async(smem, gmem, 16, at_file, at_line);

@@ -293,3 +293,67 @@ extern "C" __global__ void selftest_cp_async(const float* src, float* dst, int s
     __syncthreads();
     for (int k = 0; k < 4; ++k) o[(nt + t) * 4 + k] = s[(nt + rev) * 4 + k];
 }
+
+// ---- the shared-memory race check and shuffle operands (tests/emu_races.rs) -------------------------------
+
+// One block of 64 threads (2 warps); out[t] for every thread. Thread t writes slot t, then reads slot 63 - t
+// (the other warp's) in `mode`:
+//   0: with no barrier between (a race: read after write or write after read, by schedule)
+//   1: with __syncthreads between (no race)
+//   2: warp-synchronous: reads slot (t & ~31) + 31 - lane of its own warp after __syncwarp (no race)
+//   3: every thread atomically increments a shared counter, no barrier between them (no race), then reads it
+//      after a barrier: out[t] = 64
+//   4: writes after a barrier, reads slot 63 - t, then writes its own slot again with no barrier (the other
+//      warp reads it: a race)
+//   5: mode 0 in dynamic shared memory (256 bytes)
+// The lines tests look for are marked RACE-WRITE, RACE-READ.
+extern "C" __global__ void selftest_race(float* out, int mode) {
+    __shared__ float slots[64];
+    __shared__ int counter;
+    INSTAGEN_DYNAMIC_SMEM(float, dyn);
+    float* s = mode == 5 ? dyn : slots;
+    const int t = threadIdx.x, lane = t & 31;
+    if (mode == 3) {
+        if (t == 0) counter = 0;
+        __syncthreads();
+        atomicAdd(&counter, 1);
+        __syncthreads();
+        out[t] = (float)counter;
+        return;
+    }
+    s[t] = (float)t;  // RACE-WRITE
+    if (mode == 1 || mode == 4) __syncthreads();
+    if (mode == 2) {
+        __syncwarp();
+        out[t] = s[(t & ~31) + 31 - lane];
+        return;
+    }
+    out[t] = s[63 - t];  // RACE-READ
+    if (mode == 4) s[t] = -1.0f;  // RACE-WRITE-AGAIN
+}
+
+// Every lane shuffles its lane id with each operand offsets[i] (lane or offset), at widths 32, 8 and 2, in
+// the modes idx, up, down, xor: out[((i * 3 + w) * 4 + mode) * 32 + lane].
+extern "C" __global__ void selftest_shfl_operands(const int* offsets, int n, int* out) {
+    const int lane = threadIdx.x;
+    for (int i = 0; i < n; ++i) {
+        int w = 0;
+        for (int width = 32; width >= 2; width /= 4, ++w) {
+            int* o = out + (i * 3 + w) * 4 * 32 + lane;
+            o[0] = __shfl_sync(0xffffffffu, lane, offsets[i], width);
+            o[32] = __shfl_up_sync(0xffffffffu, lane, (unsigned)offsets[i], width);
+            o[64] = __shfl_down_sync(0xffffffffu, lane, (unsigned)offsets[i], width);
+            o[96] = __shfl_xor_sync(0xffffffffu, lane, offsets[i], width);
+        }
+    }
+}
+
+// out[block * 64 + t] = what thread t finds in a static __shared__ array before anyone writes it (then it
+// writes there): the emulator poisons static shared memory in every block, so all-one bits in each block.
+extern "C" __global__ void selftest_static_poison(unsigned* out) {
+    __shared__ unsigned s[64];
+    const unsigned t = threadIdx.x;
+    out[blockIdx.x * 64 + t] = s[t];
+    __syncthreads();
+    s[t] = t;
+}

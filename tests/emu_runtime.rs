@@ -727,8 +727,8 @@ fn cp_async_copies_land_at_the_wait() {
                 let rev = nt - 1 - t;
                 for k in 0..4 {
                     let first = o[t * 4 + k];
-                    // Without the wait a copy lands only when its thread waits later, so some reads see the
-                    // poisoned (all-ones) shared memory; which ones depends on the schedule.
+                    // Without the wait a copy lands at a random moment up to its thread's next wait, so some
+                    // reads see the poisoned (all-ones) shared memory; which ones depends on the schedule.
                     let stale = skip_wait == 1 && first.to_bits() == u32::MAX;
                     poisoned += stale as usize;
                     assert!(

@@ -7,10 +7,18 @@
 // * Every CUDA thread of a block is a fibre on that worker, so `__shared__` is `static thread_local` (one copy
 //   per worker = per running block) and dynamic shared memory is the worker's buffer (poisoned with 0xFF bytes
 //   at the start of every block).
+// * Every CUDA thread of a block is a fibre on that worker. build/emu.rs turns every static `__shared__`
+//   array into a reference to the worker's copy (INSTAGEN_EMU_STATIC_SMEM), a guarded buffer poisoned (0xFF
+//   bytes) the first time each block reaches the declaration.
 // * Fibres switch only at synchronisation points: `__syncthreads` (a block barrier), warp collectives
 //   (`__syncwarp`, shuffles, votes, ldmatrix, mma), which wait for exactly the lanes of their mask, and exit.
 //   A barrier that can never complete (a thread exited or waits elsewhere) ends the launch with an error.
+//   Which fibre runs next is an adversarial, seeded choice (runtime.cpp); cp.async copies land at a random
+//   moment between issue and the covering wait.
 // * Atomics are real atomics (blocks may run on different OS threads).
+// * Race check: the same kernels are compiled a second time with -fsanitize=thread and
+//   -DINSTAGEN_EMU_RACECHECK (launchers instagen_emu_launch_checked_<kernel>); runtime.cpp's __tsan_* hooks
+//   then see every shared-memory access.
 //
 // Kernels see the usual CUDA names; nothing here is meant to be called by kernels directly except through
 // kernels/common.cuh, whose wrappers (mma, ldmatrix, cp.async, dynamic shared memory) pick the emulation below
@@ -96,11 +104,16 @@ typedef void (*instagen_emu_entry)(void** args);
 typedef void (*instagen_emu_complete)(instagen_emu_thread* const* lanes, unsigned mask);
 
 // Runs a grid; 0 on success, else an error retrievable with instagen_emu_last_error() on the same thread.
+// flags: INSTAGEN_EMU_RACECHECK_FLAG for the instrumented copy of a kernel (the shared-memory race check).
+#define INSTAGEN_EMU_RACECHECK_FLAG 1
 int instagen_emu_run(const instagen_emu_dims* dims, const char* kernel, instagen_emu_entry entry, void** args,
-                     unsigned nparams);
+                     unsigned nparams, int flags);
 const char* instagen_emu_last_error(void);
 int instagen_emu_set_workers(unsigned n);
 unsigned instagen_emu_workers(void);
+// The schedule's seed (INSTAGEN_EMU_SEED, else 1), mixed with the kernel name and block index.
+void instagen_emu_set_seed(unsigned long long seed);
+unsigned long long instagen_emu_seed(void);
 void* instagen_emu_alloc_guarded(size_t bytes, size_t align);
 void instagen_emu_free_guarded(void* p);
 
@@ -112,6 +125,11 @@ void instagen_emu_warp_op(int kind, unsigned mask, const char* what, const char*
 void instagen_emu_cp_async(void* dst, const void* src, unsigned src_bytes, const char* file, int line);
 void instagen_emu_cp_async_commit(void);
 void instagen_emu_cp_async_wait(unsigned allowed_pending_groups);
+// The running block's copy of the static __shared__ array declared with `key` (build/emu.rs rewrites each
+// declaration to call it): per worker, 128-byte aligned, poisoned when a block first asks for it.
+void* instagen_emu_static_smem(const void* key, size_t bytes);
+// A shared-memory read made by the emulator on a kernel's behalf (ldmatrix), for the race check.
+void instagen_emu_shared_read(const void* p, size_t bytes);
 
 // Between runtime.cpp and guard.cpp.
 void instagen_emu_install_fault_handler(void);
@@ -147,8 +165,12 @@ enum {
 #define __restrict__ __restrict
 #define __align__(n) __attribute__((aligned(n)))
 #define __launch_bounds__(...)
-// One copy per OS worker thread = per running block (all fibres of a block share the worker thread).
+// build/emu.rs rewrites static __shared__ declarations into INSTAGEN_EMU_STATIC_SMEM references, so the
+// keyword is left only where a declaration was not rewritten: one copy per OS worker thread = per running block.
 #define __shared__ static thread_local
+#define INSTAGEN_EMU_STATIC_SMEM(name, key)                                                                    \
+    (*static_cast<std::remove_reference_t<decltype(name)>*>(                                                   \
+        instagen_emu_static_smem(&(key), sizeof(std::remove_reference_t<decltype(name)>))))
 
 #define threadIdx (static_cast<const uint3&>(instagen_emu_self->thread_idx))
 #define blockIdx (static_cast<const uint3&>(instagen_emu_blk->block_idx))
@@ -222,8 +244,10 @@ inline unsigned __brev(unsigned x) {
     return __builtin_bswap32(x);
 }
 template <class T> inline T __ldg(const T* p) { return *p; }
-inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
-inline void __threadfence_block() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+// Atomics and fences are not instrumented in the race-check copies: atomics are never races.
+#define INSTAGEN_EMU_NO_RACECHECK __attribute__((no_sanitize_thread))
+INSTAGEN_EMU_NO_RACECHECK inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+INSTAGEN_EMU_NO_RACECHECK inline void __threadfence_block() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 
 // ---- __half and __nv_bfloat16 ----------------------------------------------------------------------------
 
@@ -308,8 +332,26 @@ typedef __half2 half2;
 typedef __nv_bfloat16 nv_bfloat16;
 typedef __nv_bfloat162 nv_bfloat162;
 
+namespace instagen_emu {
+// a * b + c for a result rounded to a 16-bit type (to nearest even) in one rounding: the product is exact in
+// double; the sum is rounded to odd in double (TwoSum gives its error), then to odd in float. Rounding to odd
+// with at least 2 spare bits, then to nearest, equals rounding the exact value once.
+inline float fma_to_odd(float a, float b, float c) {
+    const double p = (double)a * (double)b, s = p + (double)c;
+    if (!std::isfinite(s)) return (float)s;
+    const double bv = s - p, e = (p - (s - bv)) + ((double)c - bv);
+    double so = s;
+    if (e != 0.0 && !(bit_cast<unsigned long long>(s) & 1ull)) so = std::nextafter(s, e > 0.0 ? INFINITY : -INFINITY);
+    float f = (float)so;
+    if (std::isfinite(f) && (double)f != so && !(bit_cast<unsigned>(f) & 1u)) {
+        f = std::nextafter(f, so > (double)f ? INFINITY : -INFINITY);
+    }
+    return f;
+}
+}   // namespace instagen_emu
+
 // Arithmetic shared by both types (as CUDA overloads it): computed in f32 and rounded once (exact for
-// + - * / of 16-bit inputs; fma rounds twice).
+// + - * / of 16-bit inputs; fma through instagen_emu::fma_to_odd).
 #define INSTAGEN_EMU_F16_OPS(T, T2)                                                                            \
     inline T operator+(T a, T b) { return T(float(a) + float(b)); }                                            \
     inline T operator-(T a, T b) { return T(float(a) - float(b)); }                                            \
@@ -332,7 +374,7 @@ typedef __nv_bfloat162 nv_bfloat162;
     inline T __hmul(T a, T b) { return a * b; }                                                                \
     inline T __hdiv(T a, T b) { return a / b; }                                                                \
     inline T __hneg(T a) { return -a; }                                                                        \
-    inline T __hfma(T a, T b, T c) { return T(fmaf(float(a), float(b), float(c))); }                           \
+    inline T __hfma(T a, T b, T c) { return T(::instagen_emu::fma_to_odd(float(a), float(b), float(c))); }              \
     inline T __habs(T a) { a.__x &= 0x7fffu; return a; }                                                       \
     inline T __hmax(T a, T b) { return T(fmaxf(float(a), float(b))); }                                         \
     inline T __hmin(T a, T b) { return T(fminf(float(a), float(b))); }                                         \
@@ -382,7 +424,7 @@ template <> struct uint_of<2> { using type = unsigned short; };
 template <> struct uint_of<4> { using type = unsigned; };
 template <> struct uint_of<8> { using type = unsigned long long; };
 // old = *p; *p = f(old) atomically (a CAS loop on the bits); returns old.
-template <class T, class F> inline T atomic_update(T* p, F f) {
+template <class T, class F> INSTAGEN_EMU_NO_RACECHECK inline T atomic_update(T* p, F f) {
     using U = typename uint_of<sizeof(T)>::type;
     U* q = reinterpret_cast<U*>(p);
     U old = __atomic_load_n(q, __ATOMIC_RELAXED);
@@ -396,18 +438,18 @@ template <class T, class F> inline T atomic_update(T* p, F f) {
 }   // namespace instagen_emu
 
 #define INSTAGEN_EMU_ATOMIC_INT(T)                                                                             \
-    inline T atomicAdd(T* p, T v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }                       \
-    inline T atomicSub(T* p, T v) { return __atomic_fetch_sub(p, v, __ATOMIC_SEQ_CST); }                       \
-    inline T atomicAnd(T* p, T v) { return __atomic_fetch_and(p, v, __ATOMIC_SEQ_CST); }                       \
-    inline T atomicOr(T* p, T v) { return __atomic_fetch_or(p, v, __ATOMIC_SEQ_CST); }                         \
-    inline T atomicXor(T* p, T v) { return __atomic_fetch_xor(p, v, __ATOMIC_SEQ_CST); }                       \
-    inline T atomicExch(T* p, T v) { return __atomic_exchange_n(p, v, __ATOMIC_SEQ_CST); }                     \
-    inline T atomicCAS(T* p, T cmp, T v) {                                                                     \
+    INSTAGEN_EMU_NO_RACECHECK inline T atomicAdd(T* p, T v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }      \
+    INSTAGEN_EMU_NO_RACECHECK inline T atomicSub(T* p, T v) { return __atomic_fetch_sub(p, v, __ATOMIC_SEQ_CST); }      \
+    INSTAGEN_EMU_NO_RACECHECK inline T atomicAnd(T* p, T v) { return __atomic_fetch_and(p, v, __ATOMIC_SEQ_CST); }      \
+    INSTAGEN_EMU_NO_RACECHECK inline T atomicOr(T* p, T v) { return __atomic_fetch_or(p, v, __ATOMIC_SEQ_CST); }        \
+    INSTAGEN_EMU_NO_RACECHECK inline T atomicXor(T* p, T v) { return __atomic_fetch_xor(p, v, __ATOMIC_SEQ_CST); }      \
+    INSTAGEN_EMU_NO_RACECHECK inline T atomicExch(T* p, T v) { return __atomic_exchange_n(p, v, __ATOMIC_SEQ_CST); }    \
+    INSTAGEN_EMU_NO_RACECHECK inline T atomicCAS(T* p, T cmp, T v) {                                                    \
         __atomic_compare_exchange_n(p, &cmp, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);                    \
         return cmp;                                                                                            \
     }                                                                                                          \
-    inline T atomicMax(T* p, T v) { return instagen_emu::atomic_update(p, [v](T o) { return o < v ? v : o; }); } \
-    inline T atomicMin(T* p, T v) { return instagen_emu::atomic_update(p, [v](T o) { return v < o ? v : o; }); }
+    INSTAGEN_EMU_NO_RACECHECK inline T atomicMax(T* p, T v) { return instagen_emu::atomic_update(p, [v](T o) { return o < v ? v : o; }); } \
+    INSTAGEN_EMU_NO_RACECHECK inline T atomicMin(T* p, T v) { return instagen_emu::atomic_update(p, [v](T o) { return v < o ? v : o; }); }
 INSTAGEN_EMU_ATOMIC_INT(int)
 INSTAGEN_EMU_ATOMIC_INT(unsigned)
 INSTAGEN_EMU_ATOMIC_INT(long long)
@@ -441,8 +483,9 @@ inline void __syncwarp(unsigned mask = 0xffffffffu, INSTAGEN_EMU_AT) {
 }
 
 namespace instagen_emu {
-// Results of shuffles and votes once every lane of `mask` has deposited its operand. Shuffles follow PTX
-// shfl.sync: a source outside the lane's segment of `width` lanes gives the lane's own value (idx wraps).
+// Results of shuffles and votes once every lane of `mask` has deposited its operand. Shuffles follow the
+// pseudocode of PTX shfl.sync: only bits 4:0 of the lane or offset operand count (offsets of 32 and more
+// wrap), and a source outside the lane's segment of `width` lanes gives the lane's own value.
 template <int Kind> inline void exchange_complete(instagen_emu_thread* const* lanes, unsigned mask) {
     if constexpr (Kind == INSTAGEN_EMU_BALLOT || Kind == INSTAGEN_EMU_ANY || Kind == INSTAGEN_EMU_ALL) {
         unsigned bits = 0;
@@ -457,14 +500,18 @@ template <int Kind> inline void exchange_complete(instagen_emu_thread* const* la
         for (unsigned l = 0; l < 32; ++l) {
             if (!(mask >> l & 1u)) continue;
             instagen_emu_thread* t = lanes[l];
-            const unsigned w = (unsigned)t->width, a = (unsigned)t->arg;
+            const unsigned w = (unsigned)t->width;
             if (w < 1 || w > 32 || (w & (w - 1))) instagen_emu_trap(nullptr, 0, "shuffle width not a power of 2 <= 32");
-            const unsigned seg = l & ~(w - 1), end = seg + w;
-            unsigned src;
-            if constexpr (Kind == INSTAGEN_EMU_SHFL_IDX) src = seg + (a & (w - 1));
-            else if constexpr (Kind == INSTAGEN_EMU_SHFL_UP) src = a > l - seg ? l : l - a;
-            else if constexpr (Kind == INSTAGEN_EMU_SHFL_DOWN) src = a >= end - l ? l : l + a;
-            else src = (l ^ a) >= end ? l : (l ^ a);
+            // CUDA's operands: b = source lane or offset, c = ((32 - width) << 8) | (up ? 0 : 31).
+            const int b = t->arg & 31, segmask = 32 - (int)w, cval = Kind == INSTAGEN_EMU_SHFL_UP ? 0 : 31;
+            const int lane = (int)l, max_lane = (lane & segmask) | (cval & ~segmask), min_lane = lane & segmask;
+            int j;
+            bool ok;
+            if constexpr (Kind == INSTAGEN_EMU_SHFL_UP) j = lane - b, ok = j >= max_lane;
+            else if constexpr (Kind == INSTAGEN_EMU_SHFL_DOWN) j = lane + b, ok = j <= max_lane;
+            else if constexpr (Kind == INSTAGEN_EMU_SHFL_XOR) j = lane ^ b, ok = j <= max_lane;
+            else j = min_lane | (b & ~segmask), ok = j <= max_lane;
+            const unsigned src = ok ? (unsigned)j : l;
             t->out = (mask >> src & 1u) ? lanes[src]->in : ~0ull;
         }
     }
@@ -575,6 +622,7 @@ template <int N, bool Trans> inline void ldmatrix_complete(instagen_emu_thread* 
                           lanes[l]->ptr[0]);
             instagen_emu_trap(nullptr, 0, msg);
         }
+        instagen_emu_shared_read(lanes[l]->ptr[0], 16);
     }
     for (int m = 0; m < N; ++m) {
         for (int l = 0; l < 32; ++l) {
@@ -607,7 +655,12 @@ template <class... P> inline void invoke(void (*k)(P...), void** args) {
 template <auto K> void entry(void** args) { invoke(K, args); }
 template <class... P> constexpr unsigned arity(void (*)(P...)) { return sizeof...(P); }
 // What each generated `instagen_emu_launch_<kernel>` calls.
+// The race-check copies (-DINSTAGEN_EMU_RACECHECK, compiled with -fsanitize=thread) say so.
 template <auto K> inline int launch(const instagen_emu_dims* dims, const char* name, void** args) {
-    return instagen_emu_run(dims, name, &entry<K>, args, arity(K));
+#ifdef INSTAGEN_EMU_RACECHECK
+    return instagen_emu_run(dims, name, &entry<K>, args, arity(K), INSTAGEN_EMU_RACECHECK_FLAG);
+#else
+    return instagen_emu_run(dims, name, &entry<K>, args, arity(K), 0);
+#endif
 }
 }   // namespace instagen_emu

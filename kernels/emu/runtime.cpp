@@ -2,9 +2,23 @@
 //
 // A launch hands its blocks out, in order, to a few OS workers: the launching thread and helper threads of a
 // pool that lives for the process. A worker runs one block at a time with one fibre per CUDA thread (64 KiB
-// stacks below PROT_NONE guard pages, reused across blocks and launches) and a round-robin ready queue.
-// Fibres switch only at barriers, warp collectives and exit, so barrier bookkeeping is plain data and a
-// barrier that can never complete is detected exactly: the launch ends with an error, never a hang.
+// stacks below PROT_NONE guard pages, reused across blocks and launches). Fibres switch only at barriers,
+// warp collectives and exit, so barrier bookkeeping is plain data and a barrier that can never complete is
+// detected exactly: the launch ends with an error, never a hang.
+//
+// The schedule is adversarial and reproducible (INSTAGEN_EMU_SEED, see instagen_emu_seed): at the start of
+// every barrier interval the warps of the block are put in a fresh random order and, in most intervals, the
+// first warp with a runnable lane always runs, so one warp runs ahead to the next barrier before the others
+// start; in the other intervals every switch picks a random runnable warp. A cp.async copy lands at a random
+// moment between its issue and the covering wait (at once, after a few of its thread's switches, or at the
+// wait). Static __shared__ arrays are per-worker guarded buffers poisoned (0xFF bytes) in every block, like
+// dynamic shared memory.
+//
+// Race check (launches of the instrumented copies, instagen_emu_run with INSTAGEN_EMU_RACECHECK): every
+// shared-memory access of a kernel reaches the __tsan_* hooks below; per shared byte the last writer and the
+// readers since the last barrier are kept, and an access from another warp with no __syncthreads in between
+// (read after write, write after read, write after write; a cp.async write spans issue to covering wait) ends
+// the launch with an error naming both sites. Accesses of one warp are never reported, nor are atomics.
 //
 // Faults: while a fibre runs, SIGSEGV/SIGBUS (guard.cpp's handler, on an alternate signal stack) end the
 // launch with an error via siglongjmp back to the worker; the message names guard pages of guarded buffers
@@ -24,6 +38,8 @@
 #include <thread>
 #include <vector>
 
+#include <dlfcn.h>
+#include <elf.h>
 #include <pthread.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -50,6 +66,9 @@ constexpr unsigned kMaxSmem = 227 * 1024;        // dynamic shared memory per bl
 constexpr unsigned kMaxPending = 32;             // cp.async copies in flight per thread
 constexpr unsigned kMaxWorkers = 64;
 constexpr unsigned kUncommitted = ~0u;
+constexpr unsigned kAtWait = ~0u;                // Pending::due of a copy that lands at the covering wait
+constexpr unsigned kNoWait = ~0u;
+constexpr unsigned short kNoWarp = 0xffffu;
 
 std::size_t page_bytes() {
     static const std::size_t p = (std::size_t)sysconf(_SC_PAGESIZE);
@@ -106,10 +125,57 @@ void ctx_switch(Ctx& from, Ctx& to) { swapcontext(&from.uc, &to.uc); }
 
 enum State : unsigned char { kReady, kAtBarrier, kAtWarp, kDone };
 
-struct Pending {   // one cp.async copy, landed by a later wait
+struct Pending {   // one cp.async copy in flight
     void* dst;
     unsigned group;
+    unsigned due;           // switches of its thread until it lands (0: landed), or kAtWait
+    unsigned issue_epoch;   // barrier interval it was issued in (race check)
+    const char* file;
+    int line;
     unsigned char data[16];
+};
+
+// Where a shared-memory access happened: a return address into kernel code (symbolised when reported) or a
+// known file:line.
+struct Site {
+    std::uintptr_t pc;
+    const char* file;
+    int line;
+};
+
+// Race-check state of one shared byte; valid only while `block` is the worker's current block serial.
+struct Shadow {
+    unsigned block;
+    unsigned wepoch;    // barrier interval of the last write
+    unsigned repoch;    // barrier interval of the reads in `rwarps`
+    unsigned rwarps;    // warps that read it in `repoch`
+    unsigned short wwarp, rwarp;   // last writer, last reader
+    bool inflight;      // written by a cp.async its thread has not waited for yet
+    Site wsite, rsite;
+};
+
+// A static __shared__ array of this worker (build/emu.rs turns declarations into instagen_emu_static_smem
+// calls); poisoned the first time a block reaches its declaration.
+struct StaticVar {
+    const void* key;
+    unsigned char* p;
+    std::size_t bytes;
+    unsigned block;
+    std::vector<Shadow> shadow;
+};
+
+struct Race {   // the first race of a block, formatted after the block ends
+    bool found;
+    const char* kind;
+    unsigned warp, other;
+    unsigned bytes;
+    std::size_t offset, region_bytes;
+    bool dynamic;
+    uint3 thread;
+    Site site, other_site;
+    const char* sync_what;
+    const char* sync_file;
+    int sync_line;
 };
 
 struct Fiber {
@@ -124,7 +190,7 @@ struct Fiber {
     const char* file;
     int line;
     unsigned npending, committed;
-    Pending pending[kMaxPending];
+    Pending pending[kMaxPending];   // oldest first
     void at(const char* w, const char* f, int l) { what = w, file = f, line = l; }
 };
 
@@ -135,10 +201,14 @@ struct Launch {
     dim3 grid, block;
     unsigned smem, nthreads;
     unsigned long long nblocks;
-    Launch(const instagen_emu_dims* d, const char* k, instagen_emu_entry e, void** a)
+    bool checked;         // the race-check (instrumented) copy of the kernel
+    std::uint64_t seed;   // of the schedule, mixed with the kernel name
+    Launch(const instagen_emu_dims* d, const char* k, instagen_emu_entry e, void** a, bool c, std::uint64_t s)
         : kernel(k), entry(e), args(a), grid(d->grid[0], d->grid[1], d->grid[2]),
           block(d->block[0], d->block[1], d->block[2]), smem(d->smem_bytes), nthreads(block.x * block.y * block.z),
-          nblocks((unsigned long long)grid.x * grid.y * grid.z) {}
+          nblocks((unsigned long long)grid.x * grid.y * grid.z), checked(c), seed(s) {
+        for (const char* c = k; *c; ++c) seed = (seed ^ (unsigned char)*c) * 0x100000001b3ull;   // FNV-1a
+    }
     std::atomic<unsigned long long> next{0};
     std::atomic<bool> failed{false};
     std::mutex mu;
@@ -169,20 +239,35 @@ struct Worker {
     Launch* launch = nullptr;
     instagen_emu_block blk{};
     unsigned long long block = 0;   // linear index of the running block
-    unsigned nthreads = 0, bar_count = 0, done = 0;
+    unsigned nthreads = 0, nwarps = 0, bar_count = 0, done = 0;
     unsigned warp_wait[kMaxThreads / 32] = {};   // lanes waiting at a warp collective
     unsigned warp_done[kMaxThreads / 32] = {};   // lanes that have exited
-    unsigned queue[kMaxThreads] = {}, qhead = 0, qlen = 0;
+    // The schedule: runnable lanes per warp, warps with a runnable lane, this interval's warp order.
+    unsigned ready[kMaxThreads / 32] = {}, ready_warps = 0;
+    unsigned char order[kMaxThreads / 32] = {};
+    bool random_picks = false;   // this interval: a random runnable warp at every switch
+    std::uint64_t rng = 0;
+    unsigned epoch = 0;    // barrier intervals completed in this block
+    unsigned serial = 0;   // of the running block on this worker (static __shared__ poisoning, shadows)
+    std::vector<StaticVar> vars;          // every static __shared__ array this worker has used
+    std::vector<StaticVar*> active;       // those of the running block
+    bool checked = false;
+    std::vector<Shadow> dyn_shadow;       // race check of dynamic shared memory
+    Race race{};
     bool failed = false;
     char msg[1024] = {};
     sigjmp_buf jb;
 
     Fiber& fiber(unsigned linear) { return fibers[linear]; }
-    void push(unsigned i) { queue[(qhead + qlen++) % kMaxThreads] = i; }
-    unsigned pop() {
-        const unsigned i = queue[qhead];
-        qhead = (qhead + 1) % kMaxThreads, --qlen;
-        return i;
+    void make_ready(unsigned i) {
+        ready[i / 32] |= 1u << (i % 32);
+        ready_warps |= 1u << (i / 32);
+    }
+    std::uint64_t next_random() {   // splitmix64
+        std::uint64_t z = (rng += 0x9e3779b97f4a7c15ull);
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+        return z ^ (z >> 31);
     }
     unsigned present(unsigned warp) const {   // lanes that exist in `warp` of this block
         const unsigned left = nthreads - warp * 32;
@@ -291,9 +376,223 @@ void diagnose_deadlock(Worker& w) {
     w.failed = true;
 }
 
+// ---- race check -------------------------------------------------------------------------------------------
+
+struct Region {   // shared memory of the running block that holds an address
+    unsigned char* base;
+    std::size_t bytes;
+    Shadow* shadow;
+    bool dynamic;
+};
+
+bool region_of(Worker& w, std::uintptr_t a, Region& r) {
+    if (w.smem && a - reinterpret_cast<std::uintptr_t>(w.smem) < w.smem_bytes) {
+        r = Region{w.smem, w.smem_bytes, w.dyn_shadow.data(), true};
+        return true;
+    }
+    for (StaticVar* v : w.active) {
+        if (a - reinterpret_cast<std::uintptr_t>(v->p) < v->bytes) {
+            r = Region{v->p, v->bytes, v->shadow.data(), false};
+            return true;
+        }
+    }
+    return false;
+}
+
+Shadow& shadow_at(Worker& w, const Region& r, std::size_t i) {
+    Shadow& s = r.shadow[i];
+    if (s.block != w.serial) {
+        s = Shadow{};
+        s.block = w.serial;
+        s.wwarp = s.rwarp = kNoWarp;
+    }
+    return s;
+}
+
+// Ends the block with the race (formatted by format_race once the block has ended).
+[[noreturn]] void report_race(Worker& w, const char* kind, unsigned other, Site here, Site there, const Region& r,
+                              std::uintptr_t a, unsigned bytes) {
+    const Fiber& f = *w.cur;
+    w.race = Race{true,   kind,    f.t.linear / 32, other,  bytes,  a - reinterpret_cast<std::uintptr_t>(r.base),
+                  r.bytes, r.dynamic, f.t.thread_idx, here, there, f.what, f.file, f.line};
+    fiber_fail(w, "shared-memory race");
+}
+
+// The running thread reads or writes n bytes at p (ignored unless p is shared memory of the block).
+void shared_access(Worker& w, const void* p, std::size_t n, bool write, Site site) {
+    const std::uintptr_t a = reinterpret_cast<std::uintptr_t>(p);
+    Region r;
+    if (!region_of(w, a, r)) return;
+    const std::size_t off = a - reinterpret_cast<std::uintptr_t>(r.base), end = std::min(r.bytes, off + n);
+    const unsigned warp = w.cur->t.linear / 32, bit = 1u << warp, ep = w.epoch;
+    for (std::size_t i = off; i < end; ++i) {
+        Shadow& s = shadow_at(w, r, i);
+        if (s.wwarp != kNoWarp && s.wwarp != warp && (s.wepoch == ep || s.inflight)) {
+            report_race(w, write ? "write after write" : "read after write", s.wwarp, site, s.wsite, r, a, (unsigned)n);
+        }
+        if (write) {
+            if (s.repoch == ep && (s.rwarps & ~bit)) {
+                const bool known = s.rwarp != warp;
+                report_race(w, "write after read", known ? s.rwarp : (unsigned)__builtin_ctz(s.rwarps & ~bit), site,
+                            known ? s.rsite : Site{}, r, a, (unsigned)n);
+            }
+            s.wwarp = (unsigned short)warp, s.wepoch = ep, s.wsite = site, s.inflight = false;
+        } else {
+            if (s.repoch != ep) s.rwarps = 0, s.repoch = ep;
+            s.rwarps |= bit, s.rwarp = (unsigned short)warp, s.rsite = site;
+        }
+    }
+}
+
+// A cp.async copy of the running thread lands: a write that may overlap anything since its issue.
+void async_write(Worker& w, const Pending& p) {
+    const std::uintptr_t a = reinterpret_cast<std::uintptr_t>(p.dst);
+    Region r;
+    if (!region_of(w, a, r)) return;
+    const std::size_t off = a - reinterpret_cast<std::uintptr_t>(r.base), end = std::min(r.bytes, off + 16);
+    const unsigned warp = w.cur->t.linear / 32, bit = 1u << warp;
+    const Site site{0, p.file, p.line};
+    for (std::size_t i = off; i < end; ++i) {
+        Shadow& s = shadow_at(w, r, i);
+        if (s.wwarp != kNoWarp && s.wwarp != warp && (s.wepoch >= p.issue_epoch || s.inflight)) {
+            report_race(w, "cp.async write after write", s.wwarp, site, s.wsite, r, a, 16);
+        }
+        if (s.repoch >= p.issue_epoch && (s.rwarps & ~bit)) {
+            const bool known = s.rwarp != warp;
+            report_race(w, "cp.async write after read", known ? s.rwarp : (unsigned)__builtin_ctz(s.rwarps & ~bit),
+                        site, known ? s.rsite : Site{}, r, a, 16);
+        }
+        s.wwarp = (unsigned short)warp, s.wepoch = w.epoch, s.wsite = site, s.inflight = true;
+    }
+}
+
+// The running thread's wait covers a landed copy: from now on it is an ordinary write of this interval.
+void async_done(Worker& w, const Pending& p) {
+    const std::uintptr_t a = reinterpret_cast<std::uintptr_t>(p.dst);
+    Region r;
+    if (!region_of(w, a, r)) return;
+    const std::size_t off = a - reinterpret_cast<std::uintptr_t>(r.base), end = std::min(r.bytes, off + 16);
+    const unsigned warp = w.cur->t.linear / 32;
+    for (std::size_t i = off; i < end; ++i) {
+        Shadow& s = shadow_at(w, r, i);
+        if (s.inflight && s.wwarp == warp) s.inflight = false, s.wepoch = w.epoch;
+    }
+}
+
+// "kernels/x.cu:123" for a return address into kernel code (the innermost inlined frame in a kernels/*.cu,
+// else the innermost outside kernels/emu/), via addr2line; false if that fails.
+bool symbolise(std::uintptr_t pc, char* out, std::size_t cap) {
+    Dl_info info;
+    if (!dladdr(reinterpret_cast<void*>(pc), &info) || !info.dli_fbase) return false;
+    std::uintptr_t addr = pc - 1;   // inside the call instruction
+    if (reinterpret_cast<const Elf64_Ehdr*>(info.dli_fbase)->e_type == ET_DYN) {
+        addr -= reinterpret_cast<std::uintptr_t>(info.dli_fbase);
+    }
+    const bool main_program = !info.dli_fname || !*info.dli_fname || dlopen(nullptr, RTLD_LAZY | RTLD_NOLOAD) ==
+                                                                          dlopen(info.dli_fname, RTLD_LAZY | RTLD_NOLOAD);
+    const std::string object = main_program ? "/proc/self/exe" : info.dli_fname;
+    if (object.find('\'') != std::string::npos) return false;
+    char cmd[600];
+    std::snprintf(cmd, sizeof cmd, "addr2line -C -f -i -e '%s' 0x%llx 2>/dev/null", object.c_str(),
+                  (unsigned long long)addr);
+    FILE* pipe = popen(cmd, "r");
+    if (!pipe) return false;
+    std::string best, fallback;
+    char line[1024];
+    for (int i = 0; std::fgets(line, sizeof line, pipe); ++i) {
+        if (i % 2 == 0) continue;   // function names
+        std::string loc(line);
+        loc = loc.substr(0, loc.find_first_of(" \n"));
+        if (loc.empty() || loc[0] == '?') continue;
+        if (best.empty() && loc.find(".cu:") != std::string::npos) best = loc;
+        if (fallback.empty() && loc.find("/emu/") == std::string::npos) fallback = loc;
+    }
+    pclose(pipe);
+    if (best.empty()) best = fallback;
+    if (best.empty()) return false;
+    const std::size_t k = best.rfind("/kernels/");   // kernels/x.cu, as the other messages say
+    std::snprintf(out, cap, "%s", best.c_str() + (k == std::string::npos ? 0 : k + 1));
+    return true;
+}
+
+void add_site(Msg& m, const Site& s) {
+    char buf[512];
+    if (s.pc && symbolise(s.pc, buf, sizeof buf)) m.add("%s", buf);
+    else if (s.pc) m.add("pc %p (addr2line could not name it)", reinterpret_cast<void*>(s.pc));
+    else if (s.file) m.add("%s:%d", s.file, s.line);
+    else m.add("an unrecorded site");
+}
+
+void format_race(Worker& w) {
+    const Race& r = w.race;
+    Msg m = block_msg(w, nullptr);
+    m.add("shared-memory race (%s) with no __syncthreads between: warp %u (thread (%u,%u,%u)) at ", r.kind, r.warp,
+          r.thread.x, r.thread.y, r.thread.z);
+    add_site(m, r.site);
+    m.add(", warp %u at ", r.other);
+    add_site(m, r.other_site);
+    m.add("; %u bytes at offset %zu of %s (%zu bytes)", r.bytes, r.offset,
+          r.dynamic ? "dynamic shared memory" : "a static __shared__ array", r.region_bytes);
+    if (r.sync_line) m.add("; warp %u last synchronised at %s (%s:%d)", r.warp, r.sync_what, r.sync_file, r.sync_line);
+}
+
 // ---- fibres, barriers, collectives ------------------------------------------------------------------------
 
-void yield(Worker& w, Fiber& f) { ctx_switch(f.ctx, w.sched); }
+void land_copy(Worker& w, Fiber& f, Pending& p) {
+    std::memcpy(p.dst, p.data, 16);
+    p.due = 0;
+    if (w.checked) async_write(w, p);
+}
+
+// Completes the copies covered by a wait that leaves `allowed` committed groups in flight (none for
+// kNoWait), landing them first, and forgets them and (unless checked) the copies that have landed.
+void retire(Worker& w, Fiber& f, unsigned allowed) {
+    unsigned kept = 0;
+    for (unsigned i = 0; i < f.npending; ++i) {
+        Pending& p = f.pending[i];
+        const bool cover = allowed != kNoWait && p.group != kUncommitted && p.group + allowed < f.committed;
+        if (cover && p.due) land_copy(w, f, p);
+        if (cover && w.checked) async_done(w, p);
+        if (!cover && (p.due || w.checked)) f.pending[kept++] = p;   // checked: landed copies stay in flight
+    }
+    f.npending = kept;
+}
+
+// Every switch away from a fibre is a moment its in-flight copies may land at.
+void yield(Worker& w, Fiber& f) {
+    bool landed = false;
+    for (unsigned i = 0; i < f.npending; ++i) {
+        Pending& p = f.pending[i];
+        if (p.due && p.due != kAtWait && --p.due == 0) land_copy(w, f, p), landed = true;
+    }
+    if (landed) retire(w, f, kNoWait);
+    ctx_switch(f.ctx, w.sched);
+}
+
+// A new barrier interval: a fresh warp order, and whether switches follow it or pick warps at random.
+void new_interval(Worker& w) {
+    for (unsigned i = 0; i < w.nwarps; ++i) w.order[i] = (unsigned char)i;
+    for (unsigned i = w.nwarps; i > 1; --i) std::swap(w.order[i - 1], w.order[w.next_random() % i]);
+    w.random_picks = w.next_random() % 4 == 0;
+}
+
+// The next fibre to run (taken off the runnable set), or -1 if none can run.
+int pick(Worker& w) {
+    if (!w.ready_warps) return -1;
+    unsigned warp = 0;
+    if (w.random_picks) {
+        unsigned bits = w.ready_warps;
+        for (unsigned k = (unsigned)(w.next_random() % (unsigned)__builtin_popcount(bits)); k; --k) bits &= bits - 1;
+        warp = (unsigned)__builtin_ctz(bits);
+    } else {
+        for (unsigned i = 0; !(w.ready_warps >> (warp = w.order[i]) & 1u); ++i) {
+        }
+    }
+    const unsigned lane = (unsigned)__builtin_ctz(w.ready[warp]);
+    w.ready[warp] &= w.ready[warp] - 1;
+    if (!w.ready[warp]) w.ready_warps &= ~(1u << warp);
+    return (int)(warp * 32 + lane);
+}
 
 [[noreturn]] void fiber_main() {
     Worker& w = *tls_worker;
@@ -322,18 +621,6 @@ void yield(Worker& w, Fiber& f) { ctx_switch(f.ctx, w.sched); }
     }
     ctx_switch(f.ctx, w.sched);
     std::abort();
-}
-
-// ---- cp.async: copies land at the wait that covers them ---------------------------------------------------
-
-void land(Fiber& f, unsigned allowed_groups) {   // all but the newest `allowed_groups` committed groups
-    unsigned kept = 0;
-    for (unsigned i = 0; i < f.npending; ++i) {
-        Pending& p = f.pending[i];
-        if (p.group != kUncommitted && p.group + allowed_groups < f.committed) std::memcpy(p.dst, p.data, 16);
-        else f.pending[kept++] = p;
-    }
-    f.npending = kept;
 }
 
 unsigned char* map_bytes(std::size_t bytes) {
@@ -366,11 +653,19 @@ bool run_block(Worker& w, unsigned long long b) {
     if (L.smem) std::memset(w.smem, 0xff, L.smem);   // poison: uninitialised reads show as NaN
     const unsigned n = L.nthreads, bx = L.block.x, bxy = L.block.x * L.block.y;
     w.nthreads = n;
+    w.nwarps = (n + 31) / 32;
     w.bar_count = w.done = 0;
     w.failed = false;
+    w.race.found = false;
     std::memset(w.warp_wait, 0, sizeof w.warp_wait);
     std::memset(w.warp_done, 0, sizeof w.warp_done);
-    w.qhead = w.qlen = 0;
+    std::memset(w.ready, 0, sizeof w.ready);
+    w.ready_warps = 0;
+    if (++w.serial == 0) ++w.serial;   // 0 marks shadows and arrays never used
+    w.epoch = 0;
+    w.active.clear();
+    w.rng = L.seed ^ (b * 0xd1b54a32d192ed03ull);
+    new_interval(w);
     for (unsigned i = 0; i < n; ++i) {
         Fiber& f = w.fiber(i);
         f.t.thread_idx = uint3{i % bx, i % bxy / bx, i / bxy};
@@ -380,10 +675,10 @@ bool run_block(Worker& w, unsigned long long b) {
         f.at("start", "?", 0);
         f.npending = f.committed = 0;
         ctx_make(f.ctx, f.stack, kStackBytes);
-        w.push(i);
+        w.make_ready(i);
     }
-    while (w.qlen) {
-        Fiber& f = w.fiber(w.pop());
+    for (int next; (next = pick(w)) >= 0;) {
+        Fiber& f = w.fiber((unsigned)next);
         w.cur = &f;
         instagen_emu_self = &f.t;
         ctx_switch(w.sched, f.ctx);
@@ -403,6 +698,8 @@ void run_worker(Worker& w, Launch& L) {
         w.smem = L.smem ? static_cast<unsigned char*>(instagen_emu_alloc_guarded(L.smem, 16)) : nullptr;
         w.smem_bytes = w.smem ? L.smem : 0;
     }
+    w.checked = L.checked;
+    if (L.checked && w.dyn_shadow.size() < L.smem) w.dyn_shadow.resize(L.smem);
     if (!w.altstack) w.altstack = map_bytes(kAltStackBytes);
     if ((L.smem && !w.smem) || !w.altstack || !ensure_stacks(w, L.nthreads)) {
         L.fail("out of memory for fibre stacks or shared memory", 0);
@@ -421,6 +718,7 @@ void run_worker(Worker& w, Launch& L) {
             w.block = L.next.fetch_add(1, std::memory_order_relaxed);
             if (w.block >= L.nblocks) break;
             if (!run_block(w, w.block)) {
+                if (w.race.found) format_race(w);
                 L.fail(w.msg, w.block);
                 break;
             }
@@ -439,6 +737,8 @@ struct Pool {
     std::condition_variable wake, idle;
     std::vector<std::unique_ptr<Worker>> workers;   // workers[0] runs on the launching thread
     unsigned setting = 0;                           // 0: not decided yet
+    bool seeded = false;
+    std::uint64_t seed = 0;
     Launch* job = nullptr;
     unsigned job_workers = 0, busy = 0;
     unsigned long long generation = 0;
@@ -454,6 +754,18 @@ unsigned default_workers() {
         if (n >= 1 && n <= (long)kMaxWorkers) return (unsigned)n;
     }
     return std::max(1u, std::min(2u, std::thread::hardware_concurrency()));
+}
+
+constexpr std::uint64_t kDefaultSeed = 1;
+
+std::uint64_t default_seed() {
+    if (const char* env = std::getenv("INSTAGEN_EMU_SEED")) {
+        char* end = nullptr;
+        const unsigned long long v = std::strtoull(env, &end, 0);
+        if (end && end != env && !*end) return v;
+        std::fprintf(stderr, "instagen emu: ignoring INSTAGEN_EMU_SEED=%s (not an integer)\n", env);
+    }
+    return kDefaultSeed;
 }
 
 void* helper_main(void* arg) {
@@ -514,14 +826,15 @@ std::string check_launch(const instagen_emu_dims* d, const char* kernel, void** 
 // ---- the C API ----------------------------------------------------------------------------------------------
 
 extern "C" int instagen_emu_run(const instagen_emu_dims* d, const char* kernel, instagen_emu_entry entry,
-                                void** args, unsigned nparams) {
+                                void** args, unsigned nparams, int flags) {
     tls_error = check_launch(d, kernel, args, nparams);
     if (!tls_error.empty()) return 1;
     Pool& p = pool();
     std::lock_guard<std::mutex> launch_lock(p.launch_mu);
     instagen_emu_install_fault_handler();
     if (!p.setting) p.setting = default_workers();
-    Launch L(d, kernel, entry, args);
+    if (!p.seeded) p.seed = default_seed(), p.seeded = true;
+    Launch L(d, kernel, entry, args, (flags & INSTAGEN_EMU_RACECHECK_FLAG) != 0, p.seed);
     const unsigned used = ensure_workers(p, (unsigned)std::min<unsigned long long>(p.setting, L.nblocks));
     if (used > 1) {
         std::lock_guard<std::mutex> lk(p.mu);
@@ -547,6 +860,19 @@ extern "C" int instagen_emu_set_workers(unsigned n) {
     std::lock_guard<std::mutex> lk(p.launch_mu);
     p.setting = n;
     return 0;
+}
+
+extern "C" void instagen_emu_set_seed(unsigned long long seed) {
+    Pool& p = pool();
+    std::lock_guard<std::mutex> lk(p.launch_mu);
+    p.seed = seed, p.seeded = true;
+}
+
+extern "C" unsigned long long instagen_emu_seed(void) {
+    Pool& p = pool();
+    std::lock_guard<std::mutex> lk(p.launch_mu);
+    if (!p.seeded) p.seed = default_seed(), p.seeded = true;
+    return p.seed;
 }
 
 extern "C" unsigned instagen_emu_workers(void) {
@@ -579,10 +905,13 @@ extern "C" void instagen_emu_syncthreads(const char* file, int line) {
                    others, other->file, other->line);
     }
     w.bar_count = 0;
+    ++w.epoch;
     for (unsigned i = 0; i < w.nthreads; ++i) {
         w.fiber(i).state = kReady;
-        if (&w.fiber(i) != &f) w.push(i);
+        w.make_ready(i);
     }
+    new_interval(w);
+    yield(w, f);   // the new interval's order decides who runs first, this thread included
 }
 
 extern "C" void instagen_emu_warp_op(int kind, unsigned mask, const char* what, const char* file, int line,
@@ -622,7 +951,7 @@ extern "C" void instagen_emu_warp_op(int kind, unsigned mask, const char* what, 
     for (unsigned l = 0; l < 32; ++l) {
         if (!(mask >> l & 1u)) continue;
         w.fiber(base + l).state = kReady;
-        if (l != lane) w.push(base + l);
+        if (l != lane) w.make_ready(base + l);
     }
 }
 
@@ -643,15 +972,26 @@ extern "C" void instagen_emu_cp_async(void* dst, const void* src, unsigned src_b
         fiber_fail(w, "cp.async (%s:%d): %p <- %p is not 16-byte aligned", file, line, dst, src);
     }
     if (src_bytes > 16) fiber_fail(w, "cp.async (%s:%d): %u source bytes, at most 16", file, line, src_bytes);
-    if (f.npending == kMaxPending) {   // landing the oldest copy early is allowed
-        std::memcpy(f.pending[0].dst, f.pending[0].data, 16);
+    if (f.npending == kMaxPending) {   // completing the oldest copy early is allowed
+        Pending& old = f.pending[0];
+        if (old.due) land_copy(w, f, old);
+        if (w.checked) async_done(w, old);
         std::memmove(f.pending, f.pending + 1, sizeof(Pending) * --f.npending);
     }
     Pending& p = f.pending[f.npending++];
     p.dst = dst;
     p.group = kUncommitted;
+    p.issue_epoch = w.epoch;
+    p.file = file, p.line = line;
     std::memset(p.data, 0, sizeof p.data);
-    std::memcpy(p.data, src, src_bytes);   // the source is read now; the destination written at the wait
+    std::memcpy(p.data, src, src_bytes);   // the source is read now, the destination written when it lands
+    // When it lands: now (1 in 4), at the covering wait (1 in 4), or after 1 to 4 switches of this thread.
+    const unsigned r = (unsigned)(w.next_random() % 8);
+    p.due = r < 2 ? 1 : r < 4 ? kAtWait : r - 3;
+    if (r < 2) {
+        land_copy(w, f, p);
+        if (!w.checked) --f.npending;
+    }
 }
 
 extern "C" void instagen_emu_cp_async_commit(void) {
@@ -663,8 +1003,71 @@ extern "C" void instagen_emu_cp_async_commit(void) {
 }
 
 extern "C" void instagen_emu_cp_async_wait(unsigned allowed_pending_groups) {
-    land(*tls_worker->cur, allowed_pending_groups);
+    Worker& w = *tls_worker;
+    retire(w, *w.cur, allowed_pending_groups);
 }
+
+extern "C" void* instagen_emu_static_smem(const void* key, size_t bytes) {
+    Worker& w = *tls_worker;
+    StaticVar* v = nullptr;
+    for (StaticVar& x : w.vars) {
+        if (x.key == key) {
+            v = &x;
+            break;
+        }
+    }
+    if (!v) {
+        void* p = instagen_emu_alloc_guarded(std::max<size_t>(bytes, 1), 128);   // overruns fault
+        if (!p) fiber_fail(w, "out of memory for a static __shared__ array of %zu bytes", bytes);
+        w.vars.push_back(StaticVar{key, static_cast<unsigned char*>(p), bytes, 0, {}});
+        w.active.clear();   // the push may have moved the entries: rebuilt
+        for (StaticVar& x : w.vars) {
+            if (x.block == w.serial) w.active.push_back(&x);
+        }
+        v = &w.vars.back();
+    }
+    if (v->block != w.serial) {
+        v->block = w.serial;
+        std::memset(v->p, 0xff, bytes);   // poison, as dynamic shared memory
+        if (w.checked && v->shadow.size() < bytes) v->shadow.resize(bytes);
+        w.active.push_back(v);
+    }
+    return v->p;
+}
+
+extern "C" void instagen_emu_shared_read(const void* p, size_t bytes) {
+    Worker* w = tls_worker;
+    if (w && w->checked && w->cur) shared_access(*w, p, bytes, false, Site{0, w->cur->file, w->cur->line});
+}
+
+// ---- the race check's hooks: -fsanitize=thread instrumentation of the kernels' race-check copies ----------
+// Only the instrumented objects call these (the TSan runtime is not linked); an access outside a race-checked
+// launch or outside shared memory returns at once.
+
+namespace {
+inline void hook(const void* p, std::size_t n, bool write, void* pc) {
+    Worker* w = tls_worker;
+    if (w && w->checked && w->cur) shared_access(*w, p, n, write, Site{reinterpret_cast<std::uintptr_t>(pc), nullptr, 0});
+}
+}   // namespace
+
+#define INSTAGEN_EMU_HOOKS(N)                                                                                  \
+    extern "C" void __tsan_read##N(void* p) { hook(p, N, false, __builtin_return_address(0)); }                \
+    extern "C" void __tsan_write##N(void* p) { hook(p, N, true, __builtin_return_address(0)); }                \
+    extern "C" void __tsan_unaligned_read##N(void* p) { hook(p, N, false, __builtin_return_address(0)); }      \
+    extern "C" void __tsan_unaligned_write##N(void* p) { hook(p, N, true, __builtin_return_address(0)); }
+INSTAGEN_EMU_HOOKS(1)
+INSTAGEN_EMU_HOOKS(2)
+INSTAGEN_EMU_HOOKS(4)
+INSTAGEN_EMU_HOOKS(8)
+INSTAGEN_EMU_HOOKS(16)
+#undef INSTAGEN_EMU_HOOKS
+extern "C" void __tsan_read_range(void* p, unsigned long n) { hook(p, n, false, __builtin_return_address(0)); }
+extern "C" void __tsan_write_range(void* p, unsigned long n) { hook(p, n, true, __builtin_return_address(0)); }
+extern "C" void __tsan_init(void) {}
+extern "C" void __tsan_func_entry(void*) {}
+extern "C" void __tsan_func_exit(void) {}
+extern "C" void __tsan_vptr_update(void**, void*) {}
 
 // A SIGSEGV/SIGBUS (guard.cpp's handler): while a kernel thread runs, ends its launch with an error (via
 // siglongjmp to the worker); otherwise returns and the previous handler gets the signal.

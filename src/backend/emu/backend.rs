@@ -14,7 +14,8 @@ use crate::tensor::DType;
 #[derive(Clone, Copy, Debug, Default)]
 pub struct EmuBackend {
     /// Run every launch on private copies of its tensors, each followed by a guard page, so an
-    /// out-of-bounds access ends the launch with an error instead of touching a neighbour.
+    /// out-of-bounds access ends the launch with an error instead of touching a neighbour; and run the
+    /// race-check copy of every kernel, so a shared-memory race between warps is an error too.
     pub checked: bool,
 }
 
@@ -71,7 +72,7 @@ impl EmuBackend {
         })?;
         let ptrs = args.pointers();
         // SAFETY: every pointer argument is a guarded buffer of exactly its tensor's size.
-        unsafe { ffi::launch(&launch.kernel, launch.grid, launch.block, launch.smem, &ptrs)? };
+        unsafe { ffi::launch_checked(&launch.kernel, launch.grid, launch.block, launch.smem, &ptrs)? };
         for (l, g) in &copies {
             let dst = bases.addr(*l)?;
             // SAFETY: in bounds (checked by `addr`); no other reference into the region is live.

@@ -6,6 +6,13 @@
 //! (a divergent or deadlocked barrier, a warp collective missing a lane, an out-of-bounds access of a
 //! [`GuardedBuf`], a fault, a kernel `assert`) come back as [`Error::Backend`] naming the kernel, the block
 //! and, where one is to blame, the thread. Launches from several threads are serialised.
+//!
+//! The schedule is adversarial but reproducible: warps run in a seeded random order between barriers (one
+//! runs ahead to the next barrier before the others start), `cp.async` copies land at a random moment between
+//! issue and the covering wait. The seed is `INSTAGEN_EMU_SEED` (default 1; see [`set_seed`]).
+//! [`EmuKernel::launch_checked`] runs the race-check copy of a kernel (compiled with `-fsanitize=thread`):
+//! a shared-memory access racing with another warp's (no `__syncthreads` between) is an error naming both
+//! sites.
 
 use std::ffi::{CStr, c_char, c_int, c_void};
 use std::ptr::NonNull;
@@ -27,6 +34,8 @@ unsafe extern "C" {
     fn instagen_emu_last_error() -> *const c_char;
     fn instagen_emu_set_workers(n: u32) -> c_int;
     fn instagen_emu_workers() -> u32;
+    fn instagen_emu_set_seed(seed: u64);
+    fn instagen_emu_seed() -> u64;
     fn instagen_emu_alloc_guarded(bytes: usize, align: usize) -> *mut c_void;
     fn instagen_emu_free_guarded(p: *mut c_void);
 }
@@ -39,9 +48,32 @@ pub struct EmuKernel {
     /// Kernel symbol, e.g. `"add_fwd_f32"`.
     pub name: &'static str,
     launch: LaunchFn,
+    /// The race-check copy (see [`EmuKernel::launch_checked`]).
+    launch_checked: LaunchFn,
 }
 
 include!(concat!(env!("OUT_DIR"), "/emu_gen.rs"));
+
+thread_local! {
+    static VARIANT: std::cell::Cell<Option<&'static str>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` with kernel lookups on this thread ([`find`], [`launch`], the emu backend) answered by the race
+/// variant `variant` where it has the kernel (build/emu.rs `VARIANTS`: a kernel built without one marked
+/// barrier or wait), for tests that check the emulator catches the race.
+pub fn with_variant<R>(variant: &'static str, f: impl FnOnce() -> R) -> Result<R> {
+    if !GEN_EMU_VARIANTS.iter().any(|(v, _)| *v == variant) {
+        return Err(emu_error(format!("no race variant named {variant:?}")));
+    }
+    struct Reset(Option<&'static str>);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            VARIANT.with(|v| v.set(self.0));
+        }
+    }
+    let _reset = Reset(VARIANT.with(|v| v.replace(Some(variant))));
+    Ok(f())
+}
 
 /// Every emulated kernel, sorted by name.
 pub fn kernels() -> &'static [EmuKernel] {
@@ -50,6 +82,11 @@ pub fn kernels() -> &'static [EmuKernel] {
 
 /// The emulated kernel called `name`.
 pub fn find(name: &str) -> Option<&'static EmuKernel> {
+    if let Some(variant) = VARIANT.with(|v| v.get()) {
+        if let Some((_, k)) = GEN_EMU_VARIANTS.iter().find(|(v, k)| *v == variant && k.name == name) {
+            return Some(k);
+        }
+    }
     GEN_EMU_KERNELS
         .binary_search_by(|k| k.name.cmp(name))
         .ok()
@@ -74,6 +111,39 @@ impl EmuKernel {
         smem_bytes: u32,
         args: &[*mut c_void],
     ) -> Result<()> {
+        // SAFETY: forwarded to the caller.
+        unsafe { self.run(self.launch, grid, block, smem_bytes, args) }
+    }
+
+    /// As [`EmuKernel::launch`], with the race-check copy of the kernel: every shared-memory access is
+    /// checked against the other warps' since the last `__syncthreads` (read after write, write after read,
+    /// write after write; a `cp.async` write spans its issue to the covering wait; accesses within one warp and
+    /// atomics are never races). A race ends the launch with an error naming the kernel, the block and both
+    /// sites (file:line). Several times slower than `launch`.
+    ///
+    /// # Safety
+    /// As [`EmuKernel::launch`].
+    pub unsafe fn launch_checked(
+        &self,
+        grid: [u32; 3],
+        block: [u32; 3],
+        smem_bytes: u32,
+        args: &[*mut c_void],
+    ) -> Result<()> {
+        // SAFETY: forwarded to the caller.
+        unsafe { self.run(self.launch_checked, grid, block, smem_bytes, args) }
+    }
+
+    /// # Safety
+    /// As [`EmuKernel::launch`].
+    unsafe fn run(
+        &self,
+        launch: LaunchFn,
+        grid: [u32; 3],
+        block: [u32; 3],
+        smem_bytes: u32,
+        args: &[*mut c_void],
+    ) -> Result<()> {
         let nargs = u32::try_from(args.len())
             .map_err(|_| emu_error(format!("kernel {}: too many arguments", self.name)))?;
         let dims = Dims {
@@ -84,7 +154,7 @@ impl EmuKernel {
         };
         // SAFETY: `dims` lives across the call; the C side only reads `args` (the caller vouches for what the
         // pointers point at) and runs the grid to completion before returning.
-        let rc = unsafe { (self.launch)(&dims, args.as_ptr().cast_mut()) };
+        let rc = unsafe { launch(&dims, args.as_ptr().cast_mut()) };
         if rc == 0 {
             Ok(())
         } else {
@@ -104,14 +174,32 @@ pub unsafe fn launch(
     smem_bytes: u32,
     args: &[*mut c_void],
 ) -> Result<()> {
-    let kernel = find(name).ok_or_else(|| {
+    // SAFETY: forwarded to the caller.
+    unsafe { find_or_err(name)?.launch(grid, block, smem_bytes, args) }
+}
+
+/// As [`launch`], with the race check ([`EmuKernel::launch_checked`]).
+///
+/// # Safety
+/// As [`EmuKernel::launch`].
+pub unsafe fn launch_checked(
+    name: &str,
+    grid: [u32; 3],
+    block: [u32; 3],
+    smem_bytes: u32,
+    args: &[*mut c_void],
+) -> Result<()> {
+    // SAFETY: forwarded to the caller.
+    unsafe { find_or_err(name)?.launch_checked(grid, block, smem_bytes, args) }
+}
+
+fn find_or_err(name: &str) -> Result<&'static EmuKernel> {
+    find(name).ok_or_else(|| {
         emu_error(format!(
             "no emulated kernel named {name:?} ({} kernels are built in)",
             GEN_EMU_KERNELS.len()
         ))
-    })?;
-    // SAFETY: forwarded to the caller.
-    unsafe { kernel.launch(grid, block, smem_bytes, args) }
+    })
 }
 
 /// The error message of the last failed launch on this thread.
@@ -136,6 +224,20 @@ fn last_error() -> String {
 pub fn workers() -> usize {
     // SAFETY: no preconditions.
     unsafe { instagen_emu_workers() as usize }
+}
+
+/// The seed of the emulator's schedule (warp order, `cp.async` landing moments), mixed with the kernel name
+/// and block index so a launch runs the same way every time: `INSTAGEN_EMU_SEED` (an integer, `0x` for hex)
+/// if set, else 1.
+pub fn seed() -> u64 {
+    // SAFETY: no preconditions.
+    unsafe { instagen_emu_seed() }
+}
+
+/// Sets [`seed`] for later launches (of every thread).
+pub fn set_seed(seed: u64) {
+    // SAFETY: no preconditions.
+    unsafe { instagen_emu_set_seed(seed) }
 }
 
 /// Sets [`workers`] for later launches (1 to 64).
