@@ -519,6 +519,9 @@ def main():
     ap.add_argument("--list", action="store_true")
     ap.add_argument("--verbose", action="store_true", help="print every message")
     a = ap.parse_args()
+    a.bin = os.path.abspath(a.bin)  # cases run in their own working directories
+    if a.sd:
+        a.sd = os.path.abspath(a.sd)
     all_cases = [c for c in cases() if a.only in c.name]
     if a.list:
         for c in all_cases:
