@@ -17,7 +17,12 @@
 //! outputs computed from f16/bf16 inputs: the logsumexp is within f32 rounding, but delta = sum_d o dy is a
 //! cancelling sum of D products accumulated in f32 on the device (f64 on the CPU): its absolute error is about
 //! sqrt(D) 2^-24 max|o dy| (~1e-6 at D = 160 for normal inputs), so the stats cases allow atol 1e-5 (rtol
-//! stays 1e-5).
+//! stays 1e-5). The f32 backward inherits that absolute error and adds its own: dS = P (dP - delta) subtracts
+//! two such sums (dP = dy . v in f32), and dq, dk sum dS times q or k over up to Tk or Tq rows, so a gradient
+//! the reference puts near zero (a causal first row, where dP and delta nearly cancel) is off by a few 1e-6
+//! however small it is (seen on emu: up to 3.3e-6 over 120 seeds at D = 64, against atol 1e-6 of
+//! `Tol::for_dtype`). The f32 backward cases therefore allow atol 1e-5 too; f16/bf16 keep their dtype atol
+//! (1e-4, 1e-3), which already covers it.
 
 use crate::parity::{Case, Gen, Tol, Work};
 use crate::graph::op::Op;
@@ -117,7 +122,9 @@ fn bwd_case(dt: DType, a: Att) -> Case {
     ];
     let (causal, scale) = (a.causal, a.scale());
     let ks: Vec<&str> = kernels.iter().map(|s| s.as_str()).collect();
-    Case::new(format!("attention_bwd {dt} {}", a.label()), ins, Tol::for_dtype(dt), &ks, move |g, x| {
+    // Why atol 1e-5 for f32: see the module comment (cancelling f32 sums feed every gradient).
+    let tol = if dt == DType::F32 { Tol { atol: 1e-5, rtol: 1e-5 } } else { Tol::for_dtype(dt) };
+    Case::new(format!("attention_bwd {dt} {}", a.label()), ins, tol, &ks, move |g, x| {
         bwd_graph(g, x, causal, scale)
     })
 }
