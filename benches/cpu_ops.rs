@@ -4,7 +4,8 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use instagen::backend::cpu::CpuBackend;
-use instagen::graph::{Executor, Graph, NodeId, UnaryOp};
+use instagen::graph::{Graph, NodeId, UnaryOp};
+use instagen::runtime::Executor;
 use instagen::params::ParamStore;
 use instagen::pipeline::selfcheck;
 use instagen::tensor::{DType, HostTensor};

@@ -6,7 +6,8 @@
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use instagen::backend::cpu::CpuBackend;
-use instagen::graph::{Executor, Graph, Op};
+use instagen::graph::{Graph, Op};
+use instagen::runtime::Executor;
 use instagen::params::ParamStore;
 use instagen::tensor::{DType, HostTensor};
 use std::hint::black_box;

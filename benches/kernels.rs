@@ -8,7 +8,7 @@ use instagen::backend::cpu::CpuBackend;
 use instagen::backend::cuda::CudaBackend;
 use instagen::backend::emu::EmuBackend;
 use instagen::backend::{Backend, BackendKind};
-use instagen::graph::Executor;
+use instagen::runtime::Executor;
 use instagen::params::ParamStore;
 use instagen::parity::{self, random_tensor, Work};
 use instagen::util::Rng;

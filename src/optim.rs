@@ -1,4 +1,4 @@
-//! Optimiser settings. The update itself is a backend kernel (`Backend::adamw`); the executor keeps the state.
+//! Optimiser settings (a leaf module: `backend` takes them as kernel parameters, `runtime` keeps the state).
 
 /// AdamW as in PyTorch (`torch.optim.AdamW`): decoupled weight decay, bias-corrected moments.
 #[derive(Clone, Copy, Debug, PartialEq)]

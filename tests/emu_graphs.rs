@@ -4,7 +4,8 @@
 
 use instagen::backend::cpu::CpuBackend;
 use instagen::backend::emu::EmuBackend;
-use instagen::graph::{autodiff, Executor, Graph, UnaryOp};
+use instagen::graph::{autodiff, Graph, UnaryOp};
+use instagen::runtime::Executor;
 use instagen::nn;
 use instagen::optim::AdamWConfig;
 use instagen::pipeline::selfcheck;

@@ -1,7 +1,8 @@
 //! Bad graphs and bad inputs give errors that name the op, input or key and the shapes, never panics.
 
 use instagen::backend::cpu::CpuBackend;
-use instagen::graph::{Executor, Graph, UnaryOp};
+use instagen::graph::{Graph, UnaryOp};
+use instagen::runtime::Executor;
 use instagen::params::ParamStore;
 use instagen::tensor::{DType, HostTensor};
 

@@ -4,7 +4,8 @@
 
 use instagen::backend::cpu::CpuBackend;
 use instagen::graph::plan::Buffer;
-use instagen::graph::{autodiff, BinaryOp, Executor, Graph, NodeId, Plan, ReduceOp, UnaryOp};
+use instagen::graph::{autodiff, BinaryOp, Graph, NodeId, Plan, ReduceOp, UnaryOp};
+use instagen::runtime::Executor;
 use instagen::params::ParamStore;
 use instagen::tensor::{DType, HostTensor};
 use instagen::util::Rng;

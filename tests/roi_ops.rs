@@ -6,7 +6,8 @@
 use instagen::backend::cpu::CpuBackend;
 use instagen::backend::emu::EmuBackend;
 use instagen::backend::Backend;
-use instagen::graph::{autodiff, Executor, Graph, NodeId, Op};
+use instagen::graph::{autodiff, Graph, NodeId, Op};
+use instagen::runtime::Executor;
 use instagen::params::ParamStore;
 use instagen::tensor::{DType, HostTensor};
 use serde_json::Value;

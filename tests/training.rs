@@ -2,7 +2,8 @@
 //! forward and backward through autodiff, AdamW updates on the CPU backend.
 
 use instagen::backend::cpu::CpuBackend;
-use instagen::graph::{autodiff, Executor, Graph};
+use instagen::graph::{autodiff, Graph};
+use instagen::runtime::Executor;
 use instagen::nn;
 use instagen::optim::AdamWConfig;
 use instagen::pipeline::selfcheck;

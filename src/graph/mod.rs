@@ -2,13 +2,11 @@
 //! inferred and checked as each node is added. Models build graphs; backends run them.
 
 pub mod autodiff;
-pub mod exec;
 pub mod plan;
 
 /// The ops and their shape rules live in `crate::ops`; `graph::op` is the name graph code knew them by.
 pub use crate::ops as op;
 
-pub use exec::Executor;
 pub use crate::ops::{BinaryOp, Op, ReduceOp, UnaryOp};
 pub use plan::Plan;
 

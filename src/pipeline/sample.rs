@@ -13,7 +13,8 @@
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::graph::{Executor, Plan};
+use crate::graph::Plan;
+use crate::runtime::Executor;
 use crate::models::scheduler::{DdimScheduler, GaussianNoise, classifier_free_guidance};
 use crate::pipeline::checks;
 use crate::models::unet::{self, UNetConfig, UNetShape};

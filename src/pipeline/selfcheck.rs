@@ -4,7 +4,8 @@
 use crate::backend::cpu::CpuBackend;
 use crate::backend::{Backend, BackendKind};
 use crate::error::{Error, Result};
-use crate::graph::{autodiff, Executor, Graph, Plan, UnaryOp};
+use crate::graph::{autodiff, Graph, Plan, UnaryOp};
+use crate::runtime::Executor;
 use crate::nn;
 use crate::optim::AdamWConfig;
 use crate::tensor::{DType, HostTensor};

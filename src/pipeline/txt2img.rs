@@ -21,7 +21,8 @@ use std::time::Instant;
 
 use crate::backend::{Backend, BackendKind};
 use crate::error::{Error, Result};
-use crate::graph::{Executor, Plan};
+use crate::graph::Plan;
+use crate::runtime::Executor;
 use crate::models::clip_text::ClipTextModel;
 use crate::models::scheduler::DdimScheduler;
 use crate::models::tokenizer::ClipTokenizer;

@@ -6,7 +6,8 @@ pub mod sd;
 use std::path::PathBuf;
 
 use instagen::backend::cpu::CpuBackend;
-use instagen::graph::{Executor, Graph, NodeId};
+use instagen::graph::{Graph, NodeId};
+use instagen::runtime::Executor;
 use instagen::params::ParamStore;
 use instagen::tensor::HostTensor;
 

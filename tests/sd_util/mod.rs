@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use instagen::backend::Backend;
 use instagen::backend::cpu::CpuBackend;
 use instagen::backend::emu::EmuBackend;
-use instagen::graph::{Executor, Graph, NodeId};
+use instagen::graph::{Graph, NodeId};
+use instagen::runtime::Executor;
 use instagen::params::ParamStore;
 use instagen::tensor::HostTensor;
 

@@ -3,8 +3,8 @@
 
 use std::collections::HashMap;
 
-use super::plan::{Plan, ALIGN};
-use super::{Graph, NodeId, Op};
+use crate::graph::plan::{Plan, ALIGN};
+use crate::graph::{Graph, NodeId, Op};
 use crate::backend::{AdamWSlot, Backend, Loc, Mems, Space};
 use crate::error::{Error, Result};
 use crate::optim::AdamWConfig;
@@ -61,7 +61,7 @@ impl<B: Backend> Executor<B> {
     }
 
     pub fn with_plan(backend: B, graph: Graph, plan: Plan, store: &ParamStore) -> Result<Self> {
-        let need = super::plan::needed(&graph);
+        let need = crate::graph::plan::needed(&graph);
         let used: Vec<(NodeId, String)> = (graph.params().into_iter())
             .filter(|(id, _)| need[id.0])
             .map(|(id, n)| (id, n.to_string()))
