@@ -9,6 +9,7 @@
 
 pub mod backend;
 pub mod boxes;
+pub mod data;
 pub mod detection;
 pub mod error;
 pub mod graph;
