@@ -4,6 +4,12 @@
 //! the [`Rng`] it is handed, which [`sample_rng`] derives from (seed, epoch, index) alone, so a sample is the
 //! same whichever worker thread makes it and whether or not the run was resumed.
 
+pub mod collate;
+pub mod loader;
+
+pub use collate::{pad_rows, stack, Padded};
+pub use loader::{permutation, Batch, Loader, LoaderConfig, Position};
+
 use crate::error::Result;
 use crate::util::Rng;
 
