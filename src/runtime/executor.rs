@@ -278,3 +278,46 @@ impl<B: Backend> Executor<B> {
         Ok(OptState { slots, step: 0 })
     }
 }
+
+/// AdamW state in and out, for checkpoints (`runtime/checkpoint.rs`): per parameter `NAME.exp_avg` and
+/// `NAME.exp_avg_sq` (f32), and `NAME.master` (the f32 master copy) for a parameter stored in f16/bf16.
+impl<B: Backend> Executor<B> {
+    /// The optimiser's step count and moments; `None` before the first [`adamw_step`](Self::adamw_step).
+    pub fn adamw_state(&self) -> Result<Option<(u32, ParamStore)>> {
+        let Some(opt) = &self.opt else { return Ok(None) };
+        let mut store = ParamStore::new();
+        for (name, _, slot) in &opt.slots {
+            let mut parts = vec![("exp_avg", slot.m), ("exp_avg_sq", slot.v)];
+            parts.extend(slot.master.map(|l| ("master", l)));
+            for (part, loc) in parts {
+                let mut t = HostTensor::zeros(&self.params[name].shape, DType::F32);
+                self.backend.read(&self.mems.state, loc.offset, &mut t.data)?;
+                store.insert(&format!("{name}.{part}"), t);
+            }
+        }
+        Ok(Some((opt.step, store)))
+    }
+
+    /// Restore a state saved by [`adamw_state`](Self::adamw_state) for the same parameter/gradient list; every
+    /// tensor is checked by name, shape and dtype.
+    pub fn set_adamw_state(&mut self, grads: &[(String, NodeId)], step: u32, state: &ParamStore) -> Result<()> {
+        if self.opt.is_none() {
+            self.opt = Some(self.init_opt(grads)?);
+        }
+        let Some(opt) = self.opt.as_mut() else { return Err(Error::Plan("optimiser state missing".into())) };
+        if opt.slots.len() != grads.len() || opt.slots.iter().zip(grads).any(|(s, g)| s.0 != g.0 || s.1 != g.1) {
+            return Err(Error::Mismatch { what: "set_adamw_state".into(), msg: "the parameter/gradient list differs from the first step's".into() });
+        }
+        for (name, _, slot) in &opt.slots {
+            let shape = &self.params[name].shape;
+            let mut parts = vec![("exp_avg", slot.m), ("exp_avg_sq", slot.v)];
+            parts.extend(slot.master.map(|l| ("master", l)));
+            for (part, loc) in parts {
+                let t = state.require(&format!("{name}.{part}"), shape, DType::F32)?;
+                self.backend.write(&mut self.mems.state, loc.offset, &t.data)?;
+            }
+        }
+        opt.step = step;
+        Ok(())
+    }
+}
