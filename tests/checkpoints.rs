@@ -276,8 +276,13 @@ fn kill_and_resume_is_bit_identical() {
     let curves: serde_json::Value = serde_json::from_slice(&std::fs::read(killed.join(runlog::CURVES_JSON)).unwrap()).unwrap();
     assert_eq!(curves["steps"], N);
     assert_eq!(curves["loss.png"]["x"]["max"], N as f64);
-    std::fs::remove_dir_all(&straight).ok();
-    std::fs::remove_dir_all(&killed).ok();
+    // INSTAGEN_KEEP_TEST_RUN=1 keeps the run folders to look at (the curves, metrics.jsonl).
+    if std::env::var_os("INSTAGEN_KEEP_TEST_RUN").is_none() {
+        std::fs::remove_dir_all(&straight).ok();
+        std::fs::remove_dir_all(&killed).ok();
+    } else {
+        eprintln!("kept {} and {}", straight.display(), killed.display());
+    }
 }
 
 #[test]
@@ -295,4 +300,53 @@ fn a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
 fn ticks_are_round() {
     assert_eq!(runlog::ticks(0.0, 40.0, 8), vec![0.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 35.0, 40.0]);
     assert_eq!(runlog::ticks(0.13, 0.61, 6), vec![0.2, 0.3, 0.4, 0.5, 0.6]);
+}
+
+#[test]
+fn resuming_with_another_config_names_the_field() {
+    let run = temp_dir("config");
+    let mut cfg = loop_config(&run, false);
+    cfg.steps = 10;
+    train(Arc::new(Points), LoaderConfig::new(B, 0, 5), &mut Mlp::new(3), &cfg).unwrap();
+    let mut cfg = loop_config(&run, true);
+    cfg.config["batch"] = serde_json::json!(16);
+    cfg.may_differ = vec!["steps".into()];
+    let e = train(Arc::new(Points), LoaderConfig::new(B, 0, 5), &mut Mlp::new(3), &cfg).unwrap_err().to_string();
+    assert!(e.contains("state.json") && e.contains("'batch'") && e.contains("16"), "{e}");
+    std::fs::remove_dir_all(&run).ok();
+}
+
+#[test]
+fn metrics_are_cut_back_to_the_checkpoint_on_resume() {
+    let run = temp_dir("metrics");
+    let rec = |step: u64| StepRecord {
+        step,
+        losses: BTreeMap::from([("mse".to_string(), Some(1.0 / step as f32)), ("nan".to_string(), None)]),
+        lr: 1e-3,
+        grad_norm: Some(0.5),
+        loss_scale: None,
+        samples_per_s: 10.0,
+        skipped: false,
+    };
+    {
+        let mut log = runlog::RunLog::open(&run, 0, 10, false).unwrap();
+        for s in 1..=9 {
+            log.log_step(rec(s)).unwrap();
+        }
+    }
+    // A line cut short by a crash.
+    let path = run.join(runlog::METRICS_FILE);
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str("{\"step\":10,\"los");
+    std::fs::write(&path, text).unwrap();
+    let mut log = runlog::RunLog::open(&run, 6, 10, false).unwrap();
+    assert_eq!(log.history().iter().map(|r| r.step).collect::<Vec<_>>(), (1..=6).collect::<Vec<_>>());
+    log.log_step(rec(7)).unwrap();
+    drop(log);
+    let back: Vec<StepRecord> = metrics(&run);
+    assert_eq!(back, (1..=7).map(rec).collect::<Vec<_>>());
+    // A fresh run starts the file again.
+    drop(runlog::RunLog::open(&run, 0, 10, false).unwrap());
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
+    std::fs::remove_dir_all(&run).ok();
 }

@@ -235,8 +235,9 @@ fn plot(path: &Path, series: &[Series], smooth: bool) -> Result<serde_json::Valu
             let (r, g, b) = COLOURS[i % COLOURS.len()];
             let finite: Vec<(f64, f64)> = s.points.iter().copied().filter(|p| p.0.is_finite() && p.1.is_finite()).collect();
             let light = RGBColor(r / 3 + 170, g / 3 + 170, b / 3 + 170);
-            chart.draw_series(LineSeries::new(finite.clone(), if smooth { light } else { RGBColor(r, g, b) })).map_err(|e| err(&e))?;
-            if smooth {
+            let raw = if smooth && window(finite.len()) > 1 { light } else { RGBColor(r, g, b) };
+            chart.draw_series(LineSeries::new(finite.clone(), raw)).map_err(|e| err(&e))?;
+            if smooth && window(finite.len()) > 1 {
                 chart.draw_series(LineSeries::new(moving_mean(&finite), RGBColor(r, g, b).stroke_width(2))).map_err(|e| err(&e))?;
             }
         }
@@ -252,7 +253,7 @@ fn plot(path: &Path, series: &[Series], smooth: bool) -> Result<serde_json::Valu
             serde_json::json!({ "name": s.name, "colour": format!("#{r:02x}{g:02x}{b:02x}") })
         })
         .collect();
-    let smoothing = match smooth {
+    let smoothing = match smooth && window(series.first().map_or(0, |s| s.points.len())) > 1 {
         true => serde_json::json!(format!("light: every step; dark: mean of the last {} steps", window(series.first().map_or(0, |s| s.points.len())))),
         false => serde_json::Value::Null,
     };
