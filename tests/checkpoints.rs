@@ -144,7 +144,8 @@ struct Mlp {
     loss: NodeId,
     grads: Vec<(String, NodeId)>,
     ex: Executor<CpuBackend>,
-    /// Seconds to sleep after each step (the child of the kill test, so that it is killed mid-run).
+    /// Seconds to sleep after each step from step `K` on (the child of the kill test, so that it is surely
+    /// killed between checkpoint `K` and the end even on a busy machine).
     pause: f32,
     /// Make the loss of this step (0-based) NaN.
     nan_at: Option<u64>,
@@ -182,7 +183,7 @@ impl Trainer for Mlp {
         let lr = 1e-2 * (0.5 + 0.5 * (std::f32::consts::PI * step as f32 / 40.0).cos());
         let cfg = AdamWConfig { lr, weight_decay: 0.01, ..AdamWConfig::default() };
         let norm = self.ex.adamw_step(&self.grads, &cfg, Some(1.0))?;
-        if self.pause > 0.0 {
+        if self.pause > 0.0 && step >= K {
             std::thread::sleep(Duration::from_secs_f32(self.pause));
         }
         Ok(StepOutput { losses: vec![("mse".into(), loss)], lr, grad_norm: Some(norm), loss_scale: None, skipped: false, samples: B })
@@ -226,7 +227,7 @@ fn run_mlp(run: &Path, resume: bool, workers: usize, pause: f32) -> Result<()> {
 #[test]
 fn kill_test_child() {
     if let Ok(run) = std::env::var("INSTAGEN_KILL_TEST_RUN") {
-        run_mlp(Path::new(&run), false, 2, 0.03).unwrap();
+        run_mlp(Path::new(&run), false, 2, 0.1).unwrap();
     }
 }
 
