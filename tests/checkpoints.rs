@@ -213,7 +213,8 @@ fn loop_config(run: &Path, resume: bool) -> LoopConfig {
         seed: 9,
         config: serde_json::json!({ "model": "mlp-2-16-1", "batch": B, "seed": 9 }),
         may_differ: vec![],
-        progress: false,
+        // INSTAGEN_TEST_PROGRESS=1 shows the bar (when stderr is a terminal), to look at it.
+        progress: std::env::var_os("INSTAGEN_TEST_PROGRESS").is_some(),
     }
 }
 

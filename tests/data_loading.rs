@@ -121,10 +121,21 @@ fn workers_stay_within_the_queue() {
     let cfg = LoaderConfig { queue: 8, ..LoaderConfig::new(4, 4, 1) };
     let mut l = Loader::new(ds.clone(), cfg, Position::default()).unwrap();
     l.next_batch().unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    // 4 taken: the workers run ahead to 4 + 8 samples (waiting for that up to 10 s on a busy machine) and stop.
+    let t0 = std::time::Instant::now();
+    while ds.made.load(Ordering::SeqCst) < 12 && t0.elapsed().as_secs() < 10 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
     let made = ds.made.load(Ordering::SeqCst);
-    // 4 taken, at most 8 ahead of them; and the workers did run ahead.
-    assert!(made <= 12 && made >= 8, "{made} samples made after one batch of 4 with a queue of 8");
+    assert_eq!(made, 12, "samples made after one batch of 4 with a queue of 8");
+    l.next_batch().unwrap();
+    let t0 = std::time::Instant::now();
+    while ds.made.load(Ordering::SeqCst) < 16 && t0.elapsed().as_secs() < 10 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(ds.made.load(Ordering::SeqCst), 16, "after the second batch");
 }
 
 #[test]

@@ -105,12 +105,11 @@ impl RunLog {
         crate::util::files::write_atomic(&path, text.as_bytes()).map_err(|e| Error::io(&path, e))?;
         let file = std::fs::OpenOptions::new().append(true).open(&path).map_err(|e| Error::io(&path, e))?;
         let terminal = progress && std::io::stderr().is_terminal();
+        // The style is parsed whether or not it is shown, so that tests (never on a terminal) check it.
+        let style = indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps [{elapsed_precise} < {eta_precise}] {msg}")
+            .map_err(|e| Error::Other(format!("progress bar template: {e}")))?;
         let bar = if terminal {
             let bar = indicatif::ProgressBar::new(total);
-            let style = indicatif::ProgressStyle::with_template(
-                "{bar:30} {pos}/{len} steps [{elapsed_precise} < {eta_precise}] {msg}",
-            )
-            .map_err(|e| Error::Other(format!("progress bar template: {e}")))?;
             bar.set_style(style);
             bar.set_position(start);
             bar.reset_eta();
