@@ -45,6 +45,7 @@ fn small_checkpoint(step: u64, ema: bool) -> Checkpoint {
         loss_scale: Some(1024.0),
         ema,
         scalars: BTreeMap::from([("adam_step".to_string(), serde_json::json!(step))]),
+        skipped_samples: 0,
     };
     Checkpoint { params: params.clone(), optim, ema: ema.then_some(params), state }
 }
@@ -350,5 +351,36 @@ fn metrics_are_cut_back_to_the_checkpoint_on_resume() {
     // A fresh run starts the file again.
     drop(runlog::RunLog::open(&run, 0, 10, false).unwrap());
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
+    std::fs::remove_dir_all(&run).ok();
+}
+
+#[test]
+fn lenient_skips_are_counted_across_a_resume() {
+    struct SomeBad;
+    impl Dataset for SomeBad {
+        type Item = ([f32; 2], f32);
+        fn len(&self) -> usize {
+            64
+        }
+        fn get(&self, index: usize, rng: &mut Rng) -> Result<([f32; 2], f32)> {
+            match index % 10 {
+                3 => Err(Error::Other(format!("image {index}: cannot be read"))),
+                _ => Points.get(index, rng),
+            }
+        }
+    }
+    let run = temp_dir("lenient");
+    let loader = LoaderConfig { lenient: true, ..LoaderConfig::new(B, 2, 5) };
+    let mut cfg = loop_config(&run, false);
+    cfg.steps = 10;
+    let first = train(Arc::new(SomeBad), loader, &mut Mlp::new(3), &cfg).unwrap();
+    // 10 steps of 8 read 80 + k samples; the 64-sample order has 7 bad indices (3, 13, ..., 63) per epoch.
+    assert!(first.skipped_samples >= 7, "{first:?}");
+    let ck = checkpoint::read_state(&checkpoint::checkpoint_dir(&run, 10)).unwrap();
+    assert_eq!(ck.skipped_samples, first.skipped_samples);
+    let mut cfg = loop_config(&run, true);
+    cfg.steps = 20;
+    let second = train(Arc::new(SomeBad), loader, &mut Mlp::new(3), &cfg).unwrap();
+    assert!(second.skipped_samples > first.skipped_samples, "{second:?}");
     std::fs::remove_dir_all(&run).ok();
 }

@@ -166,3 +166,55 @@ fn padding_variable_counts() {
     let c = HostTensor::zeros(&[3], DType::F32);
     assert!(stack(&[a, c]).unwrap_err().to_string().contains("sample 1"));
 }
+
+#[test]
+fn lenient_loading_skips_failing_samples_the_same_way_every_time() {
+    let bad = |i: usize| i % 5 == 2;
+    struct Some5(Toy);
+    impl Dataset for Some5 {
+        type Item = (usize, u64);
+        fn len(&self) -> usize {
+            self.0.n
+        }
+        fn get(&self, index: usize, rng: &mut Rng) -> Result<(usize, u64)> {
+            if index % 5 == 2 {
+                return Err(Error::Other(format!("cannot read image_{index}.jpg")));
+            }
+            self.0.get(index, rng)
+        }
+    }
+    let ds = Arc::new(Some5(Toy::new(23)));
+    let cfg = LoaderConfig { lenient: true, ..LoaderConfig::new(4, 3, 7) };
+    let mut l = Loader::new(ds.clone(), cfg, Position::default()).unwrap();
+    let all: Vec<Vec<(usize, u64)>> = (0..9).map(|_| l.next_batch().unwrap().items).collect();
+    assert!(all.iter().flatten().all(|s| !bad(s.0)) && all.iter().all(|b| b.len() == 4));
+    // Every failure was counted, with its message: 5 of the 23 indices are bad, and 36 good samples reach into
+    // epoch 1, so epoch 0's 20 used positions alone hold at least 4 of them.
+    assert!(l.skipped().len() >= 4 && l.skipped().iter().all(|m| m.contains("cannot read image_")), "{:?}", l.skipped());
+    // Resuming mid-run, at a position that is no longer a multiple of the batch, continues identically.
+    let mut l = Loader::new(ds.clone(), cfg, Position::default()).unwrap();
+    for _ in 0..4 {
+        l.next_batch().unwrap();
+    }
+    let at = l.position();
+    let mut r = Loader::new(ds.clone(), LoaderConfig { workers: 0, ..cfg }, at).unwrap();
+    let rest: Vec<Vec<(usize, u64)>> = (0..5).map(|_| r.next_batch().unwrap().items).collect();
+    assert_eq!(rest, all[4..]);
+    // Without lenient loading the same dataset fails on its first bad sample.
+    let mut strict = Loader::new(ds, LoaderConfig::new(4, 3, 7), Position::default()).unwrap();
+    assert!((0..9).any(|_| strict.next_batch().is_err()));
+    // A dataset with no usable sample is an error, not an endless loop.
+    struct AllBad(Toy);
+    impl Dataset for AllBad {
+        type Item = ();
+        fn len(&self) -> usize {
+            self.0.n
+        }
+        fn get(&self, index: usize, _: &mut Rng) -> Result<()> {
+            Err(Error::Other(format!("record {index} has no usable crop")))
+        }
+    }
+    let mut l = Loader::new(Arc::new(AllBad(Toy::new(6))), LoaderConfig { lenient: true, ..LoaderConfig::new(2, 2, 1) }, Position::default()).unwrap();
+    let e = l.next_batch().unwrap_err().to_string();
+    assert!(e.contains("no usable sample") && e.contains("no usable crop"), "{e}");
+}

@@ -35,11 +35,15 @@ pub struct LoaderConfig {
     pub seed: u64,
     /// How many samples the workers may have made (or be making) ahead of the consumer; at least one batch.
     pub queue: usize,
+    /// A sample that fails is skipped (counted, its message kept) and the next one in order takes its place,
+    /// instead of failing the batch. The same samples fail in every run, so resuming stays exact; a batch can
+    /// then straddle two epochs.
+    pub lenient: bool,
 }
 
 impl LoaderConfig {
     pub fn new(batch: usize, workers: usize, seed: u64) -> Self {
-        LoaderConfig { batch, workers, seed, queue: 2 * batch.max(1) }
+        LoaderConfig { batch, workers, seed, queue: 2 * batch.max(1), lenient: false }
     }
 }
 
@@ -109,8 +113,9 @@ fn make<D: Dataset>(ds: &D, seed: u64, epoch: u64, index: usize, sample: usize) 
     got.map_err(|e| Error::Other(format!("data sample {sample} (epoch {epoch}, position {index}): {e}")))
 }
 
-/// Batches of a dataset; see the module documentation. Batches never straddle two epochs: each epoch yields
-/// `len / batch` batches and the last `len % batch` samples of its order are left out.
+/// Batches of a dataset; see the module documentation. Batches never straddle two epochs (unless lenient
+/// skips shift them): each epoch yields `len / batch` batches and the last `len % batch` samples of its order are
+/// left out.
 pub struct Loader<D: Dataset + 'static> {
     dataset: Arc<D>,
     cfg: LoaderConfig,
@@ -120,6 +125,7 @@ pub struct Loader<D: Dataset + 'static> {
     shared: Option<Arc<Shared<D::Item>>>,
     threads: Vec<JoinHandle<()>>,
     failed: Option<String>,
+    skipped: Vec<String>,
 }
 
 impl<D: Dataset + 'static> Loader<D> {
@@ -134,7 +140,7 @@ impl<D: Dataset + 'static> Loader<D> {
             return Err(bad(format!("the dataset has {n} samples, fewer than one batch of {}", cfg.batch)));
         }
         let per_epoch = n / cfg.batch * cfg.batch;
-        if start.index >= per_epoch || start.index % cfg.batch != 0 {
+        if start.index >= per_epoch || (!cfg.lenient && start.index % cfg.batch != 0) {
             return Err(bad(format!(
                 "cannot start at position {} of epoch {}: an epoch has {} batches of {} ({per_epoch} samples)",
                 start.index, start.epoch, per_epoch / cfg.batch, cfg.batch
@@ -142,7 +148,7 @@ impl<D: Dataset + 'static> Loader<D> {
         }
         let seq = start.epoch * per_epoch as u64 + start.index as u64;
         let order = Order { seed: cfg.seed, n, per_epoch, perm: None };
-        let mut loader = Loader { dataset, cfg, order, seq, shared: None, threads: Vec::new(), failed: None };
+        let mut loader = Loader { dataset, cfg, order, seq, shared: None, threads: Vec::new(), failed: None, skipped: Vec::new() };
         if cfg.workers > 0 {
             let queue = cfg.queue.max(cfg.batch) as u64;
             let shared = Arc::new(Shared {
@@ -179,6 +185,11 @@ impl<D: Dataset + 'static> Loader<D> {
         &self.cfg
     }
 
+    /// The errors of the samples skipped so far (lenient loading), oldest first.
+    pub fn skipped(&self) -> &[String] {
+        &self.skipped
+    }
+
     /// The next batch. A sample that fails (an error or a panic in `get`) fails this batch with an error naming
     /// the sample; the loader then stays failed.
     pub fn next_batch(&mut self) -> Result<Batch<D::Item>> {
@@ -188,7 +199,8 @@ impl<D: Dataset + 'static> Loader<D> {
         let start = self.position();
         let mut items = Vec::with_capacity(self.cfg.batch);
         let mut indices = Vec::with_capacity(self.cfg.batch);
-        for _ in 0..self.cfg.batch {
+        let mut skips_in_a_row = 0;
+        while items.len() < self.cfg.batch {
             let seq = self.seq;
             let (epoch, index, sample) = self.order.locate(seq);
             let got = match &self.shared {
@@ -197,8 +209,20 @@ impl<D: Dataset + 'static> Loader<D> {
             };
             self.seq += 1;
             match got {
-                Ok(item) => items.push(item),
+                Ok(item) => {
+                    items.push(item);
+                    skips_in_a_row = 0;
+                }
+                Err(e) if self.cfg.lenient && skips_in_a_row < self.order.n => {
+                    skips_in_a_row += 1;
+                    self.skipped.push(e.to_string());
+                    continue;
+                }
                 Err(e) => {
+                    let e = match skips_in_a_row {
+                        0 => e,
+                        n => Error::Other(format!("no usable sample: the last {n} in a row failed; the last: {e}")),
+                    };
                     self.failed = Some(e.to_string());
                     self.shutdown();
                     return Err(e);

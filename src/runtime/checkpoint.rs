@@ -42,6 +42,9 @@ pub struct CheckpointState {
     pub ema: bool,
     /// Anything else the caller keeps (optimiser step count, scaler counters, ...).
     pub scalars: BTreeMap<String, serde_json::Value>,
+    /// Samples skipped so far by lenient data loading.
+    #[serde(default)]
+    pub skipped_samples: u64,
 }
 
 /// A whole checkpoint in memory.

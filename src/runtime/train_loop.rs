@@ -90,6 +90,8 @@ pub struct LoopReport {
     pub last_checkpoint: Option<PathBuf>,
     /// The last step's record.
     pub last: Option<StepRecord>,
+    /// Samples skipped by lenient loading over the whole run (resumed parts included).
+    pub skipped_samples: u64,
 }
 
 /// Run `trainer` on batches of `dataset` for `cfg.steps` steps; see the module documentation.
@@ -103,7 +105,7 @@ where
     }
     let existing = checkpoint::latest(&cfg.run_dir)?;
     let mut rng = Rng::new(cfg.seed ^ 0x7452_4149_4E4C_4F4F);
-    let (mut step, mut position, mut last_checkpoint) = (0u64, Position::default(), None);
+    let (mut step, mut position, mut last_checkpoint, mut skipped) = (0u64, Position::default(), None, 0u64);
     match (&existing, cfg.resume) {
         (Some(dir), false) => {
             return Err(Error::Other(format!(
@@ -119,7 +121,7 @@ where
             let s = ck.state;
             trainer.load_state(TrainState { params: ck.params, optim: ck.optim, ema: ck.ema, loss_scale: s.loss_scale, scalars: s.scalars })
                 .map_err(|e| Error::Other(format!("resuming from {}: {e}", dir.display())))?;
-            (step, position, rng) = (s.step, s.position, Rng::from_state(s.rng));
+            (step, position, rng, skipped) = (s.step, s.position, Rng::from_state(s.rng), s.skipped_samples);
             last_checkpoint = Some(dir.clone());
         }
         (None, _) => {}
@@ -130,10 +132,15 @@ where
         log.note(&format!("resuming at step {step} from {}", dir.display()));
     }
     let mut loader = Loader::new(dataset, loader, position)?;
-    let mut last = None;
+    let (mut last, mut reported) = (None, 0);
     while step < cfg.steps {
         let t0 = Instant::now();
         let batch = loader.next_batch().map_err(|e| Error::Other(format!("step {}: {e}", step + 1)))?;
+        for msg in &loader.skipped()[reported..] {
+            log.note(&format!("step {}: skipped {msg}", step + 1));
+        }
+        skipped += (loader.skipped().len() - reported) as u64;
+        reported = loader.skipped().len();
         let out = trainer.step(step, batch, &mut rng).map_err(|e| Error::Other(format!("step {}: {e}", step + 1)))?;
         step += 1;
         position = loader.position();
@@ -171,6 +178,7 @@ where
                 loss_scale: st.loss_scale,
                 ema: st.ema.is_some(),
                 scalars: st.scalars,
+                skipped_samples: skipped,
             };
             let ck = Checkpoint { params: st.params, optim: st.optim, ema: st.ema, state };
             let dir = ck.save(&cfg.run_dir, cfg.keep)?;
@@ -179,7 +187,10 @@ where
         }
     }
     log.finish();
-    Ok(LoopReport { resumed_from, steps: step, last_checkpoint, last })
+    if skipped > 0 {
+        log.note(&format!("{skipped} samples were skipped (lenient loading)"));
+    }
+    Ok(LoopReport { resumed_from, steps: step, last_checkpoint, last, skipped_samples: skipped })
 }
 
 /// Spawn `cmd` and SIGKILL it as soon as checkpoint `step` of `run_dir` is complete. Returns `true` when it
