@@ -384,3 +384,40 @@ fn lenient_skips_are_counted_across_a_resume() {
     assert!(second.skipped_samples > first.skipped_samples, "{second:?}");
     std::fs::remove_dir_all(&run).ok();
 }
+
+#[test]
+fn curves_of_a_long_noisy_run() {
+    let run = temp_dir("curves");
+    let mut rng = Rng::new(1);
+    let history: Vec<StepRecord> = (1..=300u64)
+        .map(|step| StepRecord {
+            step,
+            losses: BTreeMap::from([
+                ("total".to_string(), Some(0.2 + 0.8 / (1.0 + step as f32 / 30.0) + 0.05 * rng.normal())),
+                ("aux".to_string(), if step == 50 { None } else { Some(0.1 + 0.02 * rng.normal()) }),
+            ]),
+            lr: 1e-4 * (step as f32 / 20.0).min(1.0),
+            grad_norm: None,
+            loss_scale: None,
+            samples_per_s: 1.0,
+            skipped: false,
+        })
+        .collect();
+    runlog::write_curves(&run, &history).unwrap();
+    let curves: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join(runlog::CURVES_JSON)).unwrap()).unwrap();
+    assert_eq!(curves["loss.png"]["x"]["ticks"], serde_json::json!([50.0, 100.0, 150.0, 200.0, 250.0, 300.0]));
+    assert_eq!(curves["loss.png"]["smoothing"], "light: every step; dark: mean of the last 6 steps");
+    assert_eq!(curves["loss.png"]["series"][0]["name"], "aux");
+    let y = &curves["lr.png"]["y"];
+    let ticks: Vec<f64> = y["ticks"].as_array().unwrap().iter().map(|t| t.as_f64().unwrap()).collect();
+    assert!(ticks.len() >= 3 && ticks.iter().all(|t| (y["min"].as_f64().unwrap()..=y["max"].as_f64().unwrap()).contains(t)), "{y}");
+    let img = image::open(run.join(runlog::LOSS_PNG)).unwrap().to_rgb8();
+    for colour in [[31, 119, 180], [255, 127, 14]] {
+        assert!(img.pixels().any(|p| p.0 == colour), "series {colour:?} not drawn");
+    }
+    if std::env::var_os("INSTAGEN_KEEP_TEST_RUN").is_none() {
+        std::fs::remove_dir_all(&run).ok();
+    } else {
+        eprintln!("kept {}", run.display());
+    }
+}
