@@ -227,16 +227,16 @@ pub fn run_sgd_direct<B: Backend, F: Fn() -> B>(make: F, seed: u64) -> Result<Ou
                 let wb: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
                 dev.write(&mut d.mems.state, d.state[1].offset, &wb)?;
                 CpuBackend.write(&mut c.mems.state, c.state[1].offset, &wb)?;
-                let slot = |x: &Direct<_>| SgdSlot {
+                let slot = |param: Loc, grad: Loc, state: &[Loc]| SgdSlot {
                     numel: n,
-                    param: x.param,
+                    param,
                     param_dtype: pdt,
-                    grad: x.grad,
+                    grad,
                     grad_dtype: gdt,
-                    momentum: Some(x.state[0]),
-                    master: master.then_some(x.state[1]),
+                    momentum: Some(state[0]),
+                    master: master.then_some(state[1]),
                 };
-                let (ds, cs) = (slot(&d), slot(&c));
+                let (ds, cs) = (slot(d.param, d.grad, &d.state), slot(c.param, c.grad, &c.state));
                 for step in 0..3 {
                     dev.sgd(&ds, cfg, step == 0, 0.5, &mut d.mems)?;
                     CpuBackend.sgd(&cs, cfg, step == 0, 0.5, &mut c.mems)?;

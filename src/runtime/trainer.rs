@@ -194,6 +194,9 @@ impl<B: Backend> Trainer<B> {
                 msg: "the executor runs on other device parameters than the trainer's".into(),
             });
         }
+        if let Some((n, _)) = grads.iter().find(|(n, _)| !self.slots.iter().any(|s| s.name == *n)) {
+            return Err(Error::Mismatch { what: format!("gradient of '{n}'"), msg: "the parameter is not trainable here".into() });
+        }
         let mut out = Vec::with_capacity(self.slots.len());
         for s in &self.slots {
             let Some((_, id)) = grads.iter().find(|(n, _)| *n == s.name) else {
@@ -207,9 +210,6 @@ impl<B: Backend> Trainer<B> {
                 });
             }
             out.push((ex.output_loc(*id)?, g.dtype));
-        }
-        if let Some((n, _)) = grads.iter().find(|(n, _)| !self.slots.iter().any(|s| s.name == *n)) {
-            return Err(Error::Mismatch { what: format!("gradient of '{n}'"), msg: "the parameter is not trainable here".into() });
         }
         Ok(out)
     }
