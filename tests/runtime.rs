@@ -475,3 +475,63 @@ fn schedules_follow_the_pytorch_formulas() {
         close(s.lr(1.0, t), want);
     }
 }
+
+/// The whole trainer on the emulated kernels (device gradient norm, SGD with master weights, accumulation,
+/// EMA, loss scaling) tracks the CPU backend step for step.
+#[test]
+fn trainer_on_emu_tracks_the_cpu() {
+    use instagen::backend::emu::EmuBackend;
+    use instagen::backend::Backend;
+    fn run<B: Backend>(b: B, dtype: DType, cfg: TrainConfig) -> (Vec<f32>, ParamStore, ParamStore) {
+        let n = net(4, dtype, true, |_| true);
+        let dev = DeviceParams::upload(b, &init(dtype)).unwrap();
+        let mut ex = Executor::with_params(n.graph.clone(), Plan::new(&n.graph), &dev).unwrap();
+        let mut t = Trainer::new(&dev, &names(&n.grads), cfg, ParamGroup::no_decay_on_1d(0.05)).unwrap();
+        let mut norms = Vec::new();
+        for step in 0..6u64 {
+            let (x, y) = data(4, dtype, 50 + step);
+            let s = t.loss_scale_input(&[]).unwrap();
+            ex.run(&[("x", &x), ("y", &y), ("loss_scale", &s)]).unwrap();
+            if step % 2 == 0 {
+                t.accumulate(&mut ex, &n.grads).unwrap();
+            } else {
+                norms.push(t.step(&mut ex, &n.grads, 0.05).unwrap().grad_norm);
+            }
+        }
+        (norms, dev.download().unwrap(), t.ema_params_f32().unwrap())
+    }
+    let sgd = Algorithm::Sgd(SgdConfig { lr: 0.0, momentum: 0.9, dampening: 0.0, weight_decay: 0.0, nesterov: true });
+    for (dtype, algorithm) in [(DType::F32, sgd), (DType::BF16, sgd), (DType::F16, Algorithm::AdamW(AdamWConfig::default()))] {
+        let cfg = TrainConfig {
+            algorithm,
+            max_grad_norm: Some(0.5),
+            loss_scale: Some(LossScaleConfig { init_scale: 256.0, ..Default::default() }),
+            ema_decay: Some(0.9),
+            accumulation: true,
+        };
+        let (cn, cp, ce) = run(CpuBackend, dtype, cfg);
+        let (en, ep, ee) = run(EmuBackend::new(), dtype, cfg);
+        // The gradients are stored in the parameters' dtype, each rounded once on both sides from f32 values
+        // that differ by summation order: the norms agree to two units of that dtype (f32: 1e-5 relative).
+        let unit = match dtype {
+            DType::F16 => 2f32.powi(-11),
+            DType::BF16 => 2f32.powi(-8),
+            _ => 5e-6,
+        };
+        eprintln!("{dtype}: grad norms cpu {cn:?} emu {en:?}");
+        for (a, b) in cn.iter().zip(&en) {
+            assert!((a - b).abs() <= 2.0 * unit * a.abs(), "{dtype}: grad norm cpu {a} emu {b}");
+        }
+        // Both backends compute in f32 with the same formulas; the parameters may differ by rounding of the
+        // stored activations (f16/bf16), compounded over three steps.
+        let tol = if dtype == DType::F32 { 1e-5 } else { 2e-2 };
+        for (store, other, what) in [(&cp, &ep, "params"), (&ce, &ee, "ema")] {
+            for (name, t) in store.iter() {
+                for (a, b) in t.to_f32().iter().zip(other.get(name).unwrap().to_f32()) {
+                    assert!((a - b).abs() <= tol * a.abs().max(1e-1), "{dtype} {what} {name}: cpu {a} emu {b}");
+                }
+            }
+        }
+        assert!(!bytes_equal(&cp, &init(dtype)), "{dtype}: nothing trained");
+    }
+}

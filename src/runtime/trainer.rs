@@ -158,6 +158,10 @@ impl<B: Backend> Trainer<B> {
         Ok(Trainer { dev: dev.clone(), cfg, slots, scratch, state, pending: 0 })
     }
 
+    /// The parameters this trainer updates (and whose state region it owns).
+    pub fn device_params(&self) -> &DeviceParams<B> {
+        &self.dev
+    }
     pub fn config(&self) -> &TrainConfig {
         &self.cfg
     }
