@@ -121,7 +121,7 @@ impl<B: Backend> Executor<B> {
 
     /// Where a gradient (or any node marked as an output) lives, checked to be live after the run.
     pub(crate) fn output_loc(&self, id: NodeId) -> Result<Loc> {
-        if !self.plan.buffers.get(id.0).copied().flatten().is_some_and(|b| b.last == usize::MAX) {
+        if self.plan.buffers.get(id.0).copied().flatten().is_none_or(|b| b.last != usize::MAX) {
             let n = self.graph.node(id);
             return Err(Error::Mismatch {
                 what: format!("node {} ({})", id.0, n.op.describe()),

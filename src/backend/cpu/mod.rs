@@ -163,7 +163,7 @@ impl Backend for CpuBackend {
         let (Some(m), Some(v)) = (parts.next(), parts.next()) else {
             return Err(Error::Plan("adamw: missing moment buffers".into()));
         };
-        let master = parts.next().map(|b| bytemuck::cast_slice_mut::<u8, f32>(b));
+        let master = parts.next().map(bytemuck::cast_slice_mut::<u8, f32>);
         adamw_update(
             &mut params.as_bytes_mut()[pr],
             slot.param_dtype,
@@ -194,8 +194,8 @@ impl Backend for CpuBackend {
         let pr = range(params, slot.param)?;
         let ranges: Vec<_> = [slot.momentum, slot.master].iter().flatten().map(|l| range(state, *l)).collect::<Result<_>>()?;
         let mut parts = disjoint_mut(state.as_bytes_mut(), &ranges)?.into_iter();
-        let momentum = slot.momentum.and_then(|_| parts.next()).map(|b| bytemuck::cast_slice_mut::<u8, f32>(b));
-        let master = slot.master.and_then(|_| parts.next()).map(|b| bytemuck::cast_slice_mut::<u8, f32>(b));
+        let momentum = slot.momentum.and_then(|_| parts.next()).map(bytemuck::cast_slice_mut::<u8, f32>);
+        let master = slot.master.and_then(|_| parts.next()).map(bytemuck::cast_slice_mut::<u8, f32>);
         sgd_update(
             &mut params.as_bytes_mut()[pr],
             slot.param_dtype,

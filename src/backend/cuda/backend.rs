@@ -208,7 +208,8 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
-    /// Read back and summed on the host (a device reduction can replace this when clipping shows in profiles).
+    /// One tensor, read back and summed on the host (the trainer's global norm uses `sum_squares_many`, reduced
+    /// on the device).
     fn sum_squares(&self, loc: Loc, dtype: DType, mems: &Mems<CudaMem>) -> Result<f64> {
         let mut bytes = vec![0u8; loc.bytes];
         self.read(mems.get(loc.space), loc.offset, &mut bytes)?;
