@@ -533,3 +533,27 @@ fn trainer_on_emu_tracks_the_cpu() {
         assert!(!bytes_equal(&cp, &init(dtype)), "{dtype}: nothing trained");
     }
 }
+
+#[test]
+fn loading_mismatched_optimiser_state_names_what_is_wrong() {
+    let n = net(4, DType::F32, false, |_| true);
+    let dev = DeviceParams::upload(CpuBackend, &init(DType::F32)).unwrap();
+    let t = Trainer::new(&dev, &names(&n.grads), TrainConfig { ema_decay: Some(0.9), ..adamw(1e-3, 0.0) }, |_, _| ParamGroup::default_for(0.0)).unwrap();
+    let (tensors, state) = t.export_state().unwrap();
+    let mut other = Trainer::new(&dev, &names(&n.grads), TrainConfig { ema_decay: Some(0.9), ..adamw(1e-3, 0.0) }, |_, _| ParamGroup::default_for(0.0)).unwrap();
+    other.load_state(&tensors, &state).unwrap();
+    let mut missing = ParamStore::new();
+    for (name, t) in tensors.iter().filter(|(n, _)| *n != "exp_avg/fc1.bias") {
+        missing.insert(name, t.clone());
+    }
+    let err = other.load_state(&missing, &state).err().unwrap().to_string();
+    assert!(err.contains("exp_avg/fc1.bias"), "{err}");
+    let mut extra = tensors.clone();
+    extra.insert("ema/nope", HostTensor::zeros(&[1], DType::F32));
+    let err = other.load_state(&extra, &state).err().unwrap().to_string();
+    assert!(err.contains("ema/nope"), "{err}");
+    let sgd = TrainConfig { algorithm: Algorithm::Sgd(SgdConfig::default()), ema_decay: Some(0.9), ..TrainConfig::default() };
+    let mut s = Trainer::new(&dev, &names(&n.grads), sgd, |_, _| ParamGroup::default_for(0.0)).unwrap();
+    let err = s.load_state(&tensors, &state).err().unwrap().to_string();
+    assert!(err.contains("adamw") && err.contains("sgd"), "{err}");
+}
