@@ -253,7 +253,8 @@ impl<B: Backend> Executor<B> {
     /// at most `max_norm` (as `torch.nn.utils.clip_grad_norm_`). Returns the global gradient norm.
     ///
     /// A shorthand for a [`Trainer`] kept by this executor (created at the first call on the gradients'
-    /// parameters, one group with `cfg`'s weight decay); use a `Trainer` for anything more.
+    /// parameters, one group with the first call's weight decay: later calls may change the other fields of
+    /// `cfg`); use a `Trainer` for anything more.
     pub fn adamw_step(&mut self, grads: &[(String, NodeId)], cfg: &AdamWConfig, max_norm: Option<f32>) -> Result<f32> {
         let mut trainer = match self.trainer.take() {
             Some(t) => t,
