@@ -16,6 +16,7 @@ use instagen::optim::AdamWConfig;
 use instagen::params::ParamStore;
 use instagen::runtime::checkpoint::{self, Checkpoint, CheckpointState};
 use instagen::runtime::runlog::{self, StepRecord};
+use instagen::runtime::TrainerState;
 use instagen::runtime::train_loop::{kill_at_checkpoint, train, LoopConfig, StepOutput, TrainState, Trainer};
 use instagen::runtime::Executor;
 use instagen::tensor::{DType, HostTensor};
@@ -182,7 +183,7 @@ impl Trainer for Mlp {
         }
         // Cosine schedule from the step number.
         let lr = 1e-2 * (0.5 + 0.5 * (std::f32::consts::PI * step as f32 / 40.0).cos());
-        let cfg = AdamWConfig { lr, weight_decay: 0.01, ..AdamWConfig::default() };
+        let cfg = adamw(lr);
         let norm = self.ex.adamw_step(&self.grads, &cfg, Some(1.0))?;
         if self.pause > 0.0 && step >= K {
             std::thread::sleep(Duration::from_secs_f32(self.pause));
@@ -190,15 +191,20 @@ impl Trainer for Mlp {
         Ok(StepOutput { losses: vec![("mse".into(), loss)], lr, grad_norm: Some(norm), loss_scale: None, skipped: false, samples: B })
     }
     fn save_state(&mut self) -> Result<TrainState> {
-        let (step, optim) = self.ex.adamw_state()?.unwrap_or_default();
-        let scalars = BTreeMap::from([("adam_step".to_string(), serde_json::json!(step))]);
+        let (optim, state) = self.ex.adamw_state()?.ok_or_else(|| Error::Other("no optimiser step yet".into()))?;
+        let scalars = BTreeMap::from([("trainer".to_string(), serde_json::to_value(state).map_err(|e| Error::Other(e.to_string()))?)]);
         Ok(TrainState { params: self.ex.params()?, optim, ema: None, loss_scale: None, scalars })
     }
     fn load_state(&mut self, st: TrainState) -> Result<()> {
-        let step = st.scalars.get("adam_step").and_then(|v| v.as_u64()).ok_or_else(|| Error::Other("scalar 'adam_step' missing".into()))?;
+        let state = st.scalars.get("trainer").cloned().ok_or_else(|| Error::Other("scalar 'trainer' missing".into()))?;
+        let state: TrainerState = serde_json::from_value(state).map_err(|e| Error::Other(format!("scalar 'trainer': {e}")))?;
         self.ex = Executor::new(CpuBackend, self.graph.clone(), &st.params)?;
-        self.ex.set_adamw_state(&self.grads, step as u32, &st.optim)
+        self.ex.set_adamw_state(&self.grads, &adamw(0.0), &st.optim, &state)
     }
+}
+
+fn adamw(lr: f32) -> AdamWConfig {
+    AdamWConfig { lr, weight_decay: 0.01, ..AdamWConfig::default() }
 }
 
 const N: u64 = 40;

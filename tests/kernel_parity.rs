@@ -43,6 +43,9 @@ fn every_kernel_matches_the_cpu_reference_on_emu() {
         outcomes.push(parity::run_adamw(EmuBackend::new, seed).unwrap());
         outcomes.push(parity::adamw::run_adamw_direct(EmuBackend::new, seed).unwrap());
     }
+    if filter.is_empty() || "optim".contains(&filter) {
+        outcomes.extend(parity::adamw::run_optim_direct(EmuBackend::new, seed).unwrap());
+    }
     eprint!("{}", parity::format_outcomes(&outcomes));
     eprintln!("{} parity cases in {:.1} s", outcomes.len(), start.elapsed().as_secs_f64());
     parity::check_all(&outcomes).unwrap();
@@ -91,6 +94,8 @@ fn bench_cases_launch_their_kernels_and_cover_every_family() {
         benched.extend(launched);
     }
     benched.extend(["adamw_f32".to_string()]); // timed through Backend::adamw in benches/kernels.rs
+    // Timed through parity::adamw::bench_optim (`instagen bench kernels`).
+    benched.extend(["sgd_f32", "ema_f32", "accumulate_f32", "sumsq_partial_f32", "sumsq_final"].map(String::from));
     let family = |k: &str| {
         let mut parts: Vec<&str> = k.split('_').collect();
         while parts.last().is_some_and(|p| ["f32", "f16", "bf16", "i32", "i64", "u8"].contains(p)) {

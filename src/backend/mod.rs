@@ -12,7 +12,7 @@ pub mod launch;
 
 use crate::error::Result;
 use crate::graph::{Graph, NodeId};
-use crate::optim::AdamWConfig;
+use crate::optim::{AdamWConfig, SgdConfig};
 use crate::tensor::DType;
 
 /// Used when `/proc/meminfo` cannot be read (not Linux): 8 GiB.
@@ -94,7 +94,21 @@ pub struct AdamWSlot {
     pub master: Option<Loc>,
 }
 
-pub trait Backend {
+/// `Clone` is a cheap handle copy (device parameters keep one beside each executor's).
+/// One tensor's SGD update: the parameter, its gradient, the f32 momentum buffer (when momentum is used) and
+/// the f32 master weights (when the parameter is stored in f16/bf16).
+#[derive(Clone, Copy, Debug)]
+pub struct SgdSlot {
+    pub numel: usize,
+    pub param: Loc,
+    pub param_dtype: DType,
+    pub grad: Loc,
+    pub grad_dtype: DType,
+    pub momentum: Option<Loc>,
+    pub master: Option<Loc>,
+}
+
+pub trait Backend: Clone {
     /// One contiguous region of the backend's memory.
     type Mem;
 
@@ -145,6 +159,32 @@ pub trait Backend {
 
     /// Sum of squares of a float tensor (for gradient-norm clipping), accumulated in f64.
     fn sum_squares(&self, loc: Loc, dtype: DType, mems: &Mems<Self::Mem>) -> Result<f64>;
+
+    /// One SGD step (PyTorch semantics; `first` when the momentum buffer is still empty, which then starts as
+    /// the gradient). Gradients are multiplied by `grad_scale` first.
+    fn sgd(&self, slot: &SgdSlot, cfg: &SgdConfig, first: bool, grad_scale: f32, mems: &mut Mems<Self::Mem>) -> Result<()>;
+
+    /// `ema = decay * ema + (1 - decay) * src` over `numel` elements; `ema` is f32, `src` is `src_dtype`.
+    fn ema(&self, ema: Loc, src: Loc, src_dtype: DType, numel: usize, decay: f32, mems: &mut Mems<Self::Mem>) -> Result<()>;
+
+    /// `acc = grad` (when `first`) or `acc = acc + grad` over `numel` elements; `acc` is f32.
+    fn accumulate(&self, acc: Loc, grad: Loc, grad_dtype: DType, numel: usize, first: bool, mems: &mut Mems<Self::Mem>) -> Result<()>;
+
+    /// Bytes of scratch [`sum_squares_many`](Self::sum_squares_many) needs for tensors of these sizes.
+    fn sum_squares_scratch(&self, _numels: &[usize]) -> usize {
+        0
+    }
+
+    /// The sum of squares of every tensor together (the squared global gradient norm), in f64. Device
+    /// backends reduce on the device in `scratch` (of [`sum_squares_scratch`](Self::sum_squares_scratch)
+    /// bytes) and read back one number; the default sums [`sum_squares`](Self::sum_squares) per tensor.
+    fn sum_squares_many(&self, tensors: &[(Loc, DType)], _scratch: Option<Loc>, mems: &mut Mems<Self::Mem>) -> Result<f64> {
+        let mut sum = 0.0;
+        for &(loc, dtype) in tensors {
+            sum += self.sum_squares(loc, dtype, mems)?;
+        }
+        Ok(sum)
+    }
 }
 
 /// The backends a user can pick (`--backend`, or `INSTAGEN_BACKEND`).

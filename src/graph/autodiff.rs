@@ -57,7 +57,14 @@ pub fn backward(g: &mut Graph, loss: NodeId, wrt: &[NodeId]) -> Result<Vec<NodeI
 /// Gradients of every parameter of the graph w.r.t. `loss`, as (name, node); the loss and the gradients are
 /// marked as outputs so they survive the run.
 pub fn param_grads(g: &mut Graph, loss: NodeId) -> Result<Vec<(String, NodeId)>> {
-    let params: Vec<(NodeId, String)> = g.params().into_iter().map(|(id, n)| (id, n.to_string())).collect();
+    param_grads_for(g, loss, |_| true)
+}
+
+/// As [`param_grads`] for the parameters `trainable` accepts only: the others are frozen and get no gradient
+/// nodes at all (the backward pass stops where only frozen parameters lie behind a node).
+pub fn param_grads_for(g: &mut Graph, loss: NodeId, trainable: impl Fn(&str) -> bool) -> Result<Vec<(String, NodeId)>> {
+    let params: Vec<(NodeId, String)> =
+        g.params().into_iter().filter(|(_, n)| trainable(n)).map(|(id, n)| (id, n.to_string())).collect();
     let ids: Vec<NodeId> = params.iter().map(|p| p.0).collect();
     let gs = backward(g, loss, &ids)?;
     g.mark_output(loss);

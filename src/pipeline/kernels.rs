@@ -19,6 +19,9 @@ fn parity_on<B: Backend + Clone>(backend: B, filter: &str, seed: u64, progress: 
         out.push(parity::run_adamw(|| backend.clone(), seed)?);
         out.push(parity::adamw::run_adamw_direct(|| backend.clone(), seed)?);
     }
+    if "optim".contains(filter) || filter.is_empty() {
+        out.extend(parity::adamw::run_optim_direct(|| backend.clone(), seed)?);
+    }
     Ok(out)
 }
 
@@ -41,9 +44,15 @@ fn bench_on<B: Backend + Clone>(backend: B, filter: &str, min_seconds: f64) -> R
         out.push(r);
     }
     if "adamw".contains(filter) || filter.is_empty() {
-        let r = parity::adamw::bench_adamw(backend, parity::adamw::ADAMW_BENCH_NUMEL, 3, min_seconds)?;
+        let r = parity::adamw::bench_adamw(backend.clone(), parity::adamw::ADAMW_BENCH_NUMEL, 3, min_seconds)?;
         eprintln!("{}", parity::format_bench(std::slice::from_ref(&r), "").lines().nth(1).unwrap_or_default());
         out.push(r);
+    }
+    if "optim".contains(filter) || filter.is_empty() {
+        for r in parity::adamw::bench_optim(backend, parity::adamw::ADAMW_BENCH_NUMEL, 3, min_seconds)? {
+            eprintln!("{}", parity::format_bench(std::slice::from_ref(&r), "").lines().nth(1).unwrap_or_default());
+            out.push(r);
+        }
     }
     Ok(out)
 }

@@ -1,56 +1,54 @@
 //! The executor: runs a planned graph on a backend. It owns the three memory regions (activation arena,
 //! parameters, optimiser state), feeds inputs at the step that defines them, and reads outputs back.
 
+//! The executor: runs a planned graph on a backend. It owns the activation arena; the parameters and the
+//! optimiser state live in [`DeviceParams`], which several executors can share. An executor borrows those two
+//! regions for the length of a run ([`Executor::attach`] / [`Executor::detach`]).
+
 use std::collections::HashMap;
 
-use crate::graph::plan::{Plan, ALIGN};
-use crate::graph::{Graph, NodeId, Op};
-use crate::backend::{AdamWSlot, Backend, Loc, Mems, Space};
+use super::params::{DeviceParams, ParamSlot};
+use super::trainer::{Trainer, TrainerState};
+use crate::backend::{Backend, Loc, Mems, Space};
 use crate::error::{Error, Result};
-use crate::optim::AdamWConfig;
+use crate::graph::plan::Plan;
+use crate::graph::{Graph, NodeId, Op};
+use crate::optim::{AdamWConfig, Algorithm, TrainConfig};
 use crate::params::ParamStore;
 use crate::tensor::{DType, HostTensor};
-
-struct ParamSlot {
-    loc: Loc,
-    shape: Vec<usize>,
-    dtype: DType,
-}
-
-struct OptState {
-    /// Parameter name, gradient node, and its update slot.
-    slots: Vec<(String, NodeId, AdamWSlot)>,
-    step: u32,
-}
 
 pub struct Executor<B: Backend> {
     backend: B,
     graph: Graph,
     plan: Plan,
+    /// The arena; `params` and `state` are empty stand-ins except while attached (then the shared regions).
     mems: Mems<B::Mem>,
+    dev: DeviceParams<B>,
+    /// The parameters this graph uses.
     params: HashMap<String, ParamSlot>,
-    opt: Option<OptState>,
+    /// The stand-ins for `mems.params` / `mems.state` while the shared regions are attached.
+    spare: Option<(B::Mem, B::Mem)>,
+    /// The optimiser behind [`Executor::adamw_step`] (the old one-executor API).
+    trainer: Option<Box<Trainer<B>>>,
 }
 
-fn place(sizes: &[usize]) -> (Vec<usize>, usize) {
-    let mut offs = Vec::with_capacity(sizes.len());
-    let mut end = 0;
-    for s in sizes {
-        offs.push(end);
-        end += s.div_ceil(ALIGN).max(1) * ALIGN;
-    }
-    (offs, end)
-}
-
-/// Parameters and activation arena must fit in what the backend has left (checked before allocating).
-fn check_memory<B: Backend>(backend: &B, params: usize, arena: usize) -> Result<()> {
-    let needed = params as u128 + arena as u128;
+/// The activation arena must fit in what the backend has left (checked before allocating).
+fn check_memory<B: Backend>(backend: &B, arena: usize) -> Result<()> {
     let available = backend.memory_available()?;
-    if needed > available as u128 {
-        let detail = format!("{params} for parameters + {arena} for activations on {}", backend.name());
-        return Err(Error::Memory { what: String::new(), needed, available, detail });
+    if arena as u128 > available as u128 {
+        let detail = format!("{arena} for activations on {}", backend.name());
+        return Err(Error::Memory { what: String::new(), needed: arena as u128, available, detail });
     }
     Ok(())
+}
+
+/// The parameters `graph` needs (name, shape, dtype), in node order.
+fn used_params(graph: &Graph) -> Vec<(String, Vec<usize>, DType)> {
+    let need = crate::graph::plan::needed(graph);
+    (graph.params().into_iter())
+        .filter(|(id, _)| need[id.0])
+        .map(|(id, n)| (n.to_string(), graph.node(id).shape.clone(), graph.node(id).dtype))
+        .collect()
 }
 
 impl<B: Backend> Executor<B> {
@@ -60,28 +58,77 @@ impl<B: Backend> Executor<B> {
         Self::with_plan(backend, graph, plan, store)
     }
 
+    /// As [`new`](Self::new) with a given plan; the parameters get device memory of their own.
     pub fn with_plan(backend: B, graph: Graph, plan: Plan, store: &ParamStore) -> Result<Self> {
-        let need = crate::graph::plan::needed(&graph);
-        let used: Vec<(NodeId, String)> = (graph.params().into_iter())
-            .filter(|(id, _)| need[id.0])
-            .map(|(id, n)| (id, n.to_string()))
-            .collect();
-        let mut tensors = Vec::with_capacity(used.len());
-        for (id, name) in &used {
-            let n = graph.node(*id);
-            tensors.push(store.require(name, &n.shape, n.dtype)?);
-        }
-        let (offs, total) = place(&tensors.iter().map(|t| t.data.len()).collect::<Vec<_>>());
-        check_memory(&backend, total, plan.arena_bytes)?;
-        let mut pmem = backend.alloc(total)?;
+        let dev = DeviceParams::upload_checked(backend.clone(), store, &used_params(&graph))?;
+        Self::with_params(graph, plan, &dev)
+    }
+
+    /// An executor that runs on shared device parameters: every parameter the graph uses must be in `dev`
+    /// with the graph's shape and dtype. Updates through any executor on `dev` are seen by all of them.
+    pub fn with_params(graph: Graph, plan: Plan, dev: &DeviceParams<B>) -> Result<Self> {
         let mut params = HashMap::new();
-        for (((_, name), t), off) in used.iter().zip(&tensors).zip(offs) {
-            backend.write(&mut pmem, off, &t.data)?;
-            let loc = Loc { space: Space::Params, offset: off, bytes: t.data.len() };
-            params.insert(name.clone(), ParamSlot { loc, shape: t.shape.clone(), dtype: t.dtype });
+        for (name, shape, dtype) in used_params(&graph) {
+            let slot = dev.slot(&name)?;
+            if slot.shape != shape || slot.dtype != dtype {
+                return Err(Error::Mismatch {
+                    what: format!("parameter '{name}'"),
+                    msg: format!("graph wants {dtype} {shape:?}, device holds {} {:?}", slot.dtype, slot.shape),
+                });
+            }
+            params.insert(name, slot);
         }
-        let mems = Mems { arena: backend.alloc(plan.arena_bytes)?, params: pmem, state: backend.alloc(0)? };
-        Ok(Executor { backend, graph, plan, mems, params, opt: None })
+        let backend = dev.backend().clone();
+        check_memory(&backend, plan.arena_bytes)?;
+        let mems = Mems { arena: backend.alloc(plan.arena_bytes)?, params: backend.alloc(0)?, state: backend.alloc(0)? };
+        Ok(Executor { backend, graph, plan, mems, dev: dev.clone(), params, spare: None, trainer: None })
+    }
+
+    /// The device parameters this executor runs on (a handle: clone it to build more executors on them).
+    pub fn device_params(&self) -> &DeviceParams<B> {
+        &self.dev
+    }
+
+    /// Borrow the shared parameter and state regions into `self.mems` (every backend call that touches
+    /// parameters or optimiser state runs between `attach` and [`detach`](Self::detach)).
+    pub(crate) fn attach(&mut self) -> Result<()> {
+        let mut r = self.dev.regions_mut();
+        let (Some(p), Some(s)) = (r.params.take(), r.state.take()) else {
+            return Err(Error::Plan("device parameters are already borrowed by a running executor".into()));
+        };
+        let sp = std::mem::replace(&mut self.mems.params, p);
+        let ss = std::mem::replace(&mut self.mems.state, s);
+        self.spare = Some((sp, ss));
+        Ok(())
+    }
+
+    /// Give the regions borrowed by [`attach`](Self::attach) back.
+    pub(crate) fn detach(&mut self) {
+        if let Some((sp, ss)) = self.spare.take() {
+            let mut r = self.dev.regions_mut();
+            r.params = Some(std::mem::replace(&mut self.mems.params, sp));
+            r.state = Some(std::mem::replace(&mut self.mems.state, ss));
+        }
+    }
+
+    /// Run `f` on the backend with the arena, parameters and optimiser state attached.
+    pub(crate) fn with_mems<R>(&mut self, f: impl FnOnce(&B, &Graph, &Plan, &mut Mems<B::Mem>) -> Result<R>) -> Result<R> {
+        self.attach()?;
+        let r = f(&self.backend, &self.graph, &self.plan, &mut self.mems);
+        self.detach();
+        r
+    }
+
+    /// Where a gradient (or any node marked as an output) lives, checked to be live after the run.
+    pub(crate) fn output_loc(&self, id: NodeId) -> Result<Loc> {
+        if self.plan.buffers.get(id.0).copied().flatten().is_none_or(|b| b.last != usize::MAX) {
+            let n = self.graph.node(id);
+            return Err(Error::Mismatch {
+                what: format!("node {} ({})", id.0, n.op.describe()),
+                msg: "is not a graph output; use autodiff::param_grads or Graph::mark_output".into(),
+            });
+        }
+        self.loc(id)
     }
 
     pub fn graph(&self) -> &Graph {
@@ -108,6 +155,13 @@ impl<B: Backend> Executor<B> {
     /// Run the graph with `inputs` fed by name. Every needed input must be given with its declared shape and
     /// dtype; unknown names are errors.
     pub fn run(&mut self, inputs: &[(&str, &HostTensor)]) -> Result<()> {
+        self.attach()?;
+        let r = self.run_attached(inputs);
+        self.detach();
+        r
+    }
+
+    fn run_attached(&mut self, inputs: &[(&str, &HostTensor)]) -> Result<()> {
         let mut feed: HashMap<&str, &HostTensor> = HashMap::new();
         for (name, t) in inputs {
             let Some(id) = self.graph.find_input(name) else {
@@ -167,7 +221,10 @@ impl<B: Backend> Executor<B> {
         }
         let loc = self.loc(id)?;
         let mut t = HostTensor::zeros(&n.shape, n.dtype);
-        self.backend.read(self.mems.get(loc.space), loc.offset, &mut t.data)?;
+        match loc.space {
+            Space::Arena => self.backend.read(&self.mems.arena, loc.offset, &mut t.data)?,
+            _ => self.dev.read_loc(loc, &mut t.data)?,
+        }
         Ok(t)
     }
 
@@ -178,7 +235,7 @@ impl<B: Backend> Executor<B> {
             msg: "not used by this graph".into(),
         })?;
         let mut t = HostTensor::zeros(&p.shape, p.dtype);
-        self.backend.read(&self.mems.params, p.loc.offset, &mut t.data)?;
+        self.dev.read_loc(p.loc, &mut t.data)?;
         Ok(t)
     }
 
@@ -194,130 +251,43 @@ impl<B: Backend> Executor<B> {
     /// One AdamW step on the named parameters with gradients from the graph (nodes marked as outputs, e.g.
     /// by `autodiff::param_grads`). When `max_norm` is given, gradients are scaled so their global L2 norm is
     /// at most `max_norm` (as `torch.nn.utils.clip_grad_norm_`). Returns the global gradient norm.
+    ///
+    /// A shorthand for a [`Trainer`] kept by this executor (created at the first call on the gradients'
+    /// parameters, one group with the first call's weight decay: later calls may change the other fields of
+    /// `cfg`); use a `Trainer` for anything more.
     pub fn adamw_step(&mut self, grads: &[(String, NodeId)], cfg: &AdamWConfig, max_norm: Option<f32>) -> Result<f32> {
-        if self.opt.is_none() {
-            self.opt = Some(self.init_opt(grads)?);
-        }
-        let Some(opt) = self.opt.as_mut() else { return Err(Error::Plan("optimiser state missing".into())) };
-        if opt.slots.len() != grads.len() || opt.slots.iter().zip(grads).any(|(s, g)| s.0 != g.0 || s.1 != g.1) {
-            return Err(Error::Mismatch {
-                what: "adamw_step".into(),
-                msg: "the parameter/gradient list differs from the first step's".into(),
-            });
-        }
-        let mut sq = 0.0f64;
-        for (_, _, slot) in &opt.slots {
-            sq += self.backend.sum_squares(slot.grad, slot.grad_dtype, &self.mems)?;
-        }
-        let norm = sq.sqrt() as f32;
-        let scale = match max_norm {
-            Some(m) => (m / (norm + 1e-6)).min(1.0),
-            None => 1.0,
+        let mut trainer = match self.trainer.take() {
+            Some(t) => t,
+            None => self.new_trainer(grads, cfg)?,
         };
-        opt.step += 1;
-        for (_, _, slot) in &opt.slots {
-            self.backend.adamw(slot, cfg, opt.step, scale, &mut self.mems)?;
-        }
-        Ok(norm)
+        trainer.config_mut().algorithm = Algorithm::AdamW(*cfg);
+        trainer.config_mut().max_grad_norm = max_norm;
+        let r = trainer.step(self, grads, cfg.lr);
+        self.trainer = Some(trainer);
+        Ok(r?.grad_norm)
     }
 
-    fn init_opt(&mut self, grads: &[(String, NodeId)]) -> Result<OptState> {
-        let mut sizes = Vec::new();
-        for (name, gid) in grads {
-            let p = self.params.get(name).ok_or_else(|| Error::Mismatch {
-                what: format!("parameter '{name}'"),
-                msg: "not used by this graph".into(),
-            })?;
-            let g = self.graph.node(*gid);
-            if g.shape != p.shape || !g.dtype.is_float() || !p.dtype.is_float() {
-                return Err(Error::Mismatch {
-                    what: format!("gradient of '{name}'"),
-                    msg: format!("{} {:?} does not fit parameter {} {:?}", g.dtype, g.shape, p.dtype, p.shape),
-                });
-            }
-            if !self.plan.buffers[gid.0].is_some_and(|b| b.last == usize::MAX) {
-                return Err(Error::Mismatch {
-                    what: format!("gradient of '{name}'"),
-                    msg: "is not a graph output; use autodiff::param_grads or Graph::mark_output".into(),
-                });
-            }
-            let n = g.numel() * 4;
-            sizes.extend([n, n, if p.dtype == DType::F32 { 0 } else { n }]);
-        }
-        let (offs, total) = place(&sizes);
-        let mut state = self.backend.alloc(total)?;
-        let zeros = vec![0u8; sizes.iter().copied().max().unwrap_or(0)];
-        let mut slots = Vec::new();
-        for (k, (name, gid)) in grads.iter().enumerate() {
-            let p = &self.params[name];
-            let numel = p.shape.iter().product::<usize>();
-            let at = |j: usize| Loc { space: Space::State, offset: offs[3 * k + j], bytes: sizes[3 * k + j] };
-            self.backend.write(&mut state, at(0).offset, &zeros[..numel * 4])?;
-            self.backend.write(&mut state, at(1).offset, &zeros[..numel * 4])?;
-            let master = if p.dtype == DType::F32 {
-                None
-            } else {
-                let mut t = HostTensor::zeros(&p.shape, p.dtype);
-                self.backend.read(&self.mems.params, p.loc.offset, &mut t.data)?;
-                self.backend.write(&mut state, at(2).offset, &t.cast(DType::F32).data)?;
-                Some(at(2))
-            };
-            let slot = AdamWSlot {
-                numel,
-                param: p.loc,
-                param_dtype: p.dtype,
-                grad: self.loc(*gid)?,
-                grad_dtype: self.graph.dtype(*gid),
-                m: at(0),
-                v: at(1),
-                master,
-            };
-            slots.push((name.clone(), *gid, slot));
-        }
-        self.mems.state = state;
-        Ok(OptState { slots, step: 0 })
-    }
-}
-
-/// AdamW state in and out, for checkpoints (`runtime/checkpoint.rs`): per parameter `NAME.exp_avg` and
-/// `NAME.exp_avg_sq` (f32), and `NAME.master` (the f32 master copy) for a parameter stored in f16/bf16.
-impl<B: Backend> Executor<B> {
-    /// The optimiser's step count and moments; `None` before the first [`adamw_step`](Self::adamw_step).
-    pub fn adamw_state(&self) -> Result<Option<(u32, ParamStore)>> {
-        let Some(opt) = &self.opt else { return Ok(None) };
-        let mut store = ParamStore::new();
-        for (name, _, slot) in &opt.slots {
-            let mut parts = vec![("exp_avg", slot.m), ("exp_avg_sq", slot.v)];
-            parts.extend(slot.master.map(|l| ("master", l)));
-            for (part, loc) in parts {
-                let mut t = HostTensor::zeros(&self.params[name].shape, DType::F32);
-                self.backend.read(&self.mems.state, loc.offset, &mut t.data)?;
-                store.insert(&format!("{name}.{part}"), t);
-            }
-        }
-        Ok(Some((opt.step, store)))
+    fn new_trainer(&self, grads: &[(String, NodeId)], cfg: &AdamWConfig) -> Result<Box<Trainer<B>>> {
+        let names: Vec<String> = grads.iter().map(|g| g.0.clone()).collect();
+        let tc = TrainConfig { algorithm: Algorithm::AdamW(*cfg), ..TrainConfig::default() };
+        Ok(Box::new(Trainer::new(&self.dev, &names, tc, |_, _| crate::optim::ParamGroup::default_for(cfg.weight_decay))?))
     }
 
-    /// Restore a state saved by [`adamw_state`](Self::adamw_state) for the same parameter/gradient list; every
-    /// tensor is checked by name, shape and dtype.
-    pub fn set_adamw_state(&mut self, grads: &[(String, NodeId)], step: u32, state: &ParamStore) -> Result<()> {
-        if self.opt.is_none() {
-            self.opt = Some(self.init_opt(grads)?);
-        }
-        let Some(opt) = self.opt.as_mut() else { return Err(Error::Plan("optimiser state missing".into())) };
-        if opt.slots.len() != grads.len() || opt.slots.iter().zip(grads).any(|(s, g)| s.0 != g.0 || s.1 != g.1) {
-            return Err(Error::Mismatch { what: "set_adamw_state".into(), msg: "the parameter/gradient list differs from the first step's".into() });
-        }
-        for (name, _, slot) in &opt.slots {
-            let shape = &self.params[name].shape;
-            let mut parts = vec![("exp_avg", slot.m), ("exp_avg_sq", slot.v)];
-            parts.extend(slot.master.map(|l| ("master", l)));
-            for (part, loc) in parts {
-                let t = state.require(&format!("{name}.{part}"), shape, DType::F32)?;
-                self.backend.write(&mut self.mems.state, loc.offset, &t.data)?;
-            }
-        }
-        opt.step = step;
-        Ok(())
+    /// The state of the trainer behind [`adamw_step`](Self::adamw_step) (`Trainer::export_state`), for
+    /// checkpoints; `None` before the first step.
+    pub fn adamw_state(&self) -> Result<Option<(ParamStore, TrainerState)>> {
+        self.trainer.as_ref().map(|t| t.export_state()).transpose()
+    }
+
+    /// Restore a state saved by [`adamw_state`](Self::adamw_state) for the same parameters (every tensor is
+    /// checked by name and shape; see `Trainer::load_state`).
+    pub fn set_adamw_state(&mut self, grads: &[(String, NodeId)], cfg: &AdamWConfig, tensors: &ParamStore, state: &TrainerState) -> Result<()> {
+        let mut trainer = match self.trainer.take() {
+            Some(t) => t,
+            None => self.new_trainer(grads, cfg)?,
+        };
+        let r = trainer.load_state(tensors, state);
+        self.trainer = Some(trainer);
+        r
     }
 }

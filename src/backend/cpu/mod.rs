@@ -3,13 +3,13 @@
 
 pub(crate) mod kernels;
 
-use super::{AdamWSlot, Backend, Loc, Mems, Space};
+use super::{AdamWSlot, Backend, Loc, Mems, SgdSlot, Space};
 use crate::error::{Error, Result};
 use crate::graph::{Graph, NodeId, Op};
-use crate::optim::AdamWConfig;
+use crate::optim::{AdamWConfig, SgdConfig};
 use crate::tensor::DType;
 
-pub use kernels::{adamw_update, run_op, sum_squares, View};
+pub use kernels::{accumulate, adamw_update, ema_update, run_op, sgd_update, sum_squares, View};
 
 /// Host memory, 64-byte aligned (planner offsets are multiples of 256).
 pub struct CpuMem {
@@ -148,8 +148,12 @@ impl Backend for CpuBackend {
         grad_scale: f32,
         mems: &mut Mems<CpuMem>,
     ) -> Result<()> {
+        let grad = grad_copy(mems, slot.grad)?;
         let Mems { arena, params, state } = mems;
-        let gr = range(arena, slot.grad)?;
+        let gbytes: &[u8] = match &grad {
+            Some(v) => v,
+            None => &arena.as_bytes()[range(arena, slot.grad)?],
+        };
         let pr = range(params, slot.param)?;
         let mut ranges = vec![range(state, slot.m)?, range(state, slot.v)?];
         if let Some(l) = slot.master {
@@ -159,11 +163,11 @@ impl Backend for CpuBackend {
         let (Some(m), Some(v)) = (parts.next(), parts.next()) else {
             return Err(Error::Plan("adamw: missing moment buffers".into()));
         };
-        let master = parts.next().map(|b| bytemuck::cast_slice_mut::<u8, f32>(b));
+        let master = parts.next().map(bytemuck::cast_slice_mut::<u8, f32>);
         adamw_update(
             &mut params.as_bytes_mut()[pr],
             slot.param_dtype,
-            &arena.as_bytes()[gr],
+            gbytes,
             slot.grad_dtype,
             bytemuck::cast_slice_mut(m),
             bytemuck::cast_slice_mut(v),
@@ -179,6 +183,64 @@ impl Backend for CpuBackend {
         let mem = mems.get(loc.space);
         Ok(sum_squares(&mem.as_bytes()[range(mem, loc)?], dtype))
     }
+
+    fn sgd(&self, slot: &SgdSlot, cfg: &SgdConfig, first: bool, grad_scale: f32, mems: &mut Mems<CpuMem>) -> Result<()> {
+        let grad = grad_copy(mems, slot.grad)?;
+        let Mems { arena, params, state } = mems;
+        let gbytes: &[u8] = match &grad {
+            Some(v) => v,
+            None => &arena.as_bytes()[range(arena, slot.grad)?],
+        };
+        let pr = range(params, slot.param)?;
+        let ranges: Vec<_> = [slot.momentum, slot.master].iter().flatten().map(|l| range(state, *l)).collect::<Result<_>>()?;
+        let mut parts = disjoint_mut(state.as_bytes_mut(), &ranges)?.into_iter();
+        let momentum = slot.momentum.and_then(|_| parts.next()).map(bytemuck::cast_slice_mut::<u8, f32>);
+        let master = slot.master.and_then(|_| parts.next()).map(bytemuck::cast_slice_mut::<u8, f32>);
+        sgd_update(
+            &mut params.as_bytes_mut()[pr],
+            slot.param_dtype,
+            gbytes,
+            slot.grad_dtype,
+            momentum,
+            master,
+            cfg,
+            first,
+            grad_scale,
+        );
+        Ok(())
+    }
+
+    fn ema(&self, ema: Loc, src: Loc, src_dtype: DType, numel: usize, decay: f32, mems: &mut Mems<CpuMem>) -> Result<()> {
+        let src_bytes = {
+            let mem = mems.get(src.space);
+            mem.as_bytes()[range(mem, src)?].to_vec()
+        };
+        let er = range(&mems.state, ema)?;
+        let e = bytemuck::cast_slice_mut::<u8, f32>(&mut mems.state.as_bytes_mut()[er]);
+        ema_update(&mut e[..numel], &src_bytes[..numel * src_dtype.size()], src_dtype, decay);
+        Ok(())
+    }
+
+    fn accumulate(&self, acc: Loc, grad: Loc, grad_dtype: DType, numel: usize, first: bool, mems: &mut Mems<CpuMem>) -> Result<()> {
+        let g = {
+            let mem = mems.get(grad.space);
+            mem.as_bytes()[range(mem, grad)?].to_vec()
+        };
+        let ar = range(&mems.state, acc)?;
+        let a = bytemuck::cast_slice_mut::<u8, f32>(&mut mems.state.as_bytes_mut()[ar]);
+        accumulate(&mut a[..numel], &g[..numel * grad_dtype.size()], grad_dtype, first);
+        Ok(())
+    }
+}
+
+/// A copy of a gradient that lives outside the arena (an accumulator in the state region), so the update can
+/// borrow the state region mutably; `None` for an arena gradient (borrowed in place).
+fn grad_copy(mems: &Mems<CpuMem>, loc: Loc) -> Result<Option<Vec<u8>>> {
+    if loc.space == Space::Arena {
+        return Ok(None);
+    }
+    let mem = mems.get(loc.space);
+    Ok(Some(mem.as_bytes()[range(mem, loc)?].to_vec()))
 }
 
 /// Mutable slices of `buf` at the given ranges, which must not overlap (returned in the order given).

@@ -10,11 +10,11 @@ use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStrea
 use cudarc::nvrtc::Ptx;
 
 use super::probe;
-use crate::backend::launch::{adamw_launches, node_launches, record_launch, Launch, PackedArgs};
-use crate::backend::{AdamWSlot, Backend, Loc, Mems};
+use crate::backend::launch::{adamw_launches, node_launches, optim, record_launch, Launch, PackedArgs};
+use crate::backend::{AdamWSlot, Backend, Loc, Mems, SgdSlot};
 use crate::error::{Error, Result};
 use crate::graph::{Graph, NodeId};
-use crate::optim::AdamWConfig;
+use crate::optim::{AdamWConfig, SgdConfig};
 use crate::tensor::{decode_f32, DType};
 
 fn cuda_err(what: impl std::fmt::Display, e: impl std::fmt::Debug) -> Error {
@@ -208,12 +208,55 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
-    /// Read back and summed on the host (a device reduction can replace this when clipping shows in profiles).
+    /// One tensor, read back and summed on the host (the trainer's global norm uses `sum_squares_many`, reduced
+    /// on the device).
     fn sum_squares(&self, loc: Loc, dtype: DType, mems: &Mems<CudaMem>) -> Result<f64> {
         let mut bytes = vec![0u8; loc.bytes];
         self.read(mems.get(loc.space), loc.offset, &mut bytes)?;
         let mut v = vec![0f32; loc.bytes / dtype.size()];
         decode_f32(dtype, &bytes, &mut v);
         Ok(v.iter().map(|x| (*x as f64) * (*x as f64)).sum())
+    }
+    fn sgd(&self, slot: &SgdSlot, cfg: &SgdConfig, first: bool, grad_scale: f32, mems: &mut Mems<CudaMem>) -> Result<()> {
+        for l in optim::sgd_launches(slot, cfg, first, grad_scale)? {
+            self.run(&l, mems)?;
+        }
+        Ok(())
+    }
+
+    fn ema(&self, ema: Loc, src: Loc, src_dtype: DType, numel: usize, decay: f32, mems: &mut Mems<CudaMem>) -> Result<()> {
+        for l in optim::ema_launches(ema, src, src_dtype, numel, decay)? {
+            self.run(&l, mems)?;
+        }
+        Ok(())
+    }
+
+    fn accumulate(&self, acc: Loc, grad: Loc, grad_dtype: DType, numel: usize, first: bool, mems: &mut Mems<CudaMem>) -> Result<()> {
+        for l in optim::accumulate_launches(acc, grad, grad_dtype, numel, first)? {
+            self.run(&l, mems)?;
+        }
+        Ok(())
+    }
+
+    fn sum_squares_scratch(&self, numels: &[usize]) -> usize {
+        optim::sumsq_scratch_bytes(numels)
+    }
+
+    /// Reduced on the device (`kernels/optim.cu`); one f64 is read back.
+    fn sum_squares_many(&self, tensors: &[(Loc, DType)], scratch: Option<Loc>, mems: &mut Mems<CudaMem>) -> Result<f64> {
+        let Some(scratch) = scratch else {
+            let mut sum = 0.0;
+            for &(loc, dtype) in tensors {
+                sum += self.sum_squares(loc, dtype, mems)?;
+            }
+            return Ok(sum);
+        };
+        let (launches, at) = optim::sumsq_launches(tensors, scratch)?;
+        for l in launches {
+            self.run(&l, mems)?;
+        }
+        let mut b = [0u8; 8];
+        self.read(mems.get(scratch.space), at, &mut b)?;
+        Ok(f64::from_le_bytes(b))
     }
 }

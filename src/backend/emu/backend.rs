@@ -4,11 +4,11 @@
 
 use super::ffi;
 use crate::backend::cpu::{CpuBackend, CpuMem};
-use crate::backend::launch::{adamw_launches, node_launches, record_launch, Launch, PackedArgs};
-use crate::backend::{AdamWSlot, Backend, Loc, Mems, Space};
+use crate::backend::launch::{adamw_launches, node_launches, optim, record_launch, Launch, PackedArgs};
+use crate::backend::{AdamWSlot, Backend, Loc, Mems, SgdSlot, Space};
 use crate::error::{Error, Result};
 use crate::graph::{Graph, NodeId};
-use crate::optim::AdamWConfig;
+use crate::optim::{AdamWConfig, SgdConfig};
 use crate::tensor::DType;
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -125,5 +125,47 @@ impl Backend for EmuBackend {
     /// Read back and summed on the host (the tensor is in host memory already).
     fn sum_squares(&self, loc: Loc, dtype: DType, mems: &Mems<CpuMem>) -> Result<f64> {
         CpuBackend.sum_squares(loc, dtype, mems)
+    }
+    fn sgd(&self, slot: &SgdSlot, cfg: &SgdConfig, first: bool, grad_scale: f32, mems: &mut Mems<CpuMem>) -> Result<()> {
+        for l in optim::sgd_launches(slot, cfg, first, grad_scale)? {
+            self.run(&l, mems).map_err(|e| Error::backend("emu", format!("sgd, kernel {}: {e}", l.kernel)))?;
+        }
+        Ok(())
+    }
+
+    fn ema(&self, ema: Loc, src: Loc, src_dtype: DType, numel: usize, decay: f32, mems: &mut Mems<CpuMem>) -> Result<()> {
+        for l in optim::ema_launches(ema, src, src_dtype, numel, decay)? {
+            self.run(&l, mems).map_err(|e| Error::backend("emu", format!("ema, kernel {}: {e}", l.kernel)))?;
+        }
+        Ok(())
+    }
+
+    fn accumulate(&self, acc: Loc, grad: Loc, grad_dtype: DType, numel: usize, first: bool, mems: &mut Mems<CpuMem>) -> Result<()> {
+        for l in optim::accumulate_launches(acc, grad, grad_dtype, numel, first)? {
+            self.run(&l, mems).map_err(|e| Error::backend("emu", format!("accumulate, kernel {}: {e}", l.kernel)))?;
+        }
+        Ok(())
+    }
+
+    fn sum_squares_scratch(&self, numels: &[usize]) -> usize {
+        optim::sumsq_scratch_bytes(numels)
+    }
+
+    /// Reduced on the device (`kernels/optim.cu`); one f64 is read back.
+    fn sum_squares_many(&self, tensors: &[(Loc, DType)], scratch: Option<Loc>, mems: &mut Mems<CpuMem>) -> Result<f64> {
+        let Some(scratch) = scratch else {
+            let mut sum = 0.0;
+            for &(loc, dtype) in tensors {
+                sum += self.sum_squares(loc, dtype, mems)?;
+            }
+            return Ok(sum);
+        };
+        let (launches, at) = optim::sumsq_launches(tensors, scratch)?;
+        for l in launches {
+            self.run(&l, mems).map_err(|e| Error::backend("emu", format!("sum of squares, kernel {}: {e}", l.kernel)))?;
+        }
+        let mut b = [0u8; 8];
+        self.read(mems.get(scratch.space), at, &mut b)?;
+        Ok(f64::from_le_bytes(b))
     }
 }

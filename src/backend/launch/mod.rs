@@ -4,9 +4,11 @@
 //! A launcher turns a node (its op, input/output shapes and dtypes, and where each tensor lives) into one or
 //! more [`Launch`]es. Pointers stay symbolic ([`Arg::Ptr`] with a [`Loc`]) until a backend resolves them.
 //! Each op family's launcher is `ops/<family>/launch.rs`; this file holds the launch types, [`node_launches`]
-//! (which asks the node's family) and the AdamW launcher (an optimiser step, not a graph op).
+//! (which asks the node's family) and the optimiser launchers (AdamW here, SGD / EMA / accumulation / the
+//! gradient norm in `optim`: optimiser steps, not graph ops).
 
 mod adamw;
+pub mod optim;
 
 use std::collections::BTreeSet;
 

@@ -40,19 +40,37 @@ pub fn infer(op: &Op, shapes: &[&[usize]], dtypes: &[DType]) -> Result<(Vec<usiz
 }
 
 /// Gradients of the inputs `ins` of node `id` (this family's `op`) given the gradient `dy` of its output.
-pub fn backward(g: &mut Graph, op: &Op, _id: NodeId, ins: &[NodeId], dy: NodeId, _needs: &[bool]) -> Result<Vec<Option<NodeId>>> {
+pub fn backward(g: &mut Graph, op: &Op, _id: NodeId, ins: &[NodeId], dy: NodeId, needs: &[bool]) -> Result<Vec<Option<NodeId>>> {
     let shape_of = |g: &Graph, i: usize| g.shape(ins[i]).to_vec();
     Ok(match op {
         Op::MatMul { ta, tb } => {
+            // Only the gradients asked for get nodes (a frozen weight's gradient is never built).
             let (a, b) = (ins[0], ins[1]);
-            let (da, db) = match (ta, tb) {
-                (false, false) => (g.matmul_t(dy, b, false, true)?, g.matmul_t(a, dy, true, false)?),
-                (false, true) => (g.matmul_t(dy, b, false, false)?, g.matmul_t(dy, a, true, false)?),
-                (true, false) => (g.matmul_t(b, dy, false, true)?, g.matmul_t(a, dy, false, false)?),
-                (true, true) => (g.matmul_t(b, dy, true, true)?, g.matmul_t(dy, a, true, true)?),
+            let need = |i: usize| needs.get(i).copied().unwrap_or(true);
+            let da = match (need(0), ta, tb) {
+                (false, _, _) => None,
+                (true, false, false) => Some(g.matmul_t(dy, b, false, true)?),
+                (true, false, true) => Some(g.matmul_t(dy, b, false, false)?),
+                (true, true, false) => Some(g.matmul_t(b, dy, false, true)?),
+                (true, true, true) => Some(g.matmul_t(b, dy, true, true)?),
+            };
+            let db = match (need(1), ta, tb) {
+                (false, _, _) => None,
+                (true, false, false) => Some(g.matmul_t(a, dy, true, false)?),
+                (true, false, true) => Some(g.matmul_t(dy, a, true, false)?),
+                (true, true, false) => Some(g.matmul_t(a, dy, false, false)?),
+                (true, true, true) => Some(g.matmul_t(dy, a, true, true)?),
             };
             let (sa, sb) = (shape_of(g, 0), shape_of(g, 1));
-            vec![Some(sum_to_shape(g, da, &sa)?), Some(sum_to_shape(g, db, &sb)?)]
+            let da = match da {
+                Some(d) => Some(sum_to_shape(g, d, &sa)?),
+                None => None,
+            };
+            let db = match db {
+                Some(d) => Some(sum_to_shape(g, d, &sb)?),
+                None => None,
+            };
+            vec![da, db]
         }
         _ => return super::err(op, "not a gemm op".into()),
     })

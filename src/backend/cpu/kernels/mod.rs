@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::ops::{self as op, Op};
 use crate::tensor::{self, DType};
 
-pub use optim::{adamw_update, sum_squares};
+pub use optim::{accumulate, adamw_update, ema_update, sgd_update, sum_squares};
 pub(crate) use scratch::{Buf, Floats};
 
 /// A read-only tensor: shape, dtype and its row-major little-endian bytes.

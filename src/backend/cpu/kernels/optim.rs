@@ -1,9 +1,10 @@
-//! The AdamW step and the sum of squares (for gradient-norm clipping).
+//! The optimiser steps (AdamW, SGD), the weight EMA, gradient accumulation and the sum of squares (for the
+//! gradient norm).
 
 use rayon::prelude::*;
 
 use super::{COST_COPY, COST_TRANSCENDENTAL, View, decode, decode_into, encode, floats, worth_parallel};
-use crate::optim::AdamWConfig;
+use crate::optim::{AdamWConfig, SgdConfig};
 use crate::tensor::DType;
 
 /// Elements per task, and per partial sum in [`sum_squares`] (fixed, so results do not depend on threads).
@@ -109,6 +110,75 @@ pub fn adamw_update(
             st.run(&mut p, m, v, &g);
             encode(pdtype, &p, param);
         }
+    }
+}
+
+/// PyTorch SGD (`torch.optim.SGD`) in f32: with g = grad * grad_scale, g += wd * p; with momentum mu,
+/// buf = g on the first step, else buf = mu buf + (1 - dampening) g, and g = g + mu buf (Nesterov) or buf;
+/// p -= lr g. `master` and the parameter storage as in [`adamw_update`].
+#[allow(clippy::too_many_arguments)]
+pub fn sgd_update(
+    param: &mut [u8],
+    pdtype: DType,
+    grad: &[u8],
+    gdtype: DType,
+    mut momentum: Option<&mut [f32]>,
+    master: Option<&mut [f32]>,
+    cfg: &SgdConfig,
+    first: bool,
+    grad_scale: f32,
+) {
+    let n = (param.len() / pdtype.size()).min(grad.len() / gdtype.size());
+    let mut g = vec![0f32; n];
+    decode_into(gdtype, &grad[..n * gdtype.size()], &mut g);
+    let one_minus_damp = 1.0 - cfg.dampening;
+    let mut step = |w: &mut [f32]| {
+        for i in 0..n {
+            let mut gi = g[i] * grad_scale;
+            if cfg.weight_decay != 0.0 {
+                gi += cfg.weight_decay * w[i];
+            }
+            if let Some(buf) = momentum.as_deref_mut()
+                && cfg.momentum != 0.0
+            {
+                buf[i] = if first { gi } else { cfg.momentum * buf[i] + one_minus_damp * gi };
+                gi = if cfg.nesterov { gi + cfg.momentum * buf[i] } else { buf[i] };
+            }
+            w[i] -= cfg.lr * gi;
+        }
+    };
+    let param = &mut param[..n * pdtype.size()];
+    match master {
+        Some(w) => {
+            step(&mut w[..n]);
+            encode(pdtype, &w[..n], param);
+        }
+        None => {
+            let mut w = decode(pdtype, param);
+            step(&mut w[..]);
+            encode(pdtype, &w[..], param);
+        }
+    }
+}
+
+/// `ema = decay * ema + (1 - decay) * src` in f32, `src` stored as `sdtype`.
+pub fn ema_update(ema: &mut [f32], src: &[u8], sdtype: DType, decay: f32) {
+    let n = ema.len().min(src.len() / sdtype.size());
+    let mut x = vec![0f32; n];
+    decode_into(sdtype, &src[..n * sdtype.size()], &mut x);
+    let rest = (1.0 - decay as f64) as f32;
+    for (e, &x) in ema[..n].iter_mut().zip(&x) {
+        *e = decay * *e + rest * x;
+    }
+}
+
+/// `acc = grad` (`first`) or `acc += grad`, in f32.
+pub fn accumulate(acc: &mut [f32], grad: &[u8], gdtype: DType, first: bool) {
+    let n = acc.len().min(grad.len() / gdtype.size());
+    let mut g = vec![0f32; n];
+    decode_into(gdtype, &grad[..n * gdtype.size()], &mut g);
+    for (a, &g) in acc[..n].iter_mut().zip(&g) {
+        *a = if first { g } else { *a + g };
     }
 }
 
