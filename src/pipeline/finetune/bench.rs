@@ -26,7 +26,7 @@ struct Profile {
     ops: HashMap<String, (f64, usize)>,
 }
 
-/// A backend that times each op it runs (per `Op::describe`, the AdamW and norm calls as `adamw` /
+/// A backend that times each op it runs (per op kind: `Op::describe` without the parameters; the AdamW and norm calls as `adamw` /
 /// `sum_squares`).
 pub struct Profiled<B: Backend> {
     inner: B,
@@ -87,7 +87,9 @@ impl<B: Backend> Backend for Profiled<B> {
         self.inner.synchronize()
     }
     fn exec(&self, graph: &Graph, id: NodeId, ins: &[Loc], out: Loc, inplace: Option<usize>, mems: &mut Mems<Self::Mem>) -> Result<()> {
-        self.time(|| graph.node(id).op.describe(), || self.inner.exec(graph, id, ins, out, inplace, mems))
+        // The op's kind without its parameters (`Attention`, `Conv2dBwdWeight`, `binary Add`), so a kind is one row.
+        let kind = || graph.node(id).op.describe().split(" {").next().unwrap_or_default().to_string();
+        self.time(kind, || self.inner.exec(graph, id, ins, out, inplace, mems))
     }
     fn adamw(&self, slot: &AdamWSlot, cfg: &AdamWConfig, step: u32, grad_scale: f32, mems: &mut Mems<Self::Mem>) -> Result<()> {
         self.time(|| "adamw".into(), || self.inner.adamw(slot, cfg, step, grad_scale, mems))
