@@ -45,6 +45,8 @@ enum BenchKind {
     Clip,
     /// One VAE decoder call.
     Vae,
+    /// One UNet training step (forward + MSE loss + backward + AdamW), profiled per op on cpu/emu.
+    TrainUnet,
 }
 
 /// `--backend` given, else INSTAGEN_BACKEND, else cuda when a GPU is found, else cpu.
@@ -227,6 +229,7 @@ fn main() {
                     BenchKind::Unet => sample::bench_unet(k, &config, batch, latent, d, min_seconds),
                     BenchKind::Clip => txt2img::bench_clip(k, &config, batch, d, min_seconds),
                     BenchKind::Vae => txt2img::bench_vae(k, &config, batch, latent, d, min_seconds),
+                    BenchKind::TrainUnet => instagen::pipeline::finetune::bench::bench_train_unet(k, &config, batch, latent, d, min_seconds),
                 })
                 .map(|s| print!("{s}"))
         }

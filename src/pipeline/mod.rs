@@ -3,6 +3,7 @@
 
 pub mod checks;
 pub mod eval;
+pub mod finetune;
 pub mod kernels;
 pub mod selfcheck;
 pub mod sample;
