@@ -5,14 +5,15 @@
 //! on asynchronous backends (cuda) it would time the launch only, so it is used on synchronous ones alone.
 
 use std::cell::RefCell;
+use std::rc::Rc;
 use std::collections::HashMap;
 use std::time::Instant;
 
-use crate::backend::{AdamWSlot, Backend, BackendKind, Loc, Mems};
+use crate::backend::{AdamWSlot, Backend, BackendKind, Loc, Mems, SgdSlot};
 use crate::error::{Error, Result};
 use crate::graph::{Graph, NodeId};
 use crate::models::unet::UNetConfig;
-use crate::optim::AdamWConfig;
+use crate::optim::{AdamWConfig, SgdConfig};
 use crate::pipeline::checks;
 use crate::pipeline::sample::{check_bench_args, unet_weights};
 use crate::tensor::{DType, HostTensor};
@@ -28,14 +29,15 @@ struct Profile {
 
 /// A backend that times each op it runs (per op kind: `Op::describe` without the parameters; the AdamW and norm calls as `adamw` /
 /// `sum_squares`).
+#[derive(Clone)]
 pub struct Profiled<B: Backend> {
     inner: B,
-    profile: RefCell<Profile>,
+    profile: Rc<RefCell<Profile>>,
 }
 
 impl<B: Backend> Profiled<B> {
     pub fn new(inner: B) -> Self {
-        Profiled { inner, profile: RefCell::new(Profile::default()) }
+        Profiled { inner, profile: Rc::new(RefCell::new(Profile::default())) }
     }
 
     fn time<T>(&self, key: impl FnOnce() -> String, f: impl FnOnce() -> Result<T>) -> Result<T> {
@@ -96,6 +98,21 @@ impl<B: Backend> Backend for Profiled<B> {
     }
     fn sum_squares(&self, loc: Loc, dtype: DType, mems: &Mems<Self::Mem>) -> Result<f64> {
         self.time(|| "sum_squares".into(), || self.inner.sum_squares(loc, dtype, mems))
+    }
+    fn sgd(&self, slot: &SgdSlot, cfg: &SgdConfig, first: bool, grad_scale: f32, mems: &mut Mems<Self::Mem>) -> Result<()> {
+        self.time(|| "sgd".into(), || self.inner.sgd(slot, cfg, first, grad_scale, mems))
+    }
+    fn ema(&self, ema: Loc, src: Loc, src_dtype: DType, numel: usize, decay: f32, mems: &mut Mems<Self::Mem>) -> Result<()> {
+        self.time(|| "ema".into(), || self.inner.ema(ema, src, src_dtype, numel, decay, mems))
+    }
+    fn accumulate(&self, acc: Loc, grad: Loc, grad_dtype: DType, numel: usize, first: bool, mems: &mut Mems<Self::Mem>) -> Result<()> {
+        self.time(|| "accumulate".into(), || self.inner.accumulate(acc, grad, grad_dtype, numel, first, mems))
+    }
+    fn sum_squares_scratch(&self, numels: &[usize]) -> usize {
+        self.inner.sum_squares_scratch(numels)
+    }
+    fn sum_squares_many(&self, tensors: &[(Loc, DType)], scratch: Option<Loc>, mems: &mut Mems<Self::Mem>) -> Result<f64> {
+        self.time(|| "sum_squares".into(), || self.inner.sum_squares_many(tensors, scratch, mems))
     }
 }
 
