@@ -90,7 +90,8 @@ fn resize_matches_pil_bilinear() {
         for (i, (g, e)) in got.iter().zip(&want).enumerate() {
             let d = (*g as f64 - e).abs();
             max_err = max_err.max(d);
-            assert!(d <= 1e-4, "box {b:?} -> {size:?}: value {i}: {g} vs PIL {e}");
+            // Both accumulate in f64 and store f32: equal up to summation order.
+            assert!(d <= 1e-5, "box {b:?} -> {size:?}: value {i}: {g} vs PIL {e}");
         }
     }
     println!("resize equals PIL {} (mode F) to {max_err:e} (pixel values 0..255)", fx["pillow"]);

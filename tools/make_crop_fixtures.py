@@ -168,12 +168,13 @@ def resize_fixture(rng):
         return None
     W, H = 23, 17
     pixels = [[rng.randrange(256) for _ in range(W * H)] for _ in range(3)]
+    # Box coordinates are exact in float32: PIL parses the box as C floats, so other values would be rounded.
     cases = [
-        ((7, 7), (2.3, 1.75, 19.6, 16.0)),  # shrink a fractional box
+        ((7, 7), (2.3125, 1.75, 19.59375, 16.0)),  # shrink a fractional box
         ((9, 9), (0.0, 0.0, 17.0, 17.0)),  # shrink a square at the corner
         ((13, 13), (4.5, 3.25, 12.0, 10.75)),  # enlarge a fractional box
         ((5, 4), (0.0, 0.0, 23.0, 17.0)),  # whole image, anisotropic
-        ((16, 16), (11.9, 0.4, 22.99, 11.49)),  # touching the right border
+        ((16, 16), (11.90625, 0.40625, 22.9921875, 11.4921875)),  # touching the right border
     ]
     out = []
     for size, box in cases:
