@@ -229,6 +229,21 @@ fn bad_boxes_and_categories_name_the_record_or_are_skipped() {
 }
 
 #[test]
+fn a_box_with_no_area_inside_its_image_is_an_error_or_skipped() {
+    // Within the 1 px validation tolerance, but nothing left once clipped to the 40 px wide image.
+    let dir = tmp_dir("sliver");
+    let ann = write_set(&dir, |j| j["annotations"][1]["bbox"] = serde_json::json!([40.5, 5, 0.4, 8]));
+    let e = CropDataset::open(&ann, &dir, &opts("all", false)).err().unwrap().to_string();
+    assert!(e.contains("instances.json") && e.contains("annotation 11") && e.contains("no area inside"), "{e}");
+    let ds = CropDataset::open(&ann, &dir, &opts("all", true)).unwrap();
+    assert_eq!(ds.len(), 2);
+    let s = ds.summary();
+    assert_eq!(s.load.skipped.len(), 1, "{s}");
+    assert!(s.to_string().contains("annotation 11"), "{s}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn unreadable_images_are_errors_or_skipped() {
     // Missing file and a file that is not an image: found when the dataset is opened.
     for (name, bad) in [("missing", None), ("notimage", Some(b"not a png at all".to_vec()))] {

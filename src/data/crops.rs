@@ -36,7 +36,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use crate::detection::coco::{self, LoadOptions, LoadSummary, Policy};
+use crate::detection::coco::{self, Issue, IssueKind, LoadOptions, LoadSummary, Policy};
 use crate::detection::eval::OVCOCO_BASE_NAMES;
 use crate::error::{Error, Result};
 use crate::tensor::{DType, HostTensor};
@@ -348,7 +348,7 @@ impl CropDataset {
     }
 
     /// Builds the dataset from validated annotations (`path` names the file in messages).
-    pub fn from_coco(ds: &coco::Dataset, path: &Path, images_dir: &Path, load: LoadSummary, opts: &CropOptions) -> Result<Self> {
+    pub fn from_coco(ds: &coco::Dataset, path: &Path, images_dir: &Path, mut load: LoadSummary, opts: &CropOptions) -> Result<Self> {
         if opts.resolution == 0 {
             return Err(Error::Other(format!("{}: --resolution must be at least 1", path.display())));
         }
@@ -382,12 +382,12 @@ impl CropDataset {
             let y1 = (a.bbox[1] + a.bbox[3]).clamp(0.0, h);
             if x1 <= x0 || y1 <= y0 {
                 // Inside the validation tolerance but outside the image once clipped.
-                let msg = format!("{}: annotation {} (image {}): bbox {:?} has no area inside the {}x{} image", path.display(), a.id, a.image_id, a.bbox, im.width, im.height);
+                let detail = format!("annotation {} (image {}): field bbox {:?} has no area inside the {}x{} image", a.id, a.image_id, a.bbox, im.width, im.height);
                 if opts.lenient {
-                    not_anchors += 1;
+                    load.skipped.push(Issue { kind: IssueKind::BoxOutsideImage, detail });
                     continue;
                 }
-                return Err(Error::Other(msg));
+                return Err(Error::Other(format!("{}: {detail}", path.display())));
             }
             if a.iscrowd {
                 not_anchors += 1;
