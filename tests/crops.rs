@@ -223,7 +223,8 @@ fn category_selection_and_unknown_names() {
 
 #[test]
 fn bad_boxes_and_categories_name_the_record_or_are_skipped() {
-    let cases: [(&str, fn(&mut serde_json::Value), &str); 3] = [
+    type Edit = fn(&mut serde_json::Value);
+    let cases: [(&str, Edit, &str); 3] = [
         ("outside", |j| j["annotations"][0]["bbox"] = serde_json::json!([30, 5, 20, 8]), "reaches outside"),
         ("empty", |j| j["annotations"][0]["bbox"] = serde_json::json!([5, 5, 0, 8]), "width or height <= 0"),
         ("unknowncat", |j| j["annotations"][0]["category_id"] = serde_json::json!(9), "category_id 9"),

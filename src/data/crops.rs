@@ -31,7 +31,7 @@
 //!
 //! Draws are uniforms in [0, 1) taken in that order: `k`, scale, flip, then the shuffle.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -314,8 +314,10 @@ impl fmt::Display for CropSummary {
 
 #[derive(Default)]
 struct Skips {
-    bad: HashMap<u64, ImageSkip>,
-    order: Vec<u64>,
+    /// Image ids of `list`.
+    bad: HashSet<u64>,
+    /// In the order they were found.
+    list: Vec<ImageSkip>,
     substituted: usize,
 }
 
@@ -433,7 +435,7 @@ impl CropDataset {
     pub fn summary(&self) -> CropSummary {
         let mut s = self.summary.clone();
         let sk = self.skips.lock().unwrap_or_else(|e| e.into_inner());
-        s.image_skips = sk.order.iter().map(|id| sk.bad[id].clone()).collect();
+        s.image_skips = sk.list.clone();
         s.substituted = sk.substituted;
         s
     }
@@ -470,7 +472,7 @@ impl CropDataset {
             let j = (index + step) % n;
             let (ii, oi) = self.anchors[j];
             let id = self.images[ii].id;
-            if self.skips.lock().unwrap_or_else(|e| e.into_inner()).bad.contains_key(&id) {
+            if self.skips.lock().unwrap_or_else(|e| e.into_inner()).bad.contains(&id) {
                 continue;
             }
             match self.decode(ii, oi) {
@@ -482,10 +484,9 @@ impl CropDataset {
                 }
                 Err(e) if self.lenient => {
                     let mut sk = self.skips.lock().unwrap_or_else(|e| e.into_inner());
-                    if !sk.bad.contains_key(&id) {
+                    if sk.bad.insert(id) {
                         let skip = ImageSkip { image_id: id, path: self.images[ii].path.clone(), annotation_id: self.images[ii].objects[oi].id, error: e.to_string() };
-                        sk.bad.insert(id, skip);
-                        sk.order.push(id);
+                        sk.list.push(skip);
                     }
                     first_err.get_or_insert(e);
                 }
