@@ -33,3 +33,6 @@ pub fn sample_rng(seed: u64, epoch: u64, index: u64) -> Rng {
     let mut r = Rng::new(a);
     Rng::new(r.next_u64() ^ index.wrapping_mul(0x8CB9_2BA7_2F3D_8DD7))
 }
+
+pub mod crops;
+pub mod image;
