@@ -17,7 +17,7 @@ use instagen::params::ParamStore;
 use instagen::runtime::checkpoint::{self, Checkpoint, CheckpointState};
 use instagen::runtime::runlog::{self, StepRecord};
 use instagen::runtime::TrainerState;
-use instagen::runtime::train_loop::{kill_at_checkpoint, train, LoopConfig, StepOutput, TrainState, Trainer};
+use instagen::runtime::train_loop::{kill_at_checkpoint, train, LoopConfig, StepOutput, TrainState, TrainTask};
 use instagen::runtime::Executor;
 use instagen::tensor::{DType, HostTensor};
 use instagen::util::Rng;
@@ -169,7 +169,7 @@ impl Mlp {
     }
 }
 
-impl Trainer for Mlp {
+impl TrainTask for Mlp {
     type Item = ([f32; 2], f32);
     fn step(&mut self, step: u64, batch: Batch<Self::Item>, rng: &mut Rng) -> Result<StepOutput> {
         let xs: Vec<HostTensor> = batch.items.iter().map(|(x, _)| HostTensor::from_f32(&[2], DType::F32, x)).collect::<Result<_>>()?;

@@ -94,6 +94,24 @@ fn finite(s: &str) -> Result<f32, String> {
     }
 }
 
+/// A positive finite number.
+fn positive_f32(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        Ok(v) => Err(format!("{v} is not a positive finite number")),
+        Err(e) => Err(format!("not a number ({e})")),
+    }
+}
+
+/// A positive whole number (u64).
+fn positive_u64(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(0) => Err("must be >= 1".into()),
+        Ok(v) => Ok(v),
+        Err(e) => Err(format!("not a whole number >= 1 ({e})")),
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Backends, NVRTC version, compiled kernels with their ptxas figures, GPUs found.
@@ -202,6 +220,72 @@ enum Cmd {
         #[arg(long, value_parser = positive, allow_hyphen_values = true)]
         latent: Option<usize>,
     },
+
+    /// InstaGen stage 1: fine-tune SD's UNet on crops of a COCO detection dataset (frozen CLIP and VAE,
+    /// noise-prediction MSE, AdamW, EMA); resumable; writes a diffusers folder RUN/model at the end.
+    Finetune(FinetuneArgs),
+}
+
+#[derive(clap::Args)]
+struct FinetuneArgs {
+    /// The SD diffusers folder to start from (text_encoder/, vae/, unet/, tokenizer/, scheduler/).
+    #[arg(long)]
+    weights: PathBuf,
+    /// COCO instances JSON (boxes and category names).
+    #[arg(long)]
+    data: PathBuf,
+    /// The folder of its images.
+    #[arg(long)]
+    images: PathBuf,
+    /// The run folder: checkpoints/, metrics.jsonl, loss.png, lr.png, and model/ at the end.
+    #[arg(long)]
+    out: PathBuf,
+    /// `base` (the 48 OV-COCO base classes), `all`, or a comma list of category names.
+    #[arg(long, default_value = "base")]
+    categories: String,
+    /// Total optimiser steps (default: --epochs).
+    #[arg(long, value_parser = positive_u64, conflicts_with = "epochs")]
+    steps: Option<u64>,
+    /// Epochs over the crops (one crop per usable box); default 6 when --steps is not given.
+    #[arg(long, value_parser = positive_u64)]
+    epochs: Option<u64>,
+    /// Crops per step (>= 1).
+    #[arg(long, default_value_t = 1, value_parser = positive, allow_hyphen_values = true)]
+    batch: usize,
+    /// AdamW learning rate (constant).
+    #[arg(long, default_value_t = 1e-4, value_parser = positive_f32, allow_hyphen_values = true)]
+    lr: f32,
+    /// EMA decay of the UNet weights (diffusers EMAModel: min(decay, (1+k)/(10+k)) at update k).
+    #[arg(long, default_value_t = 0.9999, value_parser = positive_f32, allow_hyphen_values = true)]
+    ema_decay: f32,
+    /// Crop side in pixels (a multiple of the VAE downscale times the UNet's; 512 for SD v1.x).
+    #[arg(long, default_value_t = 512, value_parser = positive, allow_hyphen_values = true)]
+    resolution: usize,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Checkpoint every N steps (and after the last).
+    #[arg(long, default_value_t = 500, value_parser = positive_u64)]
+    save_every: u64,
+    /// Checkpoints kept.
+    #[arg(long, default_value_t = 3, value_parser = positive)]
+    keep: usize,
+    /// Continue from the newest checkpoint of --out.
+    #[arg(long)]
+    resume: bool,
+    /// Data loading threads (0: load on the training thread).
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Skip (count and report) unreadable images and bad boxes instead of failing.
+    #[arg(long)]
+    lenient: bool,
+    /// Clip the global gradient norm to this.
+    #[arg(long, value_parser = positive_f32)]
+    max_grad_norm: Option<f32>,
+    /// Default: INSTAGEN_BACKEND, else cuda if a GPU is found, else cpu.
+    #[arg(long, value_enum)]
+    backend: Option<Backend>,
+    #[arg(long, value_enum, default_value_t = Dtype::F32)]
+    dtype: Dtype,
 }
 
 fn main() {
@@ -248,6 +332,32 @@ fn main() {
                 })
                 .map(|r| print!("{}", r.text()))
         }
+        Cmd::Finetune(a) => backend_kind(a.backend)
+            .and_then(|k| {
+                let o = instagen::pipeline::finetune::FinetuneOptions {
+                    weights: a.weights,
+                    data: a.data,
+                    images: a.images,
+                    out: a.out,
+                    categories: a.categories,
+                    steps: a.steps,
+                    epochs: a.epochs,
+                    batch: a.batch,
+                    lr: a.lr,
+                    ema_decay: a.ema_decay,
+                    resolution: a.resolution,
+                    seed: a.seed,
+                    save_every: a.save_every,
+                    keep: a.keep,
+                    resume: a.resume,
+                    workers: a.workers,
+                    lenient: a.lenient,
+                    dtype: dtype(a.dtype),
+                    max_grad_norm: a.max_grad_norm,
+                };
+                instagen::pipeline::finetune::run(k, &o)
+            })
+            .map(|r| print!("{r}")),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

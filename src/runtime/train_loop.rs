@@ -1,4 +1,4 @@
-//! A generic training loop: pulls batches from a [`Loader`], calls the caller's [`Trainer::step`], logs every
+//! A generic training loop: pulls batches from a [`Loader`], calls the caller's [`TrainTask::step`], logs every
 //! step ([`RunLog`]), checkpoints every `save_every` steps and at the end ([`Checkpoint`]), resumes from the
 //! newest checkpoint (parameters, optimiser state, EMA, loss scale, data position, RNG, step), and stops on a
 //! loss that is not finite unless the step says it was skipped by loss scaling.
@@ -47,7 +47,7 @@ pub struct TrainState {
 }
 
 /// The caller's side of the loop.
-pub trait Trainer {
+pub trait TrainTask {
     type Item;
     /// One optimiser step on `batch`. `step` is the number of steps done before this one (0 for the first);
     /// `rng` is the loop's generator (saved in checkpoints), for the step's own random draws (timesteps, noise).
@@ -98,7 +98,7 @@ pub struct LoopReport {
 pub fn train<D, T>(dataset: Arc<D>, loader: LoaderConfig, trainer: &mut T, cfg: &LoopConfig) -> Result<LoopReport>
 where
     D: Dataset + 'static,
-    T: Trainer<Item = D::Item>,
+    T: TrainTask<Item = D::Item>,
 {
     if cfg.save_every == 0 {
         return Err(Error::Mismatch { what: "training loop".into(), msg: "save_every must be at least 1".into() });

@@ -28,9 +28,9 @@ use crate::models::tokenizer::ClipTokenizer;
 use crate::models::unet::{self, UNetConfig};
 use crate::models::vae::Vae;
 use crate::models::weights::{Component, SdCheckpoint};
-use crate::optim::AdamWConfig;
+use crate::optim::{AdamWConfig, Algorithm, ParamGroup, TrainConfig};
 use crate::params::ParamStore;
-use crate::runtime::Executor;
+use crate::runtime::{Executor, Trainer, TrainerState};
 use crate::tensor::{DType, HostTensor};
 use crate::util::Rng;
 
@@ -216,7 +216,18 @@ pub struct UnetTrainer<B: Backend> {
     pub adamw: AdamWConfig,
     /// Clip the global gradient norm to this (`clip_grad_norm_`), when set.
     pub max_grad_norm: Option<f32>,
+    /// AdamW state (and the EMA of the weights, when enabled) on the executor's device parameters.
+    trainer: Trainer<B>,
+    ema_decay: Option<f32>,
     ready: bool,
+}
+
+/// The AdamW trainer of every UNet parameter (one group: AdamW's weight decay on every tensor, as
+/// `torch.optim.AdamW(unet.parameters())` in the reference training script).
+fn unet_trainer<B: Backend>(ex: &Executor<B>, grads: &[(String, NodeId)], adamw: AdamWConfig, ema: bool) -> Result<Trainer<B>> {
+    let names: Vec<String> = grads.iter().map(|(n, _)| n.clone()).collect();
+    let cfg = TrainConfig { algorithm: Algorithm::AdamW(adamw), ema_decay: ema.then_some(1.0), ..TrainConfig::default() };
+    Trainer::new(ex.device_params(), &names, cfg, |_, _| ParamGroup::default_for(adamw.weight_decay))
 }
 
 impl<B: Backend> UnetTrainer<B> {
@@ -238,7 +249,55 @@ impl<B: Backend> UnetTrainer<B> {
     ) -> Result<Self> {
         let plan = Plan::new(&tg.graph);
         let ex = Executor::with_plan(backend, tg.graph, plan, weights)?;
-        Ok(UnetTrainer { ex, cfg: cfg.clone(), shape, loss: tg.loss, grads: tg.grads, schedule, adamw, max_grad_norm: None, ready: false })
+        let trainer = unet_trainer(&ex, &tg.grads, adamw, false)?;
+        Ok(UnetTrainer {
+            ex,
+            cfg: cfg.clone(),
+            shape,
+            loss: tg.loss,
+            grads: tg.grads,
+            schedule,
+            adamw,
+            max_grad_norm: None,
+            trainer,
+            ema_decay: None,
+            ready: false,
+        })
+    }
+
+    /// Keep an exponential moving average of the weights on the device, as diffusers' `EMAModel` with its
+    /// defaults: after update k (0-based) `ema = d ema + (1 - d) w` with `d = min(decay, (1 + k) / (10 + k))`.
+    /// Only before the first update (it starts from the current weights).
+    pub fn enable_ema(&mut self, decay: f32) -> Result<()> {
+        if self.trainer.steps() > 0 {
+            return Err(mismatch("EMA", "enable it before the first update"));
+        }
+        if !(decay > 0.0 && decay < 1.0) {
+            return Err(mismatch("--ema-decay", format!("{decay} is not in (0, 1)")));
+        }
+        self.trainer = unet_trainer(&self.ex, &self.grads, self.adamw, true)?;
+        self.ema_decay = Some(decay);
+        Ok(())
+    }
+
+    /// The optimiser (and EMA) state, for a checkpoint: tensors plus scalars (`Trainer::export_state`).
+    pub fn export_state(&self) -> Result<(ParamStore, TrainerState)> {
+        self.trainer.export_state()
+    }
+
+    /// Take back parameters and a state saved by [`Self::params`] and [`Self::export_state`].
+    pub fn load_state(&mut self, params: &ParamStore, tensors: &ParamStore, state: &TrainerState) -> Result<()> {
+        for name in self.grads.iter().map(|(n, _)| n) {
+            let t = params.get(name).ok_or_else(|| mismatch(format!("parameter '{name}'"), "missing from the saved parameters"))?;
+            self.ex.device_params().set(name, t)?;
+        }
+        self.trainer.load_state(tensors, state)
+    }
+
+    /// Every UNet parameter with the trained ones replaced by their EMA (in their own dtype); an error when
+    /// the EMA is not enabled.
+    pub fn ema_params(&self) -> Result<ParamStore> {
+        self.trainer.ema_model()
     }
 
     pub fn shape(&self) -> &TrainShape {
@@ -311,7 +370,12 @@ impl<B: Backend> UnetTrainer<B> {
             return Err(mismatch("AdamW update", "no gradients: call forward_backward first (once per update)"));
         }
         self.ready = false;
-        self.ex.adamw_step(&self.grads, &self.adamw, self.max_grad_norm)
+        let k = self.trainer.steps();
+        let c = self.trainer.config_mut();
+        c.algorithm = Algorithm::AdamW(self.adamw);
+        c.max_grad_norm = self.max_grad_norm;
+        c.ema_decay = self.ema_decay.map(|d| d.min((1 + k) as f32 / (10 + k) as f32));
+        Ok(self.trainer.step(&mut self.ex, &self.grads, self.adamw.lr)?.grad_norm)
     }
 
     /// `forward_backward` then `update`.
