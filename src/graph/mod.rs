@@ -34,10 +34,19 @@ impl Node {
 }
 
 /// A static-shape computation graph.
+///
+/// Stages: an input may belong to a later stage ([`Graph::input_stage`]), fed only after the host has read
+/// the outputs of the earlier stages ([`Graph::mark_stage_output`]). A node's stage is the largest stage of its
+/// inputs (leaves: 0 unless declared), so a stage never reads a later one; the planner orders nodes by
+/// (stage, index) and the executor runs one stage at a time (`Executor::run_stage`).
 #[derive(Clone, Debug, Default)]
 pub struct Graph {
     nodes: Vec<Node>,
     outputs: Vec<NodeId>,
+    /// Per node: its stage.
+    stages: Vec<usize>,
+    /// Nodes read on the host after their stage runs (live until the end of their stage).
+    stage_outputs: Vec<NodeId>,
 }
 
 impl Graph {
@@ -71,6 +80,25 @@ impl Graph {
             self.outputs.push(id);
         }
     }
+    /// The stage node `id` runs in.
+    pub fn stage(&self, id: NodeId) -> usize {
+        self.stages[id.0]
+    }
+    /// Number of stages: one more than the largest stage of any node (1 for an unstaged graph).
+    pub fn num_stages(&self) -> usize {
+        self.stages.iter().max().map_or(1, |s| s + 1)
+    }
+    /// Nodes read on the host between stages.
+    pub fn stage_outputs(&self) -> &[NodeId] {
+        &self.stage_outputs
+    }
+    /// Mark `id` to be read on the host after its stage has run (before the next stage runs): its buffer lives
+    /// until the end of its stage. A graph output ([`mark_output`](Self::mark_output)) can be read at any time.
+    pub fn mark_stage_output(&mut self, id: NodeId) {
+        if !self.stage_outputs.contains(&id) {
+            self.stage_outputs.push(id);
+        }
+    }
     /// The input node fed under `name`, if any.
     pub fn find_input(&self, name: &str) -> Option<NodeId> {
         self.nodes.iter().position(|n| matches!(&n.op, Op::Input { name: m } if m == name)).map(NodeId)
@@ -87,14 +115,22 @@ impl Graph {
 
     fn push_leaf(&mut self, op: Op, shape: &[usize], dtype: DType) -> NodeId {
         self.nodes.push(Node { op, inputs: vec![], shape: shape.to_vec(), dtype });
+        self.stages.push(0);
         NodeId(self.nodes.len() - 1)
     }
 
     pub fn input(&mut self, name: &str, shape: &[usize], dtype: DType) -> Result<NodeId> {
+        self.input_stage(name, shape, dtype, 0)
+    }
+
+    /// An input fed in stage `stage` (0 is the first): nodes that read it run in that stage or later.
+    pub fn input_stage(&mut self, name: &str, shape: &[usize], dtype: DType, stage: usize) -> Result<NodeId> {
         if self.find_input(name).is_some() {
             return Err(Error::graph(format!("input '{name}'"), "an input with this name already exists"));
         }
-        Ok(self.push_leaf(Op::Input { name: name.into() }, shape, dtype))
+        let id = self.push_leaf(Op::Input { name: name.into() }, shape, dtype);
+        self.stages[id.0] = stage;
+        Ok(id)
     }
 
     /// A parameter; the same name always gives the same node (weights are shared by name).
@@ -124,6 +160,7 @@ impl Graph {
         let shapes: Vec<&[usize]> = inputs.iter().map(|i| self.nodes[i.0].shape.as_slice()).collect();
         let dtypes: Vec<DType> = inputs.iter().map(|i| self.nodes[i.0].dtype).collect();
         let (shape, dtype) = op::infer(&op, &shapes, &dtypes)?;
+        self.stages.push(inputs.iter().map(|i| self.stages[i.0]).max().unwrap_or(0));
         self.nodes.push(Node { op, inputs: inputs.to_vec(), shape, dtype });
         Ok(NodeId(self.nodes.len() - 1))
     }

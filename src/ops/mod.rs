@@ -326,6 +326,18 @@ impl Op {
     }
 }
 
+/// Scratch bytes node `id`'s kernels need (0 for most ops): the planner places them like a buffer alive only
+/// during the node, and the backends hand them to the launcher (`NodeCtx::ws`). A function of shapes and dtypes
+/// only, so every backend's plan is the same (the CPU backend does not use it).
+pub fn workspace_bytes(graph: &Graph, id: NodeId) -> usize {
+    let node = graph.node(id);
+    let inputs: Vec<&crate::graph::Node> = node.inputs.iter().map(|i| graph.node(*i)).collect();
+    match &node.op {
+        Op::Reduce { .. } => reduce::launch::workspace(node, &inputs),
+        _ => 0,
+    }
+}
+
 /// Shape and dtype of `op` applied to inputs of the given shapes and dtypes, or an error naming the op and shapes.
 pub fn infer(op: &Op, shapes: &[&[usize]], dtypes: &[DType]) -> Result<(Vec<usize>, DType)> {
     let arity = op.arity();
