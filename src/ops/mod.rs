@@ -25,6 +25,7 @@ pub mod attention;
 pub mod boxes;
 pub mod conv;
 pub mod det_losses;
+pub mod dropout;
 pub mod elementwise;
 pub mod gemm;
 pub mod groupnorm;
@@ -298,6 +299,11 @@ op_table! {
         GiouLoss { eps: f32 } => "giou_loss", 2;
         /// Gradient of `GiouLoss` w.r.t. pred; inputs (pred, target, dy [...]) -> dpred [..., 4].
         GiouLossBwd { eps: f32 } => "giou_loss_bwd", 3;
+    }
+    dropout {
+        /// Inverted dropout with a counter-based mask: inputs `(x, key i64 [2] = (seed, step))` -> x's shape;
+        /// element i kept when the hash of (seed, step, i) clears `p`, then scaled by `1 / (1 - p)`.
+        Dropout { p: f32 } => "dropout", 2;
     }
 }
 
