@@ -68,14 +68,16 @@ fn live_together(a: &Buffer, b: &Buffer) -> bool {
 }
 
 fn check_no_overlap(plan: &Plan) {
-    let bufs: Vec<&Buffer> = plan.iter().collect();
+    let bufs: Vec<&Buffer> = plan.iter().chain(plan.workspaces.iter().flatten()).collect();
     for (i, a) in bufs.iter().enumerate() {
         assert!(a.offset + a.bytes <= plan.arena_bytes, "buffer {a:?} beyond the arena");
         for b in &bufs[i + 1..] {
             if !live_together(a, b) || a.bytes == 0 || b.bytes == 0 {
                 continue;
             }
-            let handover = b.inplace_of == Some(a.node) && a.last == b.first;
+            // (Either way round: a recomputed copy can have a higher index than the node that takes it over.)
+            let handover = (b.inplace_of == Some(a.node) && a.last == b.first)
+                || (a.inplace_of == Some(b.node) && b.last == a.first);
             let overlap = a.offset < b.offset + b.bytes && b.offset < a.offset + a.bytes;
             assert!(!overlap || handover, "live buffers overlap: {a:?} and {b:?}");
         }
@@ -367,4 +369,93 @@ fn forward_runs_once_across_stages() {
     assert_eq!(ex.get(loss).unwrap(), ex1.get(loss1).unwrap());
     assert_eq!(ex.get(gw).unwrap(), ex1.get(gw1).unwrap());
     assert!(ex1.get(loss1).unwrap().to_f32()[0] > 0.0);
+}
+
+/// A long reduction gets a workspace (the two-pass kernel path), alive only during its node, overlapping no
+/// live buffer; the CPU run (which ignores it) is unchanged.
+#[test]
+fn workspaces_live_only_during_their_node() {
+    let mut g = Graph::new();
+    let x = g.input("x", &[3, 40_000], DType::F32).unwrap();
+    let a = g.unary(UnaryOp::Tanh, x).unwrap();
+    let r = g.sum(a, &[1], true).unwrap();
+    let b = g.unary(UnaryOp::Exp, a).unwrap();
+    let c = g.add(b, r).unwrap();
+    let short = g.slice(c, 1, 0, 100).unwrap();
+    let r2 = g.sum(short, &[1], false).unwrap(); // 100 elements: no workspace
+    g.mark_output(r2);
+    let plan = Plan::new(&g);
+    check_no_overlap(&plan);
+    let ws = plan.workspaces[r.0].expect("the long reduction has a workspace");
+    assert!(ws.bytes >= 3 * 2 * 4, "{ws:?}");
+    assert_eq!((ws.first, ws.last), (plan.buffers[r.0].unwrap().first, plan.buffers[r.0].unwrap().first));
+    assert!(plan.workspaces[r2.0].is_none());
+    assert_eq!(plan.workspaces.iter().flatten().count(), 1);
+    let naive = Plan::naive(&g);
+    assert!(naive.naive_bytes >= plan.naive_bytes && plan.arena_bytes <= naive.arena_bytes);
+    let mut rng = Rng::new(3);
+    let f = feed(&g, &mut rng);
+    assert_eq!(run(&g, plan, &f), run(&g, naive, &f));
+}
+
+/// Activation recomputation: a 4-layer tanh MLP whose first two layers are recomputed (one call per layer)
+/// plans a smaller arena, runs the copies in the backward only, and gives bit-identical gradients.
+#[test]
+fn recomputation_saves_memory_and_keeps_gradients() {
+    let build = |recompute: bool| {
+        let mut g = Graph::new();
+        let x = g.input("x", &[32, 128], DType::F32).unwrap();
+        let ws: Vec<NodeId> = (0..4).map(|i| g.input(&format!("w{i}"), &[128, 128], DType::F32).unwrap()).collect();
+        let mut h = x;
+        let mut layers = Vec::new();
+        for &w in &ws {
+            let m = g.matmul(h, w).unwrap();
+            h = g.unary(UnaryOp::Tanh, m).unwrap();
+            layers.push(vec![m, h]);
+        }
+        let loss = g.sum_all(h).unwrap();
+        g.mark_output(loss);
+        let fwd_end = g.len();
+        let grads = autodiff::backward(&mut g, loss, &ws).unwrap();
+        for d in &grads {
+            g.mark_output(*d);
+        }
+        let mut copies = 0;
+        if recompute {
+            for layer in &layers[..2] {
+                copies += g.recompute(layer, fwd_end).unwrap().len();
+            }
+        }
+        (g, grads, copies)
+    };
+    let (ga, grads_a, _) = build(false);
+    let (gb, grads_b, copies) = build(true);
+    assert_eq!(copies, 4);
+    let (pa, pb) = (Plan::new(&ga), Plan::new(&gb));
+    check_no_overlap(&pb);
+    eprintln!("recomputation of 2 of 4 layers: {} -> {}", pa.summary(), pb.summary());
+    assert!(pb.arena_bytes < pa.arena_bytes, "{} vs {}", pb.summary(), pa.summary());
+    let mut pos = vec![0; gb.len()];
+    for (p, id) in pb.order.iter().enumerate() {
+        pos[id.0] = p;
+    }
+    for (i, n) in gb.nodes().iter().enumerate() {
+        for inp in &n.inputs {
+            assert!(pos[inp.0] < pos[i], "node {i} runs before its input {}", inp.0);
+        }
+    }
+    let mut rng = Rng::new(9);
+    let f = feed(&ga, &mut rng);
+    let run_grads = |g: &Graph, plan: Plan, grads: &[NodeId]| {
+        let mut ex = Executor::with_plan(Counting(RefCell::new(Vec::new())), g.clone(), plan, &ParamStore::new()).unwrap();
+        ex.poison_arena().unwrap();
+        let fd: Vec<(&str, &HostTensor)> = f.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        ex.run(&fd).unwrap();
+        let ran = ex.backend().0.borrow().len();
+        (grads.iter().map(|d| ex.get(*d).unwrap()).collect::<Vec<_>>(), ran)
+    };
+    let (a, ran_a) = run_grads(&ga, pa, &grads_a);
+    let (b, ran_b) = run_grads(&gb, pb, &grads_b);
+    assert_eq!(a, b, "gradients differ with recomputation");
+    assert_eq!(ran_b, ran_a + copies, "each copy runs once, in addition to the forward");
 }

@@ -47,6 +47,8 @@ pub struct Graph {
     stages: Vec<usize>,
     /// Nodes read on the host after their stage runs (live until the end of their stage).
     stage_outputs: Vec<NodeId>,
+    /// Recomputed copies ([`Graph::recompute`]): (copy, the node it runs just before).
+    recomputed: std::collections::BTreeMap<NodeId, NodeId>,
 }
 
 impl Graph {
@@ -88,6 +90,60 @@ impl Graph {
     pub fn num_stages(&self) -> usize {
         self.stages.iter().max().map_or(1, |s| s + 1)
     }
+    /// Order key within a stage: node `i` sorts at `2i + 1`; a recomputed copy just before the first node
+    /// that reads it (`2 * anchor`), copies of one call in creation order.
+    pub fn order_key(&self, id: NodeId) -> usize {
+        match self.recomputed.get(&id) {
+            Some(anchor) => 2 * anchor.0,
+            None => 2 * id.0 + 1,
+        }
+    }
+
+    /// Activation recomputation: the nodes at index `>= backward_from` (the backward pass, appended after the
+    /// forward) stop reading the forward nodes `nodes` and read copies instead, computed just before the first
+    /// of them runs. The forward values then die after their last forward reader; the copies live only in the
+    /// backward. A copy reads the copies of the other nodes of `nodes` and the originals of everything else (the
+    /// sub-graph's inputs stay alive until the copies run). Leaves, and nodes at or after `backward_from`, are
+    /// refused. Returns the copies (in the order of `nodes`, which need not be sorted).
+    pub fn recompute(&mut self, nodes: &[NodeId], backward_from: usize) -> Result<Vec<NodeId>> {
+        let mut marked: Vec<NodeId> = nodes.to_vec();
+        marked.sort();
+        marked.dedup();
+        for &id in &marked {
+            if id.0 >= backward_from || id.0 >= self.nodes.len() || self.nodes[id.0].inputs.is_empty() {
+                return Err(Error::graph(
+                    format!("recompute node {}", id.0),
+                    format!("must be a non-leaf forward node (index < {backward_from})"),
+                ));
+            }
+        }
+        // The first backward node that reads a marked node: every copy runs just before it. Copies of an
+        // earlier call keep reading the originals (their anchor may come first).
+        let readers: Vec<usize> = (backward_from..self.nodes.len())
+            .filter(|&r| !self.recomputed.contains_key(&NodeId(r)))
+            .filter(|&r| self.nodes[r].inputs.iter().any(|i| marked.binary_search(i).is_ok()))
+            .collect();
+        let Some(&anchor) = readers.first() else {
+            return Ok(Vec::new()); // nothing in the backward reads them
+        };
+        let mut copy_of = std::collections::HashMap::new();
+        for &id in &marked {
+            let n = self.nodes[id.0].clone();
+            let inputs: Vec<NodeId> = n.inputs.iter().map(|i| *copy_of.get(i).unwrap_or(i)).collect();
+            let c = self.push(n.op, &inputs)?;
+            self.recomputed.insert(c, NodeId(anchor));
+            copy_of.insert(id, c);
+        }
+        for r in readers {
+            for i in self.nodes[r].inputs.iter_mut() {
+                if let Some(c) = copy_of.get(i) {
+                    *i = *c;
+                }
+            }
+        }
+        Ok(nodes.iter().map(|i| copy_of[i]).collect())
+    }
+
     /// Nodes read on the host between stages.
     pub fn stage_outputs(&self) -> &[NodeId] {
         &self.stage_outputs

@@ -64,10 +64,11 @@ pub fn needed(graph: &Graph) -> Vec<bool> {
     need
 }
 
-/// The execution order (stable sort by (stage, index)) and where each stage starts in it.
+/// The execution order (stable sort by (stage, order key): index order, recomputed copies moved to just before
+/// their first reader) and where each stage starts in it.
 pub fn stage_order(graph: &Graph) -> (Vec<NodeId>, Vec<usize>) {
     let mut order: Vec<NodeId> = (0..graph.len()).map(NodeId).collect();
-    order.sort_by_key(|&id| graph.stage(id)); // stable: index order within a stage
+    order.sort_by_key(|&id| (graph.stage(id), graph.order_key(id))); // stable: copies in creation order
     let stages = graph.num_stages();
     let starts = (0..=stages).map(|k| order.partition_point(|&id| graph.stage(id) < k)).collect();
     (order, starts)
