@@ -340,6 +340,7 @@ pub fn workspace_bytes(graph: &Graph, id: NodeId) -> usize {
     let inputs: Vec<&crate::graph::Node> = node.inputs.iter().map(|i| graph.node(*i)).collect();
     match &node.op {
         Op::Reduce { .. } => reduce::launch::workspace(node, &inputs),
+        Op::Conv2dBwdWeight { .. } => conv::launch::workspace(node, &inputs),
         _ => 0,
     }
 }
