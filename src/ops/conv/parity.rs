@@ -72,14 +72,15 @@ fn bwd_weight_case(dt: DType, x: [usize; 4], o: usize, k: usize, s: usize, p: us
 }
 
 /// Conv2dBwdWeight with a long K and few output tiles: the split-K path (partials in the workspace, then
-/// `conv2d_bwd_weight_fin`). f32 tolerance: as [`bwd_weight_case`], with the absolute floor scaled by
-/// sqrt(K / 200) for K = n*ho*wo up to 3200 (the rounding error of both sides grows with sqrt(K)).
+/// `conv2d_bwd_weight_fin`). f32 tolerance: as [`bwd_weight_case`] (K = n*ho*wo is 16x larger here, but the
+/// chunks are summed separately, so the kernel's rounding error stays within the same bound; seen: 1.8e-4 on
+/// results of size ~50).
 fn split_k_case(dt: DType, x: [usize; 4], o: usize, k: usize, s: usize, p: usize) -> Case {
     let kernels = [format!("conv2d_bwd_weight_{}_{dt}", variant(dt)), format!("conv2d_bwd_weight_fin_{dt}")];
     let name = format!("conv2d_bwd_weight split-K {dt} {x:?} x {o} k{k} s{s} p{p}");
     let (ho, wo) = (out_size(x[1], k, s, p), out_size(x[2], k, s, p));
     let ins = vec![(x.to_vec(), dt, Gen::Normal), (vec![x[0], ho, wo, o], dt, Gen::Normal)];
-    let tol = if dt == DType::F32 { Tol { atol: 4e-4, rtol: 1e-5 } } else { Tol::for_dtype(dt) };
+    let tol = if dt == DType::F32 { Tol { atol: 1e-4, rtol: 1e-5 } } else { Tol::for_dtype(dt) };
     Case::new(name, ins, tol, &[&kernels[0], &kernels[1]], move |g, ids| {
         g.push(Op::Conv2dBwdWeight { stride: s, padding: p, kh: k, kw: k }, ids)
     })
