@@ -24,8 +24,11 @@
 //   gemm_util.cuh: 128 x 128 x 32 tiles, 8 warps of 64 x 32, mma.sync m16n8k16 from ldmatrix on XOR-swizzled
 //   tiles, 3-stage cp.async ring) with this file's tile loader (CvLoader). The gathered operands fall back to
 //   guarded 2-byte loads when the channel count is not a multiple of 8 or a tensor is not 16-byte aligned (e.g.
-//   C = 3 or 4 of the first convolutions); still tensor cores. Mode 2 has few output tiles and a long K and no split-K yet (that
-//   needs scratch for partial sums or f32 atomics on an f16 output).
+//   C = 3 or 4 of the first convolutions); still tensor cores.
+// Split-K (mode 2 only, both paths): mode 2 has few output tiles and a long K, so the launcher may split K into
+//   gridDim.y chunks of p.reserved (a multiple of 32) k each: block (tile, y) sums its chunk and writes f32
+//   partials to the workspace ws[y][m][n]; conv2d_bwd_weight_fin adds the chunks in order and stores dw.
+//   p.reserved == 0: no split, dw stored directly (ws unused).
 // conv2d_{fwd,bwd_data,bwd_weight}_simt_f32: CUDA cores, 64 x 64 x 16 tiles, 256 threads of 4 x 4 outputs,
 //   operands gathered element by element through registers into a shared double buffer.
 #include "common.cuh"
@@ -36,7 +39,7 @@ struct ConvParams {
     long long n, h, w, c;  // x / dx [n, h, w, c]
     long long ho, wo, o;   // y / dy [n, ho, wo, o]
     long long kh, kw, stride, pad;
-    long long reserved;
+    long long reserved;  // mode 2: split-K chunk (0: no split)
 };
 
 // Offset of channel 0 of the input pixel under tap t of output pixel q (q < n*ho*wo), or -1 in the padding.
@@ -173,9 +176,11 @@ struct CvLoader {
     const T* src;
     const ConvParams& p;
     long long r0, rows, K;  // first row of the block tile, rows and k of the operand
+    long long kofs;         // first k of this block's split-K chunk (0 without split)
 
     __device__ __forceinline__ void load(unsigned short* tile, long long k0) const {
         const int t = threadIdx.x;
+        k0 += kofs;
         if (KC) {
             const int r = t >> 2, c = t & 3;
             cv_chunk<T, MODE, IS_A, KC, VEC>(tile + swz_k(r, c), src, p, r0 + r, k0 + c * 8, rows, K);
@@ -190,22 +195,42 @@ struct CvLoader {
 
 // A: modes 0, 1 load k-contiguous tiles (rows = M), mode 2 m-contiguous ones (dy rows); B: modes 0, 1
 // k-contiguous (rows = N, the weight gather), mode 2 n-contiguous (x pixels).
+// The k range [kofs, kofs + klen) of this block: its split-K chunk in mode 2 (p.reserved > 0), else all of K.
+template <int MODE>
+__device__ __forceinline__ void conv_k_range(const ConvParams& p, long long K, long long& kofs, long long& klen) {
+    kofs = 0;
+    klen = K;
+    if (MODE == 2 && p.reserved > 0) {
+        kofs = (long long)blockIdx.y * p.reserved;
+        klen = K - kofs < p.reserved ? K - kofs : p.reserved;
+    }
+}
+
+// Stores C[m, n], or in split-K the f32 partial of this block's chunk.
+template <typename T, int MODE>
+__device__ __forceinline__ void conv_out(T* dst, float* ws, const T* bias, const ConvParams& p, long long M,
+                                         long long N, long long m, long long n, float v) {
+    if (MODE == 2 && p.reserved > 0) ws[((long long)blockIdx.y * M + m) * N + n] = v;
+    else conv_store<T, MODE>(dst, bias, p, N, m, n, v);
+}
+
 template <typename T, int MODE, bool VEC>
 __device__ __forceinline__ void conv_tc(const T* __restrict__ a_src, const T* __restrict__ b_src,
-                                        const T* __restrict__ bias, T* __restrict__ dst, const ConvParams& p,
-                                        unsigned short* smem_a, unsigned short* smem_b) {
+                                        const T* __restrict__ bias, T* __restrict__ dst, float* ws,
+                                        const ConvParams& p, unsigned short* smem_a, unsigned short* smem_b) {
     constexpr bool A_KC = MODE != 2, B_KC = MODE != 2;  // mode 2: dy and x pixels run along M and N
-    long long M, N, K;
+    long long M, N, K, kofs, klen;
     conv_gemm_dims<MODE>(p, M, N, K);
+    conv_k_range<MODE>(p, K, kofs, klen);
     const long long tiles_m = (M + TC_BM - 1) / TC_BM, tiles_n = (N + TC_BN - 1) / TC_BN;
     long long tm, tn;
     gemm_tile_of<8>(blockIdx.x, tiles_m, tiles_n, tm, tn);
     const long long m0 = tm * TC_BM, n0 = tn * TC_BN;
 
-    CvLoader<T, MODE, true, A_KC, VEC> la{a_src, p, m0, M, K};
-    CvLoader<T, MODE, false, B_KC, VEC> lb{b_src, p, n0, N, K};
+    CvLoader<T, MODE, true, A_KC, VEC> la{a_src, p, m0, M, K, kofs};
+    CvLoader<T, MODE, false, B_KC, VEC> lb{b_src, p, n0, N, K, kofs};
     float acc[4][4][4];
-    tc_mainloop<T, A_KC, B_KC>(acc, la, lb, K, smem_a, smem_b);
+    tc_mainloop<T, A_KC, B_KC>(acc, la, lb, klen, smem_a, smem_b);
 
     // Accumulator (m16n8 f32): c0, c1 at (row g, cols 2t, 2t+1), c2, c3 at (row g + 8, same cols).
     const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
@@ -219,8 +244,8 @@ __device__ __forceinline__ void conv_tc(const T* __restrict__ a_src, const T* __
 #pragma unroll
             for (int ni = 0; ni < 4; ++ni) {
                 const long long col = n0 + wn + ni * 8 + 2 * t;
-                if (col < N) conv_store<T, MODE>(dst, bias, p, N, row, col, acc[mi][ni][2 * half]);
-                if (col + 1 < N) conv_store<T, MODE>(dst, bias, p, N, row, col + 1, acc[mi][ni][2 * half + 1]);
+                if (col < N) conv_out<T, MODE>(dst, ws, bias, p, M, N, row, col, acc[mi][ni][2 * half]);
+                if (col + 1 < N) conv_out<T, MODE>(dst, ws, bias, p, M, N, row, col + 1, acc[mi][ni][2 * half + 1]);
             }
         }
     }
@@ -236,23 +261,40 @@ __device__ __forceinline__ bool conv_vec(const void* a, const void* b, const Con
 }
 
 template <typename T, int MODE>
-__device__ __forceinline__ void conv_tc_entry(const T* a, const T* b, const T* bias, T* dst, const ConvParams& p) {
+__device__ __forceinline__ void conv_tc_entry(const T* a, const T* b, const T* bias, T* dst, float* ws,
+                                              const ConvParams& p) {
     __shared__ __align__(128) unsigned short smem_a[TC_STAGES * TC_TILE_ELEMS];
     __shared__ __align__(128) unsigned short smem_b[TC_STAGES * TC_TILE_ELEMS];
-    if (conv_vec<MODE>(a, b, p)) conv_tc<T, MODE, true>(a, b, bias, dst, p, smem_a, smem_b);
-    else conv_tc<T, MODE, false>(a, b, bias, dst, p, smem_a, smem_b);
+    if (conv_vec<MODE>(a, b, p)) conv_tc<T, MODE, true>(a, b, bias, dst, ws, p, smem_a, smem_b);
+    else conv_tc<T, MODE, false>(a, b, bias, dst, ws, p, smem_a, smem_b);
 }
 
 // Forward: (x, w, bias or null) -> y. Backward data: (dy, w) -> dx. Backward weight: (x, dy) -> dw.
 INSTAGEN_KERNELS_HALF(conv2d_fwd_tc, __launch_bounds__(TC_THREADS, 2),
                       (const T* x, const T* w, const T* bias, T* y, ConvParams p),
-                      conv_tc_entry<T, 0>(x, w, bias, y, p))
+                      conv_tc_entry<T, 0>(x, w, bias, y, nullptr, p))
 INSTAGEN_KERNELS_HALF(conv2d_bwd_data_tc, __launch_bounds__(TC_THREADS, 2),
                       (const T* dy, const T* w, T* dx, ConvParams p),
-                      conv_tc_entry<T, 1>(dy, w, nullptr, dx, p))
+                      conv_tc_entry<T, 1>(dy, w, nullptr, dx, nullptr, p))
 INSTAGEN_KERNELS_HALF(conv2d_bwd_weight_tc, __launch_bounds__(TC_THREADS, 2),
-                      (const T* x, const T* dy, T* dw, ConvParams p),
-                      conv_tc_entry<T, 2>(dy, x, nullptr, dw, p))
+                      (const T* x, const T* dy, T* dw, float* ws, ConvParams p),
+                      conv_tc_entry<T, 2>(dy, x, nullptr, dw, ws, p))
+
+// Split-K pass 2: dw[m, n] = sum over the gridDim.y chunks of ws[chunk][m][n], in chunk order.
+template <typename T>
+__device__ __forceinline__ void conv_bwd_weight_fin(const float* ws, T* dw, const ConvParams& p, long long splits) {
+    long long M, N, K;
+    conv_gemm_dims<2>(p, M, N, K);
+    for (long long e = gidx(); e < M * N; e += gstride()) {
+        float v = 0.0f;
+        for (long long s = 0; s < splits; ++s) v += ws[s * M * N + e];
+        const long long m = e / N;
+        conv_store<T, 2>(dw, nullptr, p, N, m, e - m * N, v);
+    }
+}
+
+INSTAGEN_KERNELS_FLOAT(conv2d_bwd_weight_fin, , (const float* ws, T* dw, ConvParams p, long long splits),
+                       conv_bwd_weight_fin<T>(ws, dw, p, splits))
 
 // ---- CUDA cores (f32) ----------------------------------------------------------------------------------
 
@@ -263,12 +305,13 @@ INSTAGEN_KERNELS_HALF(conv2d_bwd_weight_tc, __launch_bounds__(TC_THREADS, 2),
 
 template <int MODE>
 __device__ __forceinline__ void conv_simt(const float* __restrict__ a_src, const float* __restrict__ b_src,
-                                          const float* __restrict__ bias, float* __restrict__ dst,
+                                          const float* __restrict__ bias, float* __restrict__ dst, float* ws,
                                           const ConvParams& p) {
     __shared__ __align__(16) float sa[2][CS_BK][CS_BM];
     __shared__ __align__(16) float sb[2][CS_BK][CS_BN];
-    long long M, N, K;
+    long long M, N, K, kofs, klen;
     conv_gemm_dims<MODE>(p, M, N, K);
+    conv_k_range<MODE>(p, K, kofs, klen);
     const long long tiles_m = (M + CS_BM - 1) / CS_BM, tiles_n = (N + CS_BN - 1) / CS_BN;
     long long tm, tn;
     gemm_tile_of<8>(blockIdx.x, tiles_m, tiles_n, tm, tn);
@@ -277,6 +320,7 @@ __device__ __forceinline__ void conv_simt(const float* __restrict__ a_src, const
     // Loads: element i of a thread is (row, k) = ((t + 256 i) % 64, (t + 256 i) / 64) of the 64 x 16 tile.
     float va[4], vb[4];
     auto fetch = [&](long long k0) {
+        k0 += kofs;
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             const int e = t + CS_THREADS * i, r = e & 63, kk = e >> 6;
@@ -298,7 +342,7 @@ __device__ __forceinline__ void conv_simt(const float* __restrict__ a_src, const
     for (int i = 0; i < 4; ++i)
 #pragma unroll
         for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
-    const int ktiles = (int)((K + CS_BK - 1) / CS_BK);
+    const int ktiles = (int)((klen + CS_BK - 1) / CS_BK);
     if (ktiles > 0) {
         fetch(0);
         stash(0);
@@ -328,20 +372,20 @@ __device__ __forceinline__ void conv_simt(const float* __restrict__ a_src, const
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
             const long long n = n0 + tx * 4 + j;
-            if (n < N) conv_store<float, MODE>(dst, bias, p, N, m, n, acc[i][j]);
+            if (n < N) conv_out<float, MODE>(dst, ws, bias, p, M, N, m, n, acc[i][j]);
         }
     }
 }
 
 extern "C" __global__ void __launch_bounds__(CS_THREADS)
     conv2d_fwd_simt_f32(const float* x, const float* w, const float* bias, float* y, ConvParams p) {
-    conv_simt<0>(x, w, bias, y, p);
+    conv_simt<0>(x, w, bias, y, nullptr, p);
 }
 extern "C" __global__ void __launch_bounds__(CS_THREADS)
     conv2d_bwd_data_simt_f32(const float* dy, const float* w, float* dx, ConvParams p) {
-    conv_simt<1>(dy, w, nullptr, dx, p);
+    conv_simt<1>(dy, w, nullptr, dx, nullptr, p);
 }
 extern "C" __global__ void __launch_bounds__(CS_THREADS)
-    conv2d_bwd_weight_simt_f32(const float* x, const float* dy, float* dw, ConvParams p) {
-    conv_simt<2>(dy, x, nullptr, dw, p);
+    conv2d_bwd_weight_simt_f32(const float* x, const float* dy, float* dw, float* ws, ConvParams p) {
+    conv_simt<2>(dy, x, nullptr, dw, ws, p);
 }

@@ -13,6 +13,10 @@
 //    packs when it is the only reduced axis and every row is 16-byte aligned).
 //  - reduce_<op>_col_<dt>: blocks of (32, ny) threads; the 32 x-threads take 32 consecutive outputs
 //    (coalesced when the innermost kept axis is contiguous), the ny y-threads split the reduced elements.
+// and a two-pass path for few outputs over long rows (one block per output would leave most SMs idle):
+//  - reduce_<sum|max>_part_<dt>: block j reduces chunk (j % splits) of output (j / splits) into the
+//    workspace (a KSum or a float per chunk); mean uses the sum's partials.
+//  - reduce_<op>_fin_<dt>: one warp per output combines its `splits` partials in a fixed order.
 #include "reduce_util.cuh"
 
 #define RED_DIMS 8
@@ -164,6 +168,50 @@ __device__ __forceinline__ void reduce_cols(const T* x, T* y, const ReduceDesc& 
     }
 }
 
+// Two-pass path, pass 1: block j reduces reduced elements [c * chunk, (c + 1) * chunk) of output o, where
+// o = j / splits and c = j % splits, into ws[j]. Row-group layout (blockDim.x threads, blockDim.y == 1).
+template <typename R, typename T>
+__device__ __forceinline__ void reduce_part(const T* x, typename R::Acc* ws, const ReduceDesc& d, long long splits,
+                                            typename R::Acc* smem) {
+    typedef typename R::Acc Acc;
+    const long long tx = threadIdx.x, bx = blockDim.x;
+    const long long chunk = (d.count + splits - 1) / splits;
+    for (long long j = blockIdx.x; j < d.n_out * splits; j += gridDim.x) {
+        const long long o = j / splits, c = j - o * splits;
+        const long long q0 = c * chunk, q1 = min(d.count, q0 + chunk);
+        const T* xb = x + kept_offset(d, o);
+        Acc acc = R::init();
+        if (d.nr == 1) {
+            const long long s = d.rstr[0];
+#pragma unroll 4
+            for (long long q = q0 + tx; q < q1; q += bx) acc = R::add(acc, to_f32(xb[q * s]));
+        } else if (q0 + tx < q1) {
+            ReducedWalk w(d, q0 + tx, bx);
+            for (long long q = q0 + tx; q < q1; q += bx) {
+                acc = R::add(acc, to_f32(xb[w.offset()]));
+                w.advance(d);
+            }
+        }
+        acc = group_allreduce(acc, typename R::Merge(), smem);
+        if (tx == 0) ws[j] = acc;
+    }
+}
+
+// Pass 2: one warp per output (blockDim = (32, ny)); lane l combines partials l, l + 32, ... in order, then
+// the warp's butterfly combines the lanes.
+template <typename R, typename T>
+__device__ __forceinline__ void reduce_fin(const typename R::Acc* ws, T* y, const ReduceDesc& d, long long splits) {
+    typedef typename R::Acc Acc;
+    typename R::Merge merge;
+    for (long long o = (long long)blockIdx.x * blockDim.y + threadIdx.y; o < d.n_out;
+         o += (long long)gridDim.x * blockDim.y) {
+        Acc acc = R::init();
+        for (long long c = threadIdx.x; c < splits; c += 32) acc = merge(acc, ws[o * splits + c]);
+        acc = warp_allreduce(acc, merge);
+        if (threadIdx.x == 0) y[o] = from_f32<T>(R::finish(acc, d.count));
+    }
+}
+
 // ---- entry points -------------------------------------------------------------------------------
 
 // One block's shared scratch and the reduction, in an entry point whose storage type is T.
@@ -181,3 +229,17 @@ INSTAGEN_KERNELS_FLOAT(reduce_max, , (const T* x, T* y, ReduceDesc d), ROWS(MaxR
 INSTAGEN_KERNELS_FLOAT(reduce_sum_col, , (const T* x, T* y, ReduceDesc d), COLS(SumR, KSum))
 INSTAGEN_KERNELS_FLOAT(reduce_mean_col, , (const T* x, T* y, ReduceDesc d), COLS(MeanR, KSum))
 INSTAGEN_KERNELS_FLOAT(reduce_max_col, , (const T* x, T* y, ReduceDesc d), COLS(MaxR, float))
+
+#define PART(R, ACC)                    \
+    __shared__ ACC smem[32];            \
+    reduce_part<R, T>(x, ws, d, splits, smem)
+
+INSTAGEN_KERNELS_FLOAT(reduce_sum_part, , (const T* x, KSum* ws, ReduceDesc d, long long splits), PART(SumR, KSum))
+INSTAGEN_KERNELS_FLOAT(reduce_max_part, , (const T* x, float* ws, ReduceDesc d, long long splits), PART(MaxR, float))
+
+INSTAGEN_KERNELS_FLOAT(reduce_sum_fin, , (const KSum* ws, T* y, ReduceDesc d, long long splits),
+                       reduce_fin<SumR, T>(ws, y, d, splits))
+INSTAGEN_KERNELS_FLOAT(reduce_mean_fin, , (const KSum* ws, T* y, ReduceDesc d, long long splits),
+                       reduce_fin<MeanR, T>(ws, y, d, splits))
+INSTAGEN_KERNELS_FLOAT(reduce_max_fin, , (const float* ws, T* y, ReduceDesc d, long long splits),
+                       reduce_fin<MaxR, T>(ws, y, d, splits))

@@ -84,7 +84,9 @@ fn bench_cases_launch_their_kernels_and_cover_every_family() {
                 continue;
             }
             let ins: Vec<Loc> = n.inputs.iter().map(|x| loc(*x)).collect();
-            for l in node_launches(&g, id, &ins, loc(id)).unwrap_or_else(|e| panic!("{}: {e}", case.name)) {
+            let (offset, bytes) = plan.workspace(id);
+            let ws = Loc { space: Space::Arena, offset, bytes };
+            for l in node_launches(&g, id, &ins, loc(id), ws).unwrap_or_else(|e| panic!("{}: {e}", case.name)) {
                 launched.insert(l.kernel);
             }
         }

@@ -135,13 +135,16 @@ pub trait Backend: Clone {
 
     /// Compute node `id` of `graph`. `ins[i]` locates its i-th input and `out` its output. When
     /// `inplace == Some(i)`, `out` and `ins[i]` are the same bytes (the planner's in-place reuse); no other
-    /// input overlaps `out`.
+    /// input overlaps `out`. `ws` is the node's workspace (`ops::workspace_bytes`, placed by the planner;
+    /// 0 bytes when the node's kernels need none), scratch that lives only during this call.
+    #[allow(clippy::too_many_arguments)]
     fn exec(
         &self,
         graph: &Graph,
         id: NodeId,
         ins: &[Loc],
         out: Loc,
+        ws: Loc,
         inplace: Option<usize>,
         mems: &mut Mems<Self::Mem>,
     ) -> Result<()>;

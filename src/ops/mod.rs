@@ -25,6 +25,7 @@ pub mod attention;
 pub mod boxes;
 pub mod conv;
 pub mod det_losses;
+pub mod dropout;
 pub mod elementwise;
 pub mod gemm;
 pub mod groupnorm;
@@ -299,6 +300,11 @@ op_table! {
         /// Gradient of `GiouLoss` w.r.t. pred; inputs (pred, target, dy [...]) -> dpred [..., 4].
         GiouLossBwd { eps: f32 } => "giou_loss_bwd", 3;
     }
+    dropout {
+        /// Inverted dropout with a counter-based mask: inputs `(x, key i64 [2] = (seed, step))` -> x's shape;
+        /// element i kept when the hash of (seed, step, i) clears `p`, then scaled by `1 / (1 - p)`.
+        Dropout { p: f32 } => "dropout", 2;
+    }
 }
 
 /// Every family's cases (parity cases and gradient-check cases).
@@ -323,6 +329,19 @@ impl Op {
     /// the output may overwrite such an input in place.
     pub fn is_elementwise(&self) -> bool {
         matches!(self, Op::Unary(_) | Op::UnaryBwd(_) | Op::Binary(_) | Op::Reshape { .. })
+    }
+}
+
+/// Scratch bytes node `id`'s kernels need (0 for most ops): the planner places them like a buffer alive only
+/// during the node, and the backends hand them to the launcher (`NodeCtx::ws`). A function of shapes and dtypes
+/// only, so every backend's plan is the same (the CPU backend does not use it).
+pub fn workspace_bytes(graph: &Graph, id: NodeId) -> usize {
+    let node = graph.node(id);
+    let inputs: Vec<&crate::graph::Node> = node.inputs.iter().map(|i| graph.node(*i)).collect();
+    match &node.op {
+        Op::Reduce { .. } => reduce::launch::workspace(node, &inputs),
+        Op::Conv2dBwdWeight { .. } => conv::launch::workspace(node, &inputs),
+        _ => 0,
     }
 }
 

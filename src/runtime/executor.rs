@@ -30,6 +30,10 @@ pub struct Executor<B: Backend> {
     spare: Option<(B::Mem, B::Mem)>,
     /// The optimiser behind [`Executor::adamw_step`] (the old one-executor API).
     trainer: Option<Box<Trainer<B>>>,
+    /// The stage `run_stage` accepts next (besides 0, which starts a new pass).
+    next_stage: usize,
+    /// The last stage that ran to completion in the current pass (its stage outputs are readable).
+    done_stage: Option<usize>,
 }
 
 /// The activation arena must fit in what the backend has left (checked before allocating).
@@ -81,7 +85,7 @@ impl<B: Backend> Executor<B> {
         let backend = dev.backend().clone();
         check_memory(&backend, plan.arena_bytes)?;
         let mems = Mems { arena: backend.alloc(plan.arena_bytes)?, params: backend.alloc(0)?, state: backend.alloc(0)? };
-        Ok(Executor { backend, graph, plan, mems, dev: dev.clone(), params, spare: None, trainer: None })
+        Ok(Executor { backend, graph, plan, mems, dev: dev.clone(), params, spare: None, trainer: None, next_stage: 0, done_stage: None })
     }
 
     /// The device parameters this executor runs on (a handle: clone it to build more executors on them).
@@ -152,18 +156,56 @@ impl<B: Backend> Executor<B> {
         }
     }
 
-    /// Run the graph with `inputs` fed by name. Every needed input must be given with its declared shape and
-    /// dtype; unknown names are errors.
+    /// Run the graph (every stage, in order) with `inputs` fed by name. Every needed input must be given with
+    /// its declared shape and dtype; unknown names are errors.
     pub fn run(&mut self, inputs: &[(&str, &HostTensor)]) -> Result<()> {
+        let feed = self.check_feed(inputs, None)?;
+        self.next_stage = 0;
+        self.done_stage = None;
         self.attach()?;
-        let r = self.run_attached(inputs);
+        let r = self.exec_steps(0, self.plan.order.len(), &feed);
         self.detach();
-        r
+        r?;
+        self.done_stage = Some(self.plan.num_stages() - 1);
+        Ok(())
     }
 
-    fn run_attached(&mut self, inputs: &[(&str, &HostTensor)]) -> Result<()> {
-        let mut feed: HashMap<&str, &HostTensor> = HashMap::new();
-        for (name, t) in inputs {
+    /// Run stage `k` of a staged graph with the inputs of that stage (see `Graph::input_stage`). Stages run
+    /// in order, 0 starting a new pass; after stage `k`, its stage outputs can be read with
+    /// [`get`](Self::get) until the next stage runs. Earlier stages' values that later stages read stay in
+    /// the arena (the plan keeps them alive across the boundary), so nothing is recomputed.
+    pub fn run_stage(&mut self, k: usize, inputs: &[(&str, &HostTensor)]) -> Result<()> {
+        let stages = self.plan.num_stages();
+        if k >= stages {
+            return Err(Error::Plan(format!("stage {k} does not exist: the graph has {stages} stage(s)")));
+        }
+        if k != 0 && k != self.next_stage {
+            return Err(Error::Plan(format!(
+                "stage {k} run out of order: the next stage is {} (stage 0 starts a new pass)",
+                self.next_stage
+            )));
+        }
+        let feed = self.check_feed(inputs, Some(k))?;
+        self.next_stage = 0;
+        self.done_stage = None;
+        let (from, to) = (self.plan.stage_starts[k], self.plan.stage_starts[k + 1]);
+        self.attach()?;
+        let r = self.exec_steps(from, to, &feed);
+        self.detach();
+        r?;
+        self.done_stage = Some(k);
+        self.next_stage = (k + 1) % stages;
+        Ok(())
+    }
+
+    /// Check the fed tensors against the graph's inputs (and their stage, for a staged run).
+    fn check_feed<'t>(
+        &self,
+        inputs: &[(&'t str, &'t HostTensor)],
+        stage: Option<usize>,
+    ) -> Result<HashMap<&'t str, &'t HostTensor>> {
+        let mut feed = HashMap::new();
+        for &(name, t) in inputs {
             let Some(id) = self.graph.find_input(name) else {
                 return Err(Error::Mismatch { what: format!("input '{name}'"), msg: "the graph has no such input".into() });
             };
@@ -174,11 +216,22 @@ impl<B: Backend> Executor<B> {
                     msg: format!("graph wants {} {:?}, got {} {:?}", n.dtype, n.shape, t.dtype, t.shape),
                 });
             }
+            if let Some(k) = stage.filter(|&k| k != self.graph.stage(id)) {
+                return Err(Error::Mismatch {
+                    what: format!("input '{name}'"),
+                    msg: format!("belongs to stage {}, not to stage {k}", self.graph.stage(id)),
+                });
+            }
             feed.insert(name, t);
         }
-        for i in 0..self.graph.len() {
-            let id = NodeId(i);
-            let Some(buf) = self.plan.buffers[i] else { continue };
+        Ok(feed)
+    }
+
+    /// Execute the planned nodes at positions `from..to` of the plan's order.
+    fn exec_steps(&mut self, from: usize, to: usize, feed: &HashMap<&str, &HostTensor>) -> Result<()> {
+        for p in from..to {
+            let id = self.plan.order[p];
+            let Some(buf) = self.plan.buffers[id.0] else { continue };
             let node = self.graph.node(id);
             let out = Loc { space: Space::Arena, offset: buf.offset, bytes: buf.bytes };
             match &node.op {
@@ -186,14 +239,16 @@ impl<B: Backend> Executor<B> {
                 Op::Input { name } => {
                     let t = feed.get(name.as_str()).ok_or_else(|| Error::Mismatch {
                         what: format!("input '{name}'"),
-                        msg: format!("not given (wants {} {:?})", node.dtype, node.shape),
+                        msg: format!("not given (wants {} {:?}, stage {})", node.dtype, node.shape, self.graph.stage(id)),
                     })?;
                     self.backend.write(&mut self.mems.arena, out.offset, &t.data)?;
                 }
                 _ => {
                     let ins = node.inputs.iter().map(|x| self.loc(*x)).collect::<Result<Vec<_>>>()?;
                     let inplace = buf.inplace_of.and_then(|d| node.inputs.iter().position(|x| *x == d));
-                    self.backend.exec(&self.graph, id, &ins, out, inplace, &mut self.mems)?;
+                    let (offset, bytes) = self.plan.workspace(id);
+                    let ws = Loc { space: Space::Arena, offset, bytes };
+                    self.backend.exec(&self.graph, id, &ins, out, ws, inplace, &mut self.mems)?;
                 }
             }
         }
@@ -207,11 +262,22 @@ impl<B: Backend> Executor<B> {
         self.backend.write(&mut self.mems.arena, 0, &poison)
     }
 
-    /// Read a node's value after [`run`](Self::run): a graph output, an input, or a parameter.
+    /// Read a node's value after [`run`](Self::run): a graph output or a parameter; or a stage output after
+    /// its stage ran and before the next stage runs.
     pub fn get(&self, id: NodeId) -> Result<HostTensor> {
         let n = self.graph.node(id);
+        if self.graph.stage_outputs().contains(&id) && !self.graph.outputs().contains(&id) {
+            let k = self.graph.stage(id);
+            if self.done_stage != Some(k) {
+                return Err(Error::Mismatch {
+                    what: format!("node {} ({})", id.0, n.op.describe()),
+                    msg: format!("is an output of stage {k}: read it after run_stage({k}) and before the next stage"),
+                });
+            }
+        }
         let live = matches!(n.op, Op::Param { .. })
             || self.graph.outputs().contains(&id)
+            || self.graph.stage_outputs().contains(&id)
             || self.plan.buffers[id.0].is_some_and(|b| b.last == usize::MAX);
         if !live {
             return Err(Error::Mismatch {

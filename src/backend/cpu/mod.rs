@@ -83,6 +83,7 @@ impl Backend for CpuBackend {
         id: NodeId,
         ins: &[Loc],
         out: Loc,
+        _ws: Loc,
         inplace: Option<usize>,
         mems: &mut Mems<CpuMem>,
     ) -> Result<()> {

@@ -194,8 +194,17 @@ impl Backend for CudaBackend {
         self.stream.synchronize().map_err(|e| cuda_err("synchronize", e))
     }
 
-    fn exec(&self, graph: &Graph, id: NodeId, ins: &[Loc], out: Loc, _inplace: Option<usize>, mems: &mut Mems<CudaMem>) -> Result<()> {
-        for l in node_launches(graph, id, ins, out)? {
+    fn exec(
+        &self,
+        graph: &Graph,
+        id: NodeId,
+        ins: &[Loc],
+        out: Loc,
+        ws: Loc,
+        _inplace: Option<usize>,
+        mems: &mut Mems<CudaMem>,
+    ) -> Result<()> {
+        for l in node_launches(graph, id, ins, out, ws)? {
             self.run(&l, mems).map_err(|e| Error::backend("cuda", format!("node {} ({}): {e}", id.0, graph.node(id).op.describe())))?;
         }
         Ok(())

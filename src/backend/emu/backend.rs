@@ -104,10 +104,11 @@ impl Backend for EmuBackend {
         id: NodeId,
         ins: &[Loc],
         out: Loc,
+        ws: Loc,
         _inplace: Option<usize>,
         mems: &mut Mems<CpuMem>,
     ) -> Result<()> {
-        for l in node_launches(graph, id, ins, out)? {
+        for l in node_launches(graph, id, ins, out, ws)? {
             self.run(&l, mems).map_err(|e| {
                 Error::backend("emu", format!("node {} ({}), kernel {}: {e}", id.0, graph.node(id).op.describe(), l.kernel))
             })?;

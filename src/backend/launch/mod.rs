@@ -116,6 +116,23 @@ pub struct NodeCtx<'a> {
     pub inputs: Vec<&'a Node>,
     pub ins: &'a [Loc],
     pub out: Loc,
+    /// The node's workspace (`ops::workspace_bytes(graph, id)` bytes, placed by the planner).
+    pub ws: Loc,
+}
+
+impl NodeCtx<'_> {
+    /// The workspace, checked to hold `bytes` (the planner gives what `ops::workspace_bytes` asks for).
+    pub fn workspace(&self, bytes: usize) -> Result<Loc> {
+        if self.ws.bytes < bytes {
+            return Err(Error::Plan(format!(
+                "node {} ({}) needs {bytes} workspace bytes, the plan gave {}",
+                self.id.0,
+                self.node.op.describe(),
+                self.ws.bytes
+            )));
+        }
+        Ok(Loc { bytes, ..self.ws })
+    }
 }
 
 fn unsupported(ctx: &NodeCtx) -> Error {
@@ -126,11 +143,12 @@ fn unsupported(ctx: &NodeCtx) -> Error {
     )
 }
 
-/// The launches that compute node `id` of `graph`, with inputs at `ins` and the output at `out`.
-pub fn node_launches(graph: &Graph, id: NodeId, ins: &[Loc], out: Loc) -> Result<Vec<Launch>> {
+/// The launches that compute node `id` of `graph`, with inputs at `ins`, the output at `out` and the
+/// workspace at `ws`.
+pub fn node_launches(graph: &Graph, id: NodeId, ins: &[Loc], out: Loc, ws: Loc) -> Result<Vec<Launch>> {
     let node = graph.node(id);
     let inputs: Vec<&Node> = node.inputs.iter().map(|i| graph.node(*i)).collect();
-    let ctx = NodeCtx { graph, id, node, inputs, ins, out };
+    let ctx = NodeCtx { graph, id, node, inputs, ins, out, ws };
     // The node's family answers with its launches, or `None` for an op or dtype it has no kernel for.
     if let Some(l) = crate::ops::launches(&ctx)? {
         return Ok(l);

@@ -2,9 +2,12 @@
 //!
 //! Convolutions are implicit GEMMs (see the `.cu` header): f16/bf16 go to the tensor-core kernels (128 x 128
 //! tiles), f32 to the SIMT ones (64 x 64 tiles); one block per output tile, 256 threads, grid along x.
+//! Backward weight with few output tiles and a long K is split along K ([`split_k`]): grid y = chunks, f32
+//! partials in the node's workspace, then `conv2d_bwd_weight_fin_<dt>` adds them in order.
 
 use crate::backend::launch::{suffix, Arg, Launch, NodeCtx};
 use crate::error::{Error, Result};
+use crate::graph::Node;
 use crate::ops::Op;
 use crate::tensor::DType;
 
@@ -27,6 +30,51 @@ pub struct ConvParams {
 }
 
 const THREADS: u32 = 256;
+
+/// Split-K of backward weight: fewer output tiles than this (a GPU has ~100+ SMs) ...
+const SPLIT_MAX_TILES: usize = 128;
+/// ... and at least this many k (output pixels) per output; about `SPLIT_K_PER_CHUNK` k per chunk, at most
+/// `SPLIT_MAX` chunks and `SPLIT_MAX_BYTES` of f32 partials.
+const SPLIT_MIN_K: usize = 2048;
+const SPLIT_K_PER_CHUNK: usize = 1024;
+const SPLIT_MAX: usize = 32;
+const SPLIT_MAX_BYTES: usize = 64 << 20;
+
+/// Output tile side of the kernel for a dtype.
+fn tile_of(dtype: DType) -> usize {
+    if dtype == DType::F32 { 64 } else { 128 }
+}
+
+/// The split of backward weight's GEMM (M x N outputs, K long): `(chunks, k per chunk)`, the chunk a multiple of
+/// 32 (whole k-tiles of both kernels), or `None` for one pass.
+fn split_k(m: usize, n: usize, k: usize, tile: usize) -> Option<(usize, usize)> {
+    let tiles = m.div_ceil(tile) * n.div_ceil(tile);
+    if tiles >= SPLIT_MAX_TILES || k < SPLIT_MIN_K {
+        return None;
+    }
+    let by_bytes = SPLIT_MAX_BYTES / (m * n * 4).max(1);
+    let want = (k / SPLIT_K_PER_CHUNK).min(SPLIT_MAX).min(by_bytes);
+    if want < 2 {
+        return None;
+    }
+    let chunk = k.div_ceil(want).next_multiple_of(32);
+    Some((k.div_ceil(chunk), chunk))
+}
+
+/// Workspace of a convolution node: split-K partials of backward weight, else none.
+pub fn workspace(node: &Node, inputs: &[&Node]) -> usize {
+    let (Op::Conv2dBwdWeight { .. }, [x, dy]) = (&node.op, inputs) else { return 0 };
+    let dtype = node.dtype;
+    if !dtype.is_float() || x.dtype != dtype || dy.dtype != dtype || x.shape.len() != 4 || dy.shape.len() != 4 {
+        return 0;
+    }
+    if node.shape.len() != 4 {
+        return 0;
+    }
+    let (kh, kw) = (node.shape[2], node.shape[3]);
+    let (m, n, k) = (dy.shape[3], kh * kw * x.shape[3], dy.shape[0] * dy.shape[1] * dy.shape[2]);
+    split_k(m, n, k, tile_of(dtype)).map_or(0, |(s, _)| s * m * n * 4)
+}
 
 fn err(msg: String) -> Error {
     Error::backend("kernels", msg)
@@ -84,7 +132,8 @@ fn conv(ctx: &NodeCtx, mode: Mode, stride: usize, padding: usize, bias: bool) ->
     if m == 0 || n == 0 {
         return Ok(Some(Vec::new()));
     }
-    let (variant, tile) = if dtype == DType::F32 { ("simt", 64) } else { ("tc", 128) };
+    let variant = if dtype == DType::F32 { "simt" } else { "tc" };
+    let tile = tile_of(dtype);
     let tiles = m.div_ceil(tile) * n.div_ceil(tile);
     if tiles > i32::MAX as usize {
         return Err(err(format!("conv2d: {tiles} tiles exceed the grid")));
@@ -94,20 +143,42 @@ fn conv(ctx: &NodeCtx, mode: Mode, stride: usize, padding: usize, bias: bool) ->
         Mode::BwdData => "conv2d_bwd_data",
         Mode::BwdWeight => "conv2d_bwd_weight",
     };
+    let split = if mode == Mode::BwdWeight { split_k(m, n, k, tile) } else { None };
+    let mut p = p;
     let mut args: Vec<Arg> = vec![Arg::Ptr(ctx.ins[0]), Arg::Ptr(ctx.ins[1])];
     if mode == Mode::Fwd {
         args.push(if bias { Arg::Ptr(ctx.ins[2]) } else { Arg::I64(0) });
     }
     args.push(Arg::Ptr(ctx.out));
-    args.push(Arg::Bytes(bytemuck::bytes_of(&p).to_vec()));
-    Ok(Some(vec![Launch {
+    let mut ws = None;
+    if mode == Mode::BwdWeight {
+        if let Some((chunks, chunk)) = split {
+            p.reserved = chunk as i64;
+            ws = Some((ctx.workspace(chunks * m * n * 4)?, chunks));
+        }
+        args.push(ws.map_or(Arg::I64(0), |(l, _)| Arg::Ptr(l)));
+    }
+    let params = Arg::Bytes(bytemuck::bytes_of(&p).to_vec());
+    args.push(params.clone());
+    let mut v = vec![Launch {
         file: "conv",
         kernel: format!("{name}_{variant}_{}", suffix(dtype)),
-        grid: [tiles as u32, 1, 1],
+        grid: [tiles as u32, ws.map_or(1, |(_, c)| c as u32), 1],
         block: [THREADS, 1, 1],
         smem: 0,
         args,
-    }]))
+    }];
+    if let Some((l, chunks)) = ws {
+        v.push(Launch {
+            file: "conv",
+            kernel: format!("conv2d_bwd_weight_fin_{}", suffix(dtype)),
+            grid: crate::backend::launch::grid_for(m * n),
+            block: [crate::backend::launch::BLOCK, 1, 1],
+            smem: 0,
+            args: vec![Arg::Ptr(l), Arg::Ptr(ctx.out), params, Arg::I64(chunks as i64)],
+        });
+    }
+    Ok(Some(v))
 }
 
 pub fn launches(ctx: &NodeCtx) -> Result<Option<Vec<Launch>>> {

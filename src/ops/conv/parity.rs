@@ -71,6 +71,21 @@ fn bwd_weight_case(dt: DType, x: [usize; 4], o: usize, k: usize, s: usize, p: us
     })
 }
 
+/// Conv2dBwdWeight with a long K and few output tiles: the split-K path (partials in the workspace, then
+/// `conv2d_bwd_weight_fin`). f32 tolerance: as [`bwd_weight_case`] (K = n*ho*wo is 16x larger here, but the
+/// chunks are summed separately, so the kernel's rounding error stays within the same bound; seen: 1.8e-4 on
+/// results of size ~50).
+fn split_k_case(dt: DType, x: [usize; 4], o: usize, k: usize, s: usize, p: usize) -> Case {
+    let kernels = [format!("conv2d_bwd_weight_{}_{dt}", variant(dt)), format!("conv2d_bwd_weight_fin_{dt}")];
+    let name = format!("conv2d_bwd_weight split-K {dt} {x:?} x {o} k{k} s{s} p{p}");
+    let (ho, wo) = (out_size(x[1], k, s, p), out_size(x[2], k, s, p));
+    let ins = vec![(x.to_vec(), dt, Gen::Normal), (vec![x[0], ho, wo, o], dt, Gen::Normal)];
+    let tol = if dt == DType::F32 { Tol { atol: 1e-4, rtol: 1e-5 } } else { Tol::for_dtype(dt) };
+    Case::new(name, ins, tol, &[&kernels[0], &kernels[1]], move |g, ids| {
+        g.push(Op::Conv2dBwdWeight { stride: s, padding: p, kh: k, kw: k }, ids)
+    })
+}
+
 /// Nearest 2x upsampling, or its gradient (the sum of each 2x2 block of dy).
 fn upsample_case(dt: DType, x: [usize; 4], bwd: bool) -> Case {
     let [n, h, w, c] = x;
@@ -119,6 +134,9 @@ fn kernel_cases() -> Vec<Case> {
         v.push(bwd_weight_case(dt, [2, 7, 6, 24], 8, 1, 2, 0));
         v.push(bwd_weight_case(dt, [1, 6, 6, 3], 8, 3, 1, 1));
         v.push(bwd_weight_case(dt, [1, 7, 6, 8], 5, 3, 2, 0));
+        // Split-K: K = 3200 in 3 chunks (the last shorter), and C = 5 at stride 2 (K = 2500, 2 chunks).
+        v.push(split_k_case(dt, [2, 40, 40, 8], 16, 3, 1, 1));
+        v.push(split_k_case(dt, [1, 100, 100, 5], 8, 3, 2, 1));
         v.push(upsample_case(dt, [2, 3, 5, 6], false));
         v.push(upsample_case(dt, [2, 3, 5, 6], true));
     }

@@ -374,7 +374,8 @@ mod tests {
             Loc { space: Space::Arena, offset: b.offset, bytes: b.bytes }
         };
         let ins: Vec<Loc> = g.node(id).inputs.iter().map(|&i| loc(i)).collect();
-        crate::backend::launch::node_launches(g, id, &ins, loc(id)).unwrap()
+        let ws = Loc { space: Space::Arena, offset: 0, bytes: 0 };
+        crate::backend::launch::node_launches(g, id, &ins, loc(id), ws).unwrap()
     }
 
     fn shape_of(l: &Launch) -> CopyShape {

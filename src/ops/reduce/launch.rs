@@ -3,10 +3,13 @@
 //! The input is not moved: the kernel gets a [`ReduceDesc`] (kept axes, then reduced axes, each as
 //! dimension/stride lists after dropping size-1 axes and merging neighbours that are contiguous). When the
 //! innermost kept axis is contiguous the column kernel (`reduce_<op>_col_<dt>`: 32 neighbouring outputs per
-//! block, coalesced) runs, else the row kernel (`reduce_<op>_<dt>`: a warp or a block per output).
+//! block, coalesced) runs, else the row kernel (`reduce_<op>_<dt>`: a warp or a block per output). Few
+//! outputs over long rows take two passes through a workspace ([`split`]): `reduce_<sum|max>_part_<dt>`
+//! (a block per chunk of a row) and `reduce_<op>_fin_<dt>` (a warp per output combines its chunks).
 
 use crate::backend::launch::{suffix, Arg, Launch, NodeCtx};
 use crate::error::{Error, Result};
+use crate::graph::Node;
 use crate::ops::{Op, ReduceOp};
 use crate::tensor;
 
@@ -14,6 +17,54 @@ use crate::tensor;
 const DIMS: usize = 8;
 /// Largest grid; kernels loop (grid stride) over the rest.
 const MAX_GRID: usize = 1 << 20;
+/// The two-pass path: at most this many outputs (fewer blocks than a GPU has SMs, give or take) ...
+const SPLIT_MAX_OUT: usize = 64;
+/// ... each reducing at least this many elements, in chunks of about `SPLIT_CHUNK` (at most `SPLIT_MAX` chunks).
+const SPLIT_MIN_COUNT: usize = 1 << 15;
+const SPLIT_CHUNK: usize = 1 << 13;
+const SPLIT_MAX: usize = 128;
+
+/// Kept and reduced axes of `x` as (dim, stride) lists (merged), with the number of outputs and of reduced
+/// elements per output.
+fn layout(axes: &[usize], x: &Node) -> (Vec<(usize, usize)>, Vec<(usize, usize)>, usize, usize) {
+    let strides = tensor::strides(&x.shape);
+    let (mut kept, mut red) = (Vec::new(), Vec::new());
+    for (i, (&d, &s)) in x.shape.iter().zip(&strides).enumerate() {
+        if axes.contains(&i) { red.push((d, s)) } else { kept.push((d, s)) }
+    }
+    let n_out: usize = kept.iter().map(|a| a.0).product();
+    let count: usize = red.iter().map(|a| a.0).product();
+    let (kept, mut red) = (coalesce(&kept), coalesce(&red));
+    if count == 0 {
+        red.clear(); // nothing is read; the kernel writes the empty-reduction value
+    }
+    (kept, red, n_out, count)
+}
+
+/// The number of chunks per output when the two-pass path runs: few outputs (row layout) over long rows.
+fn split(kept: &[(usize, usize)], n_out: usize, count: usize) -> Option<usize> {
+    let columns = kept.last().is_some_and(|&(_, s)| s == 1);
+    (!columns && n_out >= 1 && n_out <= SPLIT_MAX_OUT && count >= SPLIT_MIN_COUNT)
+        .then(|| count.div_ceil(SPLIT_CHUNK).clamp(2, SPLIT_MAX))
+}
+
+/// Bytes of one partial result: a compensated sum (two f32) or a max (one f32).
+fn partial_bytes(op: &ReduceOp) -> usize {
+    match op {
+        ReduceOp::Sum | ReduceOp::Mean => 8,
+        ReduceOp::Max => 4,
+    }
+}
+
+/// Workspace of a reduction node: the partials of the two-pass path, else none.
+pub fn workspace(node: &Node, inputs: &[&Node]) -> usize {
+    let (Op::Reduce { op, axes, .. }, Some(x)) = (&node.op, inputs.first()) else { return 0 };
+    if !x.dtype.is_float() || x.dtype != node.dtype {
+        return 0; // no kernel: the launcher refuses the node
+    }
+    let (kept, _, n_out, count) = layout(axes, x);
+    split(&kept, n_out, count).map_or(0, |s| n_out * s * partial_bytes(op))
+}
 
 /// Mirror of `struct ReduceDesc` in `kernels/reduce.cu`.
 #[repr(C)]
@@ -64,19 +115,9 @@ pub fn launches(ctx: &NodeCtx) -> Result<Option<Vec<Launch>>> {
     if !x.dtype.is_float() || x.dtype != ctx.node.dtype {
         return Ok(None);
     }
-    let strides = tensor::strides(&x.shape);
-    let (mut kept, mut red) = (Vec::new(), Vec::new());
-    for (i, (&d, &s)) in x.shape.iter().zip(&strides).enumerate() {
-        if axes.contains(&i) { red.push((d, s)) } else { kept.push((d, s)) }
-    }
-    let n_out: usize = kept.iter().map(|a| a.0).product();
-    let count: usize = red.iter().map(|a| a.0).product();
+    let (kept, red, n_out, count) = layout(axes, x);
     if n_out == 0 {
         return Ok(Some(Vec::new()));
-    }
-    let (kept, mut red) = (coalesce(&kept), coalesce(&red));
-    if count == 0 {
-        red.clear(); // nothing is read; the kernel writes the empty-reduction value
     }
     if kept.len() > DIMS || red.len() > DIMS {
         return Err(Error::backend(
@@ -112,6 +153,31 @@ pub fn launches(ctx: &NodeCtx) -> Result<Option<Vec<Launch>>> {
         && count.is_multiple_of(pack)
         && xin.offset.is_multiple_of(16)
         && kept.iter().all(|&(_, s)| (s * esize).is_multiple_of(16))) as i64;
+    let dt = suffix(x.dtype);
+    let desc = Arg::Bytes(bytemuck::bytes_of(&d).to_vec());
+    if let Some(splits) = split(&kept, n_out, count) {
+        let ws = ctx.workspace(n_out * splits * partial_bytes(op))?;
+        let part = if matches!(op, ReduceOp::Max) { "max" } else { "sum" };
+        let blocks = n_out * splits;
+        return Ok(Some(vec![
+            Launch {
+                file: "reduce",
+                kernel: format!("reduce_{part}_part_{dt}"),
+                grid: [blocks.clamp(1, MAX_GRID) as u32, 1, 1],
+                block: [256, 1, 1],
+                smem: 0,
+                args: vec![Arg::Ptr(xin), Arg::Ptr(ws), desc.clone(), Arg::I64(splits as i64)],
+            },
+            Launch {
+                file: "reduce",
+                kernel: format!("reduce_{op_name}_fin_{dt}"),
+                grid: [n_out.div_ceil(4).clamp(1, MAX_GRID) as u32, 1, 1],
+                block: [32, 4, 1],
+                smem: 0,
+                args: vec![Arg::Ptr(ws), Arg::Ptr(ctx.out), desc, Arg::I64(splits as i64)],
+            },
+        ]));
+    }
     let columns = kept.last().is_some_and(|&(_, s)| s == 1);
     let (variant, grid, block) = if columns {
         // 32 outputs per block; ny threads split the reduced elements (about 4 or more each).
@@ -128,11 +194,11 @@ pub fn launches(ctx: &NodeCtx) -> Result<Option<Vec<Launch>>> {
     };
     Ok(Some(vec![Launch {
         file: "reduce",
-        kernel: format!("reduce_{op_name}{variant}_{}", suffix(x.dtype)),
+        kernel: format!("reduce_{op_name}{variant}_{dt}"),
         grid: [grid.clamp(1, MAX_GRID) as u32, 1, 1],
         block,
         smem: 0,
-        args: vec![Arg::Ptr(xin), Arg::Ptr(ctx.out), Arg::Bytes(bytemuck::bytes_of(&d).to_vec())],
+        args: vec![Arg::Ptr(xin), Arg::Ptr(ctx.out), desc],
     }]))
 }
 

@@ -11,6 +11,17 @@ const OPS: [(ReduceOp, &str); 3] = [(ReduceOp::Sum, "sum"), (ReduceOp::Mean, "me
 /// when the innermost kept axis is contiguous).
 fn case(op: ReduceOp, name: &str, dt: DType, shape: &[usize], axes: &[usize], keepdim: bool, col: bool) -> Case {
     let kernel = format!("reduce_{name}{}_{dt}", if col { "_col" } else { "" });
+    case_with(op, name, dt, shape, axes, keepdim, &[&kernel])
+}
+
+/// A case of the two-pass path (few outputs, long rows): the partials kernel, then the combining one.
+fn split_case(op: ReduceOp, name: &str, dt: DType, shape: &[usize], axes: &[usize]) -> Case {
+    let part = if name == "max" { "max" } else { "sum" };
+    let kernels = [format!("reduce_{part}_part_{dt}"), format!("reduce_{name}_fin_{dt}")];
+    case_with(op, name, dt, shape, axes, false, &[&kernels[0], &kernels[1]])
+}
+
+fn case_with(op: ReduceOp, name: &str, dt: DType, shape: &[usize], axes: &[usize], keepdim: bool, kernels: &[&str]) -> Case {
     let axes_v = axes.to_vec();
     Case::new(
         format!("reduce {name} {dt} {shape:?} axes {axes:?}{}", if keepdim { " keepdim" } else { "" }),
@@ -18,7 +29,7 @@ fn case(op: ReduceOp, name: &str, dt: DType, shape: &[usize], axes: &[usize], ke
         // Sum and mean accumulate with a compensated f32 sum (reduce_util.cuh), so even the 5000-element
         // rows stay well inside the default f32 tolerance; max is exact.
         Tol::for_dtype(dt),
-        &[&kernel],
+        kernels,
         move |g, x| g.reduce(op, x[0], &axes_v, keepdim),
     )
 }
@@ -50,6 +61,16 @@ fn kernel_cases() -> Vec<Case> {
             }
         }
     }
+    // The two-pass path through the workspace: 2 rows of 40000 (5 chunks each), one odd-length row
+    // (uneven last chunk), and 6 outputs over two strided reduced axes (chunks start mid-axis).
+    let split: &[(&[usize], &[usize])] = &[(&[2, 40_000], &[1]), (&[1, 70_001], &[0, 1]), (&[2, 300, 3, 120], &[1, 3])];
+    for &(shape, axes) in split {
+        for (op, name) in OPS {
+            for dt in DTYPES {
+                v.push(split_case(op, name, dt, shape, axes));
+            }
+        }
+    }
     v
 }
 
@@ -64,6 +85,11 @@ pub fn bench_cases() -> Vec<(Case, Work)> {
     v.push((case(ReduceOp::Max, "max", DType::F16, &[t, ch], &[0], false, true), Work::Bytes((t * ch * 2 + ch * 2) as u64)));
     v.push((case(ReduceOp::Mean, "mean", DType::F16, &[t, ch], &[1], false, false), Work::Bytes((t * ch * 2 + t * 2) as u64)));
     v.push((case(ReduceOp::Max, "max", DType::F16, &[t, ch], &[1], false, false), Work::Bytes((t * ch * 2 + t * 2) as u64)));
+    // Few long rows: the two-pass path (a loss or a norm over a whole tensor).
+    let (r, n) = (4usize, 1usize << 22);
+    v.push((split_case(ReduceOp::Sum, "sum", DType::F32, &[r, n], &[1]), Work::Bytes((r * n * 4 + r * 4) as u64)));
+    v.push((split_case(ReduceOp::Mean, "mean", DType::F16, &[r, n], &[1]), Work::Bytes((r * n * 2 + r * 2) as u64)));
+    v.push((split_case(ReduceOp::Max, "max", DType::F16, &[r, n], &[1]), Work::Bytes((r * n * 2 + r * 2) as u64)));
     v
 }
 

@@ -88,10 +88,10 @@ impl<B: Backend> Backend for Profiled<B> {
     fn synchronize(&self) -> Result<()> {
         self.inner.synchronize()
     }
-    fn exec(&self, graph: &Graph, id: NodeId, ins: &[Loc], out: Loc, inplace: Option<usize>, mems: &mut Mems<Self::Mem>) -> Result<()> {
+    fn exec(&self, graph: &Graph, id: NodeId, ins: &[Loc], out: Loc, ws: Loc, inplace: Option<usize>, mems: &mut Mems<Self::Mem>) -> Result<()> {
         // The op's kind without its parameters (`Attention`, `Conv2dBwdWeight`, `binary Add`), so a kind is one row.
         let kind = || graph.node(id).op.describe().split(" {").next().unwrap_or_default().to_string();
-        self.time(kind, || self.inner.exec(graph, id, ins, out, inplace, mems))
+        self.time(kind, || self.inner.exec(graph, id, ins, out, ws, inplace, mems))
     }
     fn adamw(&self, slot: &AdamWSlot, cfg: &AdamWConfig, step: u32, grad_scale: f32, mems: &mut Mems<Self::Mem>) -> Result<()> {
         self.time(|| "adamw".into(), || self.inner.adamw(slot, cfg, step, grad_scale, mems))
