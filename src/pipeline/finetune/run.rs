@@ -62,13 +62,14 @@ impl FinetuneOptions {
             "images": self.images.display().to_string(),
             "categories": self.categories,
             "batch": self.batch,
-            "lr": self.lr,
-            "ema_decay": self.ema_decay,
+            // f32 settings as their shortest decimal text: exact through the JSON round trip of a checkpoint.
+            "lr": self.lr.to_string(),
+            "ema_decay": self.ema_decay.to_string(),
             "resolution": self.resolution,
             "seed": self.seed,
             "lenient": self.lenient,
             "dtype": self.dtype.to_string(),
-            "max_grad_norm": self.max_grad_norm,
+            "max_grad_norm": self.max_grad_norm.map(|m| m.to_string()),
         })
     }
 }
