@@ -123,8 +123,8 @@ impl<B: Backend> TrainTask for Stage1Task<B> {
             losses: vec![("mse".into(), st.loss)],
             lr: self.lr,
             grad_norm: Some(st.grad_norm),
-            loss_scale: None,
-            skipped: false,
+            loss_scale: st.loss_scale,
+            skipped: st.skipped,
             samples: prompts.len(),
         })
     }

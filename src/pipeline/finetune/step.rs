@@ -10,6 +10,10 @@
 //!   graph, so autodiff adds gradient nodes for them alone.
 //! - [`UnetTrainer`]: that graph planned once and run every step (`forward_backward`, then `update` = AdamW with
 //!   optional clipping), with each parameter's gradient readable in between (for the parity test).
+//! - Mixed precision: f16/bf16 parameters get f32 master weights in the trainer. f16 also gets dynamic loss
+//!   scaling as PyTorch's `GradScaler` (bf16 has f32's exponent range and, as in PyTorch, is not scaled): the graph
+//!   differentiates `loss * loss_scale` ([`runtime::scaled_loss`]), the trainer feeds its current scale, and a step
+//!   whose gradients hold inf/NaN is skipped (parameters, moments and EMA untouched) and halves the scale.
 //! - [`Stage1Trainer`]: the whole step from a diffusers folder. The frozen VAE encoder and CLIP text encoder run
 //!   as their own forward-only graphs (no gradient nodes, no optimiser state): latents are the encoder's posterior
 //!   sample `mean + exp(logvar / 2) * n` times `scaling_factor` (minus `shift_factor` first when set), contexts
@@ -28,9 +32,9 @@ use crate::models::tokenizer::ClipTokenizer;
 use crate::models::unet::{self, UNetConfig};
 use crate::models::vae::Vae;
 use crate::models::weights::{Component, SdCheckpoint};
-use crate::optim::{AdamWConfig, Algorithm, ParamGroup, TrainConfig};
+use crate::optim::{AdamWConfig, Algorithm, LossScaleConfig, ParamGroup, TrainConfig};
 use crate::params::ParamStore;
-use crate::runtime::{Executor, Trainer, TrainerState};
+use crate::runtime::{self, Executor, Trainer, TrainerState};
 use crate::tensor::{DType, HostTensor};
 use crate::util::Rng;
 
@@ -162,8 +166,16 @@ pub struct TrainGraph {
     pub loss: NodeId,
     /// The UNet's prediction `[B, h, w, C]`.
     pub pred: NodeId,
-    /// `(parameter name, gradient node)` for every UNet parameter (graph outputs).
+    /// `(parameter name, gradient node)` for every UNet parameter (graph outputs). With loss scaling these are
+    /// the gradients of `loss * loss_scale`.
     pub grads: Vec<(String, NodeId)>,
+    /// The graph differentiates `loss` times the f32 input [`runtime::LOSS_SCALE_INPUT`] (f16 storage).
+    pub loss_scaling: bool,
+}
+
+/// Whether training in `dtype` uses dynamic loss scaling: f16 only (bf16 and f32 do not need it, as in PyTorch).
+pub fn loss_scaling(dtype: DType) -> bool {
+    dtype == DType::F16
 }
 
 /// Builds the training graph of the UNet `cfg` at `shape` (see the module doc for its inputs).
@@ -193,16 +205,28 @@ pub fn build_train_graph(cfg: &UNetConfig, shape: &TrainShape) -> Result<TrainGr
     let pred = nodes.out; // (B, h, w, C)
     let (p32, e32) = if dt == DType::F32 { (pred, eps) } else { (g.cast(pred, DType::F32)?, g.cast(eps, DType::F32)?) };
     let loss = crate::nn::mse(&mut g, p32, e32)?; // ()
-    let grads = autodiff::param_grads(&mut g, loss)?;
-    Ok(TrainGraph { graph: g, loss, pred, grads })
+    let scaling = loss_scaling(dt);
+    let grads = if scaling {
+        let scaled = runtime::scaled_loss(&mut g, loss)?; // ()
+        g.mark_output(loss);
+        autodiff::param_grads(&mut g, scaled)?
+    } else {
+        autodiff::param_grads(&mut g, loss)?
+    };
+    Ok(TrainGraph { graph: g, loss, pred, grads, loss_scaling: scaling })
 }
 
 /// What one step reports.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StepStats {
+    /// The loss (unscaled).
     pub loss: f32,
-    /// Global L2 norm of the UNet gradients (before clipping).
+    /// Global L2 norm of the (unscaled) UNet gradients, before clipping; inf or NaN on a skipped step.
     pub grad_norm: f32,
+    /// The gradients held inf/NaN: nothing was updated (loss scaling backed off).
+    pub skipped: bool,
+    /// The loss scale the step ran with (f16 only).
+    pub loss_scale: Option<f32>,
 }
 
 /// The UNet's training graph, planned once, with its parameters and AdamW state on the backend.
@@ -219,14 +243,22 @@ pub struct UnetTrainer<B: Backend> {
     /// AdamW state (and the EMA of the weights, when enabled) on the executor's device parameters.
     trainer: Trainer<B>,
     ema_decay: Option<f32>,
+    /// Dynamic loss scaling (when the graph scales the loss).
+    loss_scale: Option<LossScaleConfig>,
     ready: bool,
 }
 
 /// The AdamW trainer of every UNet parameter (one group: AdamW's weight decay on every tensor, as
 /// `torch.optim.AdamW(unet.parameters())` in the reference training script).
-fn unet_trainer<B: Backend>(ex: &Executor<B>, grads: &[(String, NodeId)], adamw: AdamWConfig, ema: bool) -> Result<Trainer<B>> {
+fn unet_trainer<B: Backend>(
+    ex: &Executor<B>,
+    grads: &[(String, NodeId)],
+    adamw: AdamWConfig,
+    ema: bool,
+    loss_scale: Option<LossScaleConfig>,
+) -> Result<Trainer<B>> {
     let names: Vec<String> = grads.iter().map(|(n, _)| n.clone()).collect();
-    let cfg = TrainConfig { algorithm: Algorithm::AdamW(adamw), ema_decay: ema.then_some(1.0), ..TrainConfig::default() };
+    let cfg = TrainConfig { algorithm: Algorithm::AdamW(adamw), ema_decay: ema.then_some(1.0), loss_scale, ..TrainConfig::default() };
     Trainer::new(ex.device_params(), &names, cfg, |_, _| ParamGroup::default_for(adamw.weight_decay))
 }
 
@@ -249,7 +281,9 @@ impl<B: Backend> UnetTrainer<B> {
     ) -> Result<Self> {
         let plan = Plan::new(&tg.graph);
         let ex = Executor::with_plan(backend, tg.graph, plan, weights)?;
-        let trainer = unet_trainer(&ex, &tg.grads, adamw, false)?;
+        // GradScaler's defaults (init 2^16, growth 2 every 2000 good steps, backoff 0.5).
+        let loss_scale = tg.loss_scaling.then(LossScaleConfig::default);
+        let trainer = unet_trainer(&ex, &tg.grads, adamw, false, loss_scale)?;
         Ok(UnetTrainer {
             ex,
             cfg: cfg.clone(),
@@ -261,6 +295,7 @@ impl<B: Backend> UnetTrainer<B> {
             max_grad_norm: None,
             trainer,
             ema_decay: None,
+            loss_scale,
             ready: false,
         })
     }
@@ -275,9 +310,36 @@ impl<B: Backend> UnetTrainer<B> {
         if !(decay > 0.0 && decay < 1.0) {
             return Err(mismatch("--ema-decay", format!("{decay} is not in (0, 1)")));
         }
-        self.trainer = unet_trainer(&self.ex, &self.grads, self.adamw, true)?;
+        self.trainer = unet_trainer(&self.ex, &self.grads, self.adamw, true, self.loss_scale)?;
         self.ema_decay = Some(decay);
         Ok(())
+    }
+
+    /// Replace the loss-scaling settings (GradScaler's defaults unless set); only for a graph that scales its
+    /// loss (f16) and only before the first update.
+    pub fn set_loss_scale(&mut self, cfg: LossScaleConfig) -> Result<()> {
+        if self.loss_scale.is_none() {
+            return Err(mismatch("loss scaling", format!("not used for {} training (f16 only)", self.shape.dtype)));
+        }
+        if self.trainer.steps() > 0 || self.trainer.state().skipped_steps > 0 {
+            return Err(mismatch("loss scaling", "set it before the first update"));
+        }
+        if !(cfg.init_scale.is_finite() && cfg.init_scale > 0.0 && cfg.growth >= 1.0 && cfg.backoff > 0.0 && cfg.backoff < 1.0 && cfg.growth_interval > 0) {
+            return Err(mismatch("loss scaling", format!("{cfg:?}: want a finite init_scale > 0, growth >= 1, backoff in (0, 1), growth_interval >= 1")));
+        }
+        self.loss_scale = Some(cfg);
+        self.trainer = unet_trainer(&self.ex, &self.grads, self.adamw, self.ema_decay.is_some(), self.loss_scale)?;
+        Ok(())
+    }
+
+    /// The current loss scale (`None` without loss scaling).
+    pub fn loss_scale(&self) -> Option<f32> {
+        self.loss_scale.map(|_| self.trainer.loss_scale())
+    }
+
+    /// Updates skipped for inf/NaN gradients so far.
+    pub fn skipped_steps(&self) -> u64 {
+        self.trainer.state().skipped_steps
     }
 
     /// The optimiser (and EMA) state, for a checkpoint: tensors plus scalars (`Trainer::export_state`).
@@ -348,24 +410,34 @@ impl<B: Backend> UnetTrainer<B> {
         let b = HostTensor::from_f32(&[s.batch, 1, 1, 1], dt, &fb)?;
         let tt = HostTensor::from_f32(&[s.batch], DType::F32, &timesteps.iter().map(|&t| t as f32).collect::<Vec<_>>())?;
         let ctx = if context.dtype == dt { context.clone() } else { context.cast(dt) };
-        self.ex.run(&[(LATENTS, &x0), (NOISE, &eps), (SQRT_ALPHA_BAR, &a), (SQRT_ONE_MINUS_ALPHA_BAR, &b), (TIMESTEP, &tt), (CONTEXT, &ctx)])?;
+        let mut feed = vec![(LATENTS, &x0), (NOISE, &eps), (SQRT_ALPHA_BAR, &a), (SQRT_ONE_MINUS_ALPHA_BAR, &b), (TIMESTEP, &tt), (CONTEXT, &ctx)];
+        let scale = match self.loss_scale {
+            Some(_) => Some(self.trainer.loss_scale_input(self.ex.graph().shape(self.loss))?),
+            None => None,
+        };
+        if let Some(s) = &scale {
+            feed.push((runtime::LOSS_SCALE_INPUT, s));
+        }
+        self.ex.run(&feed)?;
         let loss = self.ex.get(self.loss)?.scalar_f32()?;
-        if !loss.is_finite() {
+        // With loss scaling an overflow is expected now and then: the update sees inf/NaN gradients and skips.
+        if !loss.is_finite() && self.loss_scale.is_none() {
             return Err(mismatch("training step", format!("the loss is {loss} (timesteps {timesteps:?})")));
         }
         self.ready = true;
         Ok(loss)
     }
 
-    /// The gradient of parameter `name` from the last [`Self::forward_backward`].
+    /// The gradient of parameter `name` from the last [`Self::forward_backward`] (times the loss scale when
+    /// loss scaling is on).
     pub fn gradient(&self, name: &str) -> Result<HostTensor> {
         let (_, id) = self.grads.iter().find(|(n, _)| n == name).ok_or_else(|| mismatch(format!("parameter '{name}'"), "not a UNet parameter"))?;
         self.ex.get(*id)
     }
 
-    /// AdamW on every UNet parameter with the gradients of the last [`Self::forward_backward`] (clipped to
-    /// `max_grad_norm` when set); returns the gradient norm. Consumes those gradients.
-    pub fn update(&mut self) -> Result<f32> {
+    /// AdamW on every UNet parameter with the gradients of the last [`Self::forward_backward`] (unscaled, clipped
+    /// to `max_grad_norm` when set), or nothing when they hold inf/NaN (`skipped`). Consumes those gradients.
+    pub fn update(&mut self) -> Result<runtime::StepStats> {
         if !self.ready {
             return Err(mismatch("AdamW update", "no gradients: call forward_backward first (once per update)"));
         }
@@ -375,14 +447,14 @@ impl<B: Backend> UnetTrainer<B> {
         c.algorithm = Algorithm::AdamW(self.adamw);
         c.max_grad_norm = self.max_grad_norm;
         c.ema_decay = self.ema_decay.map(|d| d.min((1 + k) as f32 / (10 + k) as f32));
-        Ok(self.trainer.step(&mut self.ex, &self.grads, self.adamw.lr)?.grad_norm)
+        self.trainer.step(&mut self.ex, &self.grads, self.adamw.lr)
     }
 
     /// `forward_backward` then `update`.
     pub fn step(&mut self, latents: &[f32], context: &HostTensor, timesteps: &[usize], noise: &[f32]) -> Result<StepStats> {
         let loss = self.forward_backward(latents, context, timesteps, noise)?;
-        let grad_norm = self.update()?;
-        Ok(StepStats { loss, grad_norm })
+        let st = self.update()?;
+        Ok(StepStats { loss, grad_norm: st.grad_norm, skipped: st.skipped, loss_scale: self.loss_scale.map(|_| st.loss_scale) })
     }
 
     /// The current value of one parameter.
