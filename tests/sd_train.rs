@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 use instagen::backend::cpu::CpuBackend;
 use instagen::models::unet::UNetConfig;
-use instagen::optim::AdamWConfig;
+use instagen::optim::{AdamWConfig, LossScaleConfig};
 use instagen::params::ParamStore;
 use instagen::pipeline::finetune::{NoiseSchedule, Stage1Options, Stage1Trainer, StepDraws, TrainShape, UnetTrainer};
 use instagen::tensor::{DType, HostTensor};
@@ -247,6 +247,84 @@ fn stage1_step_from_a_diffusers_folder() {
     let bad = HostTensor::from_f32(&[2, 32, 32, 3], DType::F32, &bad).unwrap();
     let e = tr.step_with(&bad, &prompts, &draws).unwrap_err().to_string();
     assert!(e.contains("[-1, 1]") && e.contains("element 7"), "{e}");
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+fn stage1_dtype(root: &std::path::Path, dtype: DType) -> Stage1Trainer<CpuBackend> {
+    let opts = Stage1Options {
+        batch: 2,
+        resolution: 32,
+        dtype,
+        adamw: AdamWConfig { lr: 1e-3, weight_decay: 0.0, ..AdamWConfig::default() },
+        max_grad_norm: Some(1.0),
+    };
+    Stage1Trainer::new(|| Ok(CpuBackend), root, opts).unwrap()
+}
+
+/// f16 training with dynamic loss scaling: GradScaler's initial scale, finite unscaled losses that fall on a
+/// fixed batch; a forced overflow skips the step (parameters, EMA and AdamW's step count untouched) and halves
+/// the scale, which the checkpoint state carries. bf16 and f32 are not scaled.
+#[test]
+fn stage1_f16_loss_scaling() {
+    let Some(root) = common::sd::assemble("train_f16") else { return };
+    let prompts = ["a photograph of dog", "a photograph of cat and person"];
+    let img = images(3);
+
+    let mut tr = stage1_dtype(&root, DType::F16);
+    assert_eq!(tr.unet().loss_scale(), Some(65536.0), "GradScaler's initial scale");
+    let draws: StepDraws = tr.draw(&mut Rng::new(5));
+    let mut losses = Vec::new();
+    let mut skipped = 0;
+    for k in 0..12 {
+        let st = tr.step_with(&img, &prompts, &draws).unwrap();
+        eprintln!("f16 step {k}: loss {:.5} scale {:?} grad norm {:.4} skipped {}", st.loss, st.loss_scale, st.grad_norm, st.skipped);
+        assert!(st.loss.is_finite(), "step {k}: loss {}", st.loss);
+        assert!(st.loss_scale.is_some());
+        if st.skipped {
+            skipped += 1;
+        } else {
+            losses.push(st.loss);
+        }
+    }
+    assert_eq!(tr.unet().skipped_steps(), skipped);
+    assert!(losses.len() >= 8, "{skipped} of 12 steps skipped");
+    let (first, last) = (losses[0], *losses.last().unwrap());
+    eprintln!("f16 fixed batch: loss {first:.4} -> {last:.4} in {} updates ({skipped} skipped)", losses.len());
+    assert!(last < 0.8 * first, "loss {losses:?}");
+
+    // A huge scale overflows the f16 gradients: skipped, nothing changes, the scale backs off.
+    let mut tr = stage1_dtype(&root, DType::F16);
+    tr.unet_mut().enable_ema(0.9).unwrap();
+    tr.unet_mut().set_loss_scale(LossScaleConfig { init_scale: 1e30, ..LossScaleConfig::default() }).unwrap();
+    let before = tr.unet().params().unwrap();
+    let ema_before = tr.unet().ema_params().unwrap();
+    let st = tr.step_with(&img, &prompts, &draws).unwrap();
+    assert!(st.skipped && !st.grad_norm.is_finite(), "{st:?}");
+    assert!(st.loss.is_finite(), "the reported loss is the unscaled one: {}", st.loss);
+    assert_eq!(st.loss_scale, Some(1e30));
+    assert_eq!(tr.unet().loss_scale(), Some(0.5e30));
+    let (_, state) = tr.unet().export_state().unwrap();
+    assert_eq!((state.step, state.skipped_steps, state.loss_scale, state.good_steps), (0, 1, 0.5e30, 0));
+    let after = tr.unet().params().unwrap();
+    let ema_after = tr.unet().ema_params().unwrap();
+    for (name, t) in before.iter() {
+        assert!(after.get(name).unwrap().data == t.data, "{name} changed on a skipped step");
+        assert!(ema_after.get(name).unwrap().data == ema_before.get(name).unwrap().data, "EMA of {name} changed on a skipped step");
+    }
+    // After the first update the settings are fixed.
+    let mut tr = stage1_dtype(&root, DType::F16);
+    tr.step_with(&img, &prompts, &draws).unwrap();
+    assert!(tr.unet_mut().set_loss_scale(LossScaleConfig::default()).is_err());
+
+    // bf16 and f32: no loss scaling.
+    for dt in [DType::BF16, DType::F32] {
+        let mut tr = stage1_dtype(&root, dt);
+        assert_eq!(tr.unet().loss_scale(), None);
+        let e = tr.unet_mut().set_loss_scale(LossScaleConfig::default()).unwrap_err().to_string();
+        assert!(e.contains("f16 only"), "{e}");
+        let st = tr.step_with(&img, &prompts, &draws).unwrap();
+        assert!(!st.skipped && st.loss_scale.is_none() && st.loss.is_finite(), "{dt}: {st:?}");
+    }
     let _ = std::fs::remove_dir_all(&root);
 }
 
