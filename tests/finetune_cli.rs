@@ -43,9 +43,12 @@ fn finetune(d: &Data, out: &Path, steps: u64, extra: &[&str]) -> Command {
         .arg("--images").arg(&d.images)
         .arg("--out").arg(out)
         .args(["--resolution", "32", "--batch", "2", "--lr", "1e-3", "--ema-decay", "0.9", "--save-every", "2"])
-        .args(["--backend", "cpu", "--dtype", "f32", "--workers", "2", "--seed", "5"])
+        .args(["--backend", "cpu", "--workers", "2", "--seed", "5"])
         .args(["--steps", &steps.to_string()])
         .args(extra);
+    if !extra.contains(&"--dtype") {
+        c.args(["--dtype", "f32"]);
+    }
     c
 }
 
@@ -98,6 +101,35 @@ fn killed_and_resumed_run_is_bit_identical() {
     assert!(s.join("42_0.png").is_file());
     for dir in [a, b] {
         let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// `--dtype f16` trains with dynamic loss scaling: every step logs GradScaler's scale and finite unscaled losses,
+/// and the checkpoint's trainer state carries the scale and its count of good steps; f32 logs no scale.
+#[test]
+fn f16_run_logs_the_loss_scale() {
+    let Some(d) = data("ft_f16") else { return };
+    let (a, b) = (tmp("f16"), tmp("f32"));
+    run_ok(finetune(&d, &a, 3, &["--dtype", "f16"]));
+    run_ok(finetune(&d, &b, 1, &[]));
+    let metrics = |dir: &Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let m = metrics(&a);
+    assert_eq!(m.len(), 3);
+    for r in &m {
+        eprintln!("f16: {r}");
+        assert_eq!(r["loss_scale"].as_f64(), Some(65536.0), "{r}");
+        assert_eq!(r["skipped"], false, "{r}");
+        assert!(r["losses"]["mse"].as_f64().is_some_and(|l| l.is_finite() && l > 0.0), "{r}");
+    }
+    let state = checkpoint::read_state(&a.join("checkpoints/step-000002")).unwrap();
+    let tr = &state.scalars["trainer"];
+    assert_eq!((tr["loss_scale"].as_f64(), tr["good_steps"].as_u64(), tr["skipped_steps"].as_u64()), (Some(65536.0), Some(2), Some(0)), "{tr}");
+    let m = metrics(&b);
+    assert!(m[0].get("loss_scale").map_or(true, |v| v.is_null()), "f32 logs no loss scale: {}", m[0]);
+    for p in [a, b] {
+        let _ = std::fs::remove_dir_all(p);
     }
 }
 
