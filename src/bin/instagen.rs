@@ -284,6 +284,7 @@ struct FinetuneArgs {
     /// Default: INSTAGEN_BACKEND, else cuda if a GPU is found, else cpu.
     #[arg(long, value_enum)]
     backend: Option<Backend>,
+    /// Storage dtype of the models; f16/bf16 train with f32 master weights, f16 with dynamic loss scaling.
     #[arg(long, value_enum, default_value_t = Dtype::F32)]
     dtype: Dtype,
 }
