@@ -341,6 +341,7 @@ pub fn workspace_bytes(graph: &Graph, id: NodeId) -> usize {
     match &node.op {
         Op::Reduce { .. } => reduce::launch::workspace(node, &inputs),
         Op::Conv2dBwdWeight { .. } => conv::launch::workspace(node, &inputs),
+        Op::GroupNorm { .. } | Op::GroupNormBwd { .. } => groupnorm::launch::workspace(node, &inputs),
         _ => 0,
     }
 }

@@ -10,7 +10,18 @@ const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
 fn group_norm_case(dt: DType, shape: &[usize], groups: usize, silu: bool, bwd: bool) -> Case {
     let c = shape[shape.len() - 1];
     let pass = if bwd { "bwd" } else { "fwd" };
-    let kernel = format!("group_norm_{pass}_{dt}");
+    // The kernels the launcher picks: one block per group, or the split path (launch::split).
+    let count = shape[1..].iter().product::<usize>() / groups;
+    let kernels: Vec<String> = if super::launch::split(shape[0] * groups, count).is_some() {
+        let mut k = vec![format!("group_norm_part_{dt}")];
+        if bwd {
+            k.push(format!("group_norm_bwd_part_{dt}"));
+        }
+        k.push(format!("group_norm_{pass}_split_{dt}"));
+        k
+    } else {
+        vec![format!("group_norm_{pass}_{dt}")]
+    };
     let name = format!("group_norm_{pass} {dt} {shape:?} groups {groups}{}", if silu { " silu" } else { "" });
     // x with an offset, so the mean matters; weights around 1.
     let mut ins = vec![
@@ -23,7 +34,8 @@ fn group_norm_case(dt: DType, shape: &[usize], groups: usize, silu: bool, bwd: b
     }
     let eps = 1e-5;
     let op = if bwd { Op::GroupNormBwd { groups, eps, silu } } else { Op::GroupNorm { groups, eps, silu } };
-    Case::new(name, ins, Tol::for_dtype(dt), &[&kernel], move |g, x| g.push(op.clone(), x))
+    let kernels: Vec<&str> = kernels.iter().map(|k| k.as_str()).collect();
+    Case::new(name, ins, Tol::for_dtype(dt), &kernels, move |g, x| g.push(op.clone(), x))
 }
 
 /// Parity cases and gradient checks.
@@ -39,6 +51,11 @@ pub fn cases() -> Vec<Case> {
             }
             v.push(group_norm_case(dt, &[1, 2, 1100], 1, true, bwd));
             v.push(group_norm_case(dt, &[3, 12], 3, false, bwd));
+            // Split over blocks (launch::split): 2 chunks of 8192; 2 chunks of 8402 elements with 3 channels a
+            // group (a chunk starts mid-pixel); 2 samples of one group, 4 chunks each.
+            v.push(group_norm_case(dt, &[1, 64, 64, 8], 2, false, bwd));
+            v.push(group_norm_case(dt, &[1, 3, 1867, 6], 2, true, bwd));
+            v.push(group_norm_case(dt, &[2, 100, 100, 4], 1, false, bwd));
         }
     }
     v.extend(grad_cases());
@@ -48,11 +65,12 @@ pub fn cases() -> Vec<Case> {
 pub fn bench_cases() -> Vec<(Case, Work)> {
     let mut v = Vec::new();
     let f16 = DType::F16;
-    // Group norm (32 groups): UNet [2, 64, 64, 320] with SiLU, and the VAE's [1, 512, 512, 128].
-    for (shape, silu) in [(&[2usize, 64, 64, 320][..], true), (&[1, 512, 512, 128][..], true)] {
+    // Group norm (32 groups, SiLU): UNet [2, 64, 64, 320] and the VAE's [1, 512, 512, 128] (both split over
+    // blocks), UNet [2, 16, 16, 1280] (one block a group).
+    for shape in [&[2usize, 64, 64, 320][..], &[1, 512, 512, 128][..], &[2, 16, 16, 1280][..]] {
         let n: usize = shape.iter().product();
-        v.push((group_norm_case(f16, shape, 32, silu, false), Work::Bytes((2 * n * 2) as u64)));
-        v.push((group_norm_case(f16, shape, 32, silu, true), Work::Bytes((3 * n * 2) as u64)));
+        v.push((group_norm_case(f16, shape, 32, true, false), Work::Bytes((2 * n * 2) as u64)));
+        v.push((group_norm_case(f16, shape, 32, true, true), Work::Bytes((3 * n * 2) as u64)));
     }
     let n = 2 * 64 * 64 * 320;
     v.push((group_norm_case(DType::F32, &[2, 64, 64, 320], 32, false, false), Work::Bytes((2 * n * 4) as u64)));
