@@ -272,9 +272,9 @@ struct FinetuneArgs {
     /// Continue from the newest checkpoint of --out.
     #[arg(long)]
     resume: bool,
-    /// Data loading threads (0: load on the training thread).
-    #[arg(long, default_value_t = 2)]
-    workers: usize,
+    /// Data loading threads, 0 to 256 (0: load on the training thread).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(0..=256))]
+    workers: u16,
     /// Skip (count and report) unreadable images and bad boxes instead of failing.
     #[arg(long)]
     lenient: bool,
@@ -351,7 +351,7 @@ fn main() {
                     save_every: a.save_every,
                     keep: a.keep,
                     resume: a.resume,
-                    workers: a.workers,
+                    workers: a.workers as usize,
                     lenient: a.lenient,
                     dtype: dtype(a.dtype),
                     max_grad_norm: a.max_grad_norm,

@@ -202,7 +202,10 @@ pub fn run_with<B: Backend>(mk: impl Fn() -> Result<B>, o: &FinetuneOptions) -> 
     }
     let steps = match (o.steps, o.epochs) {
         (Some(s), _) => s,
-        (None, Some(e)) => e * per_epoch as u64,
+        (None, Some(e)) => e.checked_mul(per_epoch as u64).ok_or_else(|| Error::Mismatch {
+            what: "--epochs".into(),
+            msg: format!("{e} epochs of {per_epoch} steps overflow the step count"),
+        })?,
         (None, None) => 6 * per_epoch as u64,
     };
     let stage_opts = Stage1Options {
