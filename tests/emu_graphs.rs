@@ -2,7 +2,7 @@
 //! with the AdamW kernel, against the CPU backend. This runs the launchers, the planner's arena (with in-place
 //! reuse) and every kernel family together, as the GPU will.
 
-use instagen::backend::cpu::CpuBackend;
+use instagen::backend::cpu::CpuReference;
 use instagen::backend::emu::EmuBackend;
 use instagen::graph::{autodiff, Graph, UnaryOp};
 use instagen::runtime::Executor;
@@ -29,7 +29,7 @@ fn transformer_block_forward_backward_matches_cpu() {
     let y = HostTensor::from_f32(&[b, t, c], DType::F32, &rng.normal_vec(b * t * c, 1.0)).unwrap();
     let mask = nn::causal_mask(t, DType::F32).unwrap();
     let feed = [("x", &x), ("mask", &mask), ("target", &y)];
-    let mut cpu = Executor::new(CpuBackend, g.clone(), &store).unwrap();
+    let mut cpu = Executor::new(CpuReference, g.clone(), &store).unwrap();
     let mut emu = Executor::new(EmuBackend::new(), g.clone(), &store).unwrap();
     emu.poison_arena().unwrap();
     cpu.run(&feed).unwrap();
@@ -63,7 +63,7 @@ fn mlp_trains_identically_on_emu() {
     let xt = HostTensor::from_f32(&[n, 3], DType::F32, &xs).unwrap();
     let yt = HostTensor::from_f32(&[n, 1], DType::F32, &ys).unwrap();
     let cfg = AdamWConfig { lr: 1e-2, ..AdamWConfig::default() };
-    let mut cpu = Executor::new(CpuBackend, g.clone(), &store).unwrap();
+    let mut cpu = Executor::new(CpuReference, g.clone(), &store).unwrap();
     let mut emu = Executor::new(EmuBackend::new(), g, &store).unwrap();
     let (mut first, mut last) = (0.0, 0.0);
     for step in 0..30 {

@@ -35,6 +35,23 @@ pub mod reduce;
 pub mod roi;
 pub mod sd_misc;
 
+/// The CPU fast path of `op` (f32 accumulation, blocked, all cores), or `None` where its family has none for
+/// this op, dtype or shape and the exact reference ([`run_cpu`]) runs instead. Called by
+/// `backend::cpu::run_op_mode` after it has checked the call. A family's fast code lives in its `fast.rs` and is
+/// checked against the reference by the parity suite run on the `cpu` backend (`tests/cpu_fast.rs`).
+pub(crate) fn run_cpu_fast(op: &Op, ins: &[View], out: &View, out_bytes: &mut [u8]) -> Option<Result<()>> {
+    let _ = (ins, out, out_bytes);
+    match op {
+        _ => None,
+    }
+}
+
+/// Extra parity cases for the CPU fast paths only (run by `tests/cpu_fast.rs` with every parity case): shapes
+/// large enough to cross a fast path's block and thread boundaries, too slow for the emulator.
+pub fn cpu_fast_cases() -> Vec<Case> {
+    Vec::new()
+}
+
 pub use elementwise::{BinaryOp, UnaryOp};
 pub use reduce::ReduceOp;
 

@@ -3,7 +3,7 @@
 //! directly on a backend's memory (optimiser steps, not graph ops), and their benches.
 
 use super::{compare, random_tensor, BenchResult, Gen, Outcome, Tol, Work};
-use crate::backend::cpu::CpuBackend;
+use crate::backend::cpu::CpuReference;
 use crate::backend::{AdamWSlot, Backend, Loc, Mems, SgdSlot, Space};
 use crate::error::Result;
 use crate::optim::{AdamWConfig, SgdConfig};
@@ -83,11 +83,11 @@ pub fn run_adamw_direct<B: Backend, F: Fn() -> B>(make: F, seed: u64) -> Result<
     for (i, &(pdt, gdt, master)) in combos.iter().enumerate() {
         let dev = make();
         let (mut dm, slot) = adamw_setup(&dev, n, pdt, gdt, master, &mut Rng::new(seed ^ (i as u64 + 1)))?;
-        let (mut cm, cslot) = adamw_setup(&CpuBackend, n, pdt, gdt, master, &mut Rng::new(seed ^ (i as u64 + 1)))?;
+        let (mut cm, cslot) = adamw_setup(&CpuReference, n, pdt, gdt, master, &mut Rng::new(seed ^ (i as u64 + 1)))?;
         for step in 1..=3u32 {
             dev.adamw(&slot, &cfg, step, 0.5, &mut dm)?;
-            CpuBackend.adamw(&cslot, &cfg, step, 0.5, &mut cm)?;
-            let (got, want) = (adamw_read(&dev, &dm, &slot)?, adamw_read(&CpuBackend, &cm, &cslot)?);
+            CpuReference.adamw(&cslot, &cfg, step, 0.5, &mut cm)?;
+            let (got, want) = (adamw_read(&dev, &dm, &slot)?, adamw_read(&CpuReference, &cm, &cslot)?);
             for (k, (g, w)) in got.iter().zip(&want).enumerate() {
                 // The parameter in its storage dtype; moments and master weights in f32.
                 let tol = Tol::for_dtype(if k == 0 { pdt } else { DType::F32 });
@@ -221,12 +221,12 @@ pub fn run_sgd_direct<B: Backend, F: Fn() -> B>(make: F, seed: u64) -> Result<Ou
                 let master = pdt != DType::F32;
                 let dev = make();
                 let mut d = direct_setup(&dev, n, pdt, gdt, 2, &mut Rng::new(seed ^ case))?;
-                let mut c = direct_setup(&CpuBackend, n, pdt, gdt, 2, &mut Rng::new(seed ^ case))?;
+                let mut c = direct_setup(&CpuReference, n, pdt, gdt, 2, &mut Rng::new(seed ^ case))?;
                 // Master weights start as the parameter.
-                let w = read_f32(&CpuBackend, &c.mems, c.param, pdt)?;
+                let w = read_f32(&CpuReference, &c.mems, c.param, pdt)?;
                 let wb: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
                 dev.write(&mut d.mems.state, d.state[1].offset, &wb)?;
-                CpuBackend.write(&mut c.mems.state, c.state[1].offset, &wb)?;
+                CpuReference.write(&mut c.mems.state, c.state[1].offset, &wb)?;
                 let slot = |param: Loc, grad: Loc, state: &[Loc]| SgdSlot {
                     numel: n,
                     param,
@@ -239,11 +239,11 @@ pub fn run_sgd_direct<B: Backend, F: Fn() -> B>(make: F, seed: u64) -> Result<Ou
                 let (ds, cs) = (slot(d.param, d.grad, &d.state), slot(c.param, c.grad, &c.state));
                 for step in 0..3 {
                     dev.sgd(&ds, cfg, step == 0, 0.5, &mut d.mems)?;
-                    CpuBackend.sgd(&cs, cfg, step == 0, 0.5, &mut c.mems)?;
-                    let p = (read_f32(&dev, &d.mems, d.param, pdt)?, read_f32(&CpuBackend, &c.mems, c.param, pdt)?);
+                    CpuReference.sgd(&cs, cfg, step == 0, 0.5, &mut c.mems)?;
+                    let p = (read_f32(&dev, &d.mems, d.param, pdt)?, read_f32(&CpuReference, &c.mems, c.param, pdt)?);
                     tally.add(&p.0, &p.1, Tol::for_dtype(pdt));
                     for k in 0..2 {
-                        let (g, w) = (read_f32(&dev, &d.mems, d.state[k], DType::F32)?, read_f32(&CpuBackend, &c.mems, c.state[k], DType::F32)?);
+                        let (g, w) = (read_f32(&dev, &d.mems, d.state[k], DType::F32)?, read_f32(&CpuReference, &c.mems, c.state[k], DType::F32)?);
                         tally.add(&g, &w, Tol::for_dtype(DType::F32));
                     }
                 }
@@ -261,14 +261,14 @@ pub fn run_ema_accumulate_direct<B: Backend, F: Fn() -> B>(make: F, seed: u64) -
     for (i, dt) in FLOATS.into_iter().enumerate() {
         let dev = make();
         let mut d = direct_setup(&dev, n, dt, dt, 2, &mut Rng::new(seed ^ (100 + i as u64)))?;
-        let mut c = direct_setup(&CpuBackend, n, dt, dt, 2, &mut Rng::new(seed ^ (100 + i as u64)))?;
+        let mut c = direct_setup(&CpuReference, n, dt, dt, 2, &mut Rng::new(seed ^ (100 + i as u64)))?;
         for step in 0..3 {
             dev.ema(d.state[0], d.param, dt, n, 0.9, &mut d.mems)?;
-            CpuBackend.ema(c.state[0], c.param, dt, n, 0.9, &mut c.mems)?;
+            CpuReference.ema(c.state[0], c.param, dt, n, 0.9, &mut c.mems)?;
             dev.accumulate(d.state[1], d.grad, dt, n, step == 0, &mut d.mems)?;
-            CpuBackend.accumulate(c.state[1], c.grad, dt, n, step == 0, &mut c.mems)?;
+            CpuReference.accumulate(c.state[1], c.grad, dt, n, step == 0, &mut c.mems)?;
             for k in 0..2 {
-                let (g, w) = (read_f32(&dev, &d.mems, d.state[k], DType::F32)?, read_f32(&CpuBackend, &c.mems, c.state[k], DType::F32)?);
+                let (g, w) = (read_f32(&dev, &d.mems, d.state[k], DType::F32)?, read_f32(&CpuReference, &c.mems, c.state[k], DType::F32)?);
                 tally.add(&g, &w, Tol::for_dtype(DType::F32));
             }
         }
@@ -301,9 +301,9 @@ pub fn run_sum_squares_direct<B: Backend, F: Fn() -> B>(make: F, seed: u64) -> R
     let mut mems = Mems { arena, params: dev.alloc(0)?, state: dev.alloc(scratch_bytes.max(8))? };
     let scratch = (scratch_bytes > 0).then_some(Loc { space: Space::State, offset: 0, bytes: scratch_bytes });
     let got = dev.sum_squares_many(&tensors, scratch, &mut mems)?;
-    let mut cpu_mems = Mems { arena: CpuBackend.alloc(bytes.len())?, params: CpuBackend.alloc(0)?, state: CpuBackend.alloc(0)? };
-    CpuBackend.write(&mut cpu_mems.arena, 0, &bytes)?;
-    let want = CpuBackend.sum_squares_many(&tensors, None, &mut cpu_mems)?;
+    let mut cpu_mems = Mems { arena: CpuReference.alloc(bytes.len())?, params: CpuReference.alloc(0)?, state: CpuReference.alloc(0)? };
+    CpuReference.write(&mut cpu_mems.arena, 0, &bytes)?;
+    let want = CpuReference.sum_squares_many(&tensors, None, &mut cpu_mems)?;
     let count: usize = numels.iter().sum();
     let bound = count as f64 * f64::EPSILON / 2.0 * want.abs();
     let err = (got - want).abs();

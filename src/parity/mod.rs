@@ -8,7 +8,7 @@
 
 pub mod adamw;
 
-use crate::backend::cpu::CpuBackend;
+use crate::backend::cpu::CpuReference;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::graph::{autodiff, Graph, NodeId};
@@ -229,7 +229,7 @@ pub fn run_case<B: Backend>(case: &Case, backend: B, seed: u64) -> Result<Outcom
     let feed_ref: Vec<(&str, &HostTensor)> = names.iter().map(|n| n.as_str()).zip(feed.iter()).collect();
     let store = ParamStore::new();
 
-    let mut reference = Executor::new(CpuBackend, g.clone(), &store)?;
+    let mut reference = Executor::new(CpuReference, g.clone(), &store)?;
     reference.run(&feed_ref)?;
     let want = reference.get(out)?.to_f32();
 
@@ -269,7 +269,7 @@ pub fn run_adamw<B: Backend, F: Fn() -> B>(make: F, seed: u64) -> Result<Outcome
         store.insert("w", random_tensor(&shape, dtype, Gen::Normal, &mut rng)?);
         let xt = random_tensor(&shape, dtype, Gen::Normal, &mut rng)?;
         let cfg = AdamWConfig { lr: 1e-2, weight_decay: 0.1, ..AdamWConfig::default() };
-        let mut a = Executor::new(CpuBackend, g.clone(), &store)?;
+        let mut a = Executor::new(CpuReference, g.clone(), &store)?;
         let mut b = Executor::new(make(), g, &store)?;
         for _ in 0..3 {
             a.run(&[("x", &xt)])?;

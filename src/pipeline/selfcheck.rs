@@ -1,7 +1,7 @@
 //! A short end-to-end check of the engine on the CPU backend: train a small MLP, plan and run a transformer
 //! block forward + backward with and without the memory planner and compare the results bit for bit.
 
-use crate::backend::cpu::CpuBackend;
+use crate::backend::cpu::{CpuBackend, CpuReference};
 use crate::backend::{Backend, BackendKind};
 use crate::error::{Error, Result};
 use crate::graph::{autodiff, Graph, Plan, UnaryOp};
@@ -110,7 +110,7 @@ pub fn compare_backend<B: Backend>(backend: B, seed: u64) -> Result<f32> {
     let t = HostTensor::from_f32(&[batch, seq, width], DType::F32, &rng.normal_vec(n, 1.0))?;
     let mask = nn::causal_mask(seq, DType::F32)?;
     let feed = [("x", &x), ("mask", &mask), ("target", &t)];
-    let mut cpu = Executor::new(CpuBackend, g.clone(), &store)?;
+    let mut cpu = Executor::new(CpuReference, g.clone(), &store)?;
     let mut other = Executor::new(backend, g.clone(), &store)?;
     other.poison_arena()?;
     cpu.run(&feed)?;

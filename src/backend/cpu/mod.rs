@@ -1,5 +1,10 @@
-//! The CPU backend: every op in Rust, f32 accumulation, f16/bf16 storage, threads through rayon, matrix
-//! products through the `gemm` crate. It is the reference every other backend is compared with.
+//! The CPU backends: every op in Rust, f16/bf16 storage, threads through rayon, matrix products through the
+//! `gemm` crate. Two of them share all code but the op kernels they pick ([`CpuMode`]):
+//! - [`CpuReference`], the exact reference every other backend is compared with (f64 accumulation where the
+//!   result would otherwise depend on the order of a long sum);
+//! - [`CpuBackend`], the engine that runs models on machines without a GPU: an op family's fast path (f32
+//!   accumulation, blocked, vectorised, all cores) where it has one, else the reference code. It is itself checked
+//!   against [`CpuReference`] by the parity suite (`tests/cpu_fast.rs`).
 
 pub(crate) mod kernels;
 
@@ -9,7 +14,7 @@ use crate::graph::{Graph, NodeId, Op};
 use crate::optim::{AdamWConfig, SgdConfig};
 use crate::tensor::DType;
 
-pub use kernels::{accumulate, adamw_update, ema_update, run_op, sgd_update, sum_squares, View};
+pub use kernels::{accumulate, adamw_update, ema_update, run_op, run_op_mode, sgd_update, sum_squares, CpuMode, View};
 
 /// Host memory, 64-byte aligned (planner offsets are multiples of 256).
 pub struct CpuMem {
@@ -43,8 +48,13 @@ impl CpuMem {
 unsafe impl bytemuck::Zeroable for Align64 {}
 unsafe impl bytemuck::Pod for Align64 {}
 
+/// The CPU engine: fast paths where an op family has one (see the module doc).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CpuBackend;
+
+/// The exact CPU reference (see the module doc); the same memory and optimiser code as [`CpuBackend`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuReference;
 
 fn range(mem: &CpuMem, loc: Loc) -> Result<std::ops::Range<usize>> {
     let end = loc.offset.checked_add(loc.bytes).filter(|&e| e <= mem.len());
@@ -87,58 +97,7 @@ impl Backend for CpuBackend {
         inplace: Option<usize>,
         mems: &mut Mems<CpuMem>,
     ) -> Result<()> {
-        let node = graph.node(id);
-        if out.space != Space::Arena {
-            return Err(Error::Plan(format!("node {} ({}) writes outside the arena", id.0, node.op.describe())));
-        }
-        // A reshape over its own input is already done: the bytes are the same.
-        if inplace.is_some() && matches!(node.op, Op::Reshape { .. }) {
-            return Ok(());
-        }
-        // The in-place input is copied out first, so every slice below is disjoint from the output.
-        let mut saved: Option<Vec<u8>> = None;
-        if let Some(i) = inplace {
-            if ins.get(i) != Some(&out) {
-                return Err(Error::Plan(format!("node {} in-place input {i} is not at the output", id.0)));
-            }
-            saved = Some(mems.arena.as_bytes()[range(&mems.arena, out)?].to_vec());
-        }
-        // An input is read from the saved copy when it is the in-place input (or the same node again, as in x*x).
-        let from_saved = |l: &Loc| inplace.is_some() && *l == out;
-        for (i, l) in ins.iter().enumerate() {
-            if !from_saved(l) && l.overlaps(&out) {
-                return Err(Error::Plan(format!(
-                    "node {} ({}): input {i} at {l:?} overlaps the output at {out:?}",
-                    id.0,
-                    node.op.describe()
-                )));
-            }
-        }
-        let out_range = range(&mems.arena, out)?;
-        let mut in_ranges = Vec::with_capacity(ins.len());
-        for l in ins {
-            in_ranges.push(range(mems.get(l.space), *l)?);
-        }
-        let arena_ptr = mems.arena.as_bytes_mut().as_mut_ptr();
-        // SAFETY: `out_range` is in bounds of the arena and, as checked above, disjoint from every input range
-        // that is read through a shared slice below (the in-place input is read from `saved` instead).
-        let out_bytes = unsafe { std::slice::from_raw_parts_mut(arena_ptr.add(out_range.start), out_range.len()) };
-        let mut views = Vec::with_capacity(ins.len());
-        for (i, (l, r)) in ins.iter().zip(&in_ranges).enumerate() {
-            let input = graph.node(graph.node(id).inputs[i]);
-            let data: &[u8] = if from_saved(l) {
-                saved.as_deref().unwrap_or(&[])
-            } else if l.space == Space::Arena {
-                // SAFETY: in bounds, and disjoint from `out_bytes` (checked above); shared reads only.
-                unsafe { std::slice::from_raw_parts(arena_ptr.add(r.start), r.len()) }
-            } else {
-                &mems.get(l.space).as_bytes()[r.clone()]
-            };
-            views.push(View { shape: &input.shape, dtype: input.dtype, data });
-        }
-        let out_view = View { shape: &node.shape, dtype: node.dtype, data: &[] };
-        run_op(&node.op, &views, &out_view, out_bytes)
-            .map_err(|e| Error::backend("cpu", format!("node {} ({}): {e}", id.0, node.op.describe())))
+        exec_node(CpuMode::Fast, graph, id, ins, out, inplace, mems)
     }
 
     fn adamw(
@@ -231,6 +190,115 @@ impl Backend for CpuBackend {
         let a = bytemuck::cast_slice_mut::<u8, f32>(&mut mems.state.as_bytes_mut()[ar]);
         accumulate(&mut a[..numel], &g[..numel * grad_dtype.size()], grad_dtype, first);
         Ok(())
+    }
+}
+
+/// Runs node `id` of `graph` with the op code `mode` picks.
+fn exec_node(
+    mode: CpuMode,
+    graph: &Graph,
+    id: NodeId,
+    ins: &[Loc],
+    out: Loc,
+    inplace: Option<usize>,
+    mems: &mut Mems<CpuMem>,
+) -> Result<()> {
+    let node = graph.node(id);
+    if out.space != Space::Arena {
+        return Err(Error::Plan(format!("node {} ({}) writes outside the arena", id.0, node.op.describe())));
+    }
+    // A reshape over its own input is already done: the bytes are the same.
+    if inplace.is_some() && matches!(node.op, Op::Reshape { .. }) {
+        return Ok(());
+    }
+    // The in-place input is copied out first, so every slice below is disjoint from the output.
+    let mut saved: Option<Vec<u8>> = None;
+    if let Some(i) = inplace {
+        if ins.get(i) != Some(&out) {
+            return Err(Error::Plan(format!("node {} in-place input {i} is not at the output", id.0)));
+        }
+        saved = Some(mems.arena.as_bytes()[range(&mems.arena, out)?].to_vec());
+    }
+    // An input is read from the saved copy when it is the in-place input (or the same node again, as in x*x).
+    let from_saved = |l: &Loc| inplace.is_some() && *l == out;
+    for (i, l) in ins.iter().enumerate() {
+        if !from_saved(l) && l.overlaps(&out) {
+            return Err(Error::Plan(format!(
+                "node {} ({}): input {i} at {l:?} overlaps the output at {out:?}",
+                id.0,
+                node.op.describe()
+            )));
+        }
+    }
+    let out_range = range(&mems.arena, out)?;
+    let mut in_ranges = Vec::with_capacity(ins.len());
+    for l in ins {
+        in_ranges.push(range(mems.get(l.space), *l)?);
+    }
+    let arena_ptr = mems.arena.as_bytes_mut().as_mut_ptr();
+    // SAFETY: `out_range` is in bounds of the arena and, as checked above, disjoint from every input range
+    // that is read through a shared slice below (the in-place input is read from `saved` instead).
+    let out_bytes = unsafe { std::slice::from_raw_parts_mut(arena_ptr.add(out_range.start), out_range.len()) };
+    let mut views = Vec::with_capacity(ins.len());
+    for (i, (l, r)) in ins.iter().zip(&in_ranges).enumerate() {
+        let input = graph.node(graph.node(id).inputs[i]);
+        let data: &[u8] = if from_saved(l) {
+            saved.as_deref().unwrap_or(&[])
+        } else if l.space == Space::Arena {
+            // SAFETY: in bounds, and disjoint from `out_bytes` (checked above); shared reads only.
+            unsafe { std::slice::from_raw_parts(arena_ptr.add(r.start), r.len()) }
+        } else {
+            &mems.get(l.space).as_bytes()[r.clone()]
+        };
+        views.push(View { shape: &input.shape, dtype: input.dtype, data });
+    }
+    let out_view = View { shape: &node.shape, dtype: node.dtype, data: &[] };
+    run_op_mode(mode, &node.op, &views, &out_view, out_bytes)
+        .map_err(|e| Error::backend("cpu", format!("node {} ({}): {e}", id.0, node.op.describe())))
+    }
+
+
+impl Backend for CpuReference {
+    type Mem = CpuMem;
+
+    fn name(&self) -> &'static str {
+        "cpu-reference"
+    }
+    fn alloc(&self, bytes: usize) -> Result<CpuMem> {
+        CpuBackend.alloc(bytes)
+    }
+    fn write(&self, mem: &mut CpuMem, offset: usize, data: &[u8]) -> Result<()> {
+        CpuBackend.write(mem, offset, data)
+    }
+    fn read(&self, mem: &CpuMem, offset: usize, out: &mut [u8]) -> Result<()> {
+        CpuBackend.read(mem, offset, out)
+    }
+    fn exec(
+        &self,
+        graph: &Graph,
+        id: NodeId,
+        ins: &[Loc],
+        out: Loc,
+        _ws: Loc,
+        inplace: Option<usize>,
+        mems: &mut Mems<CpuMem>,
+    ) -> Result<()> {
+        exec_node(CpuMode::Exact, graph, id, ins, out, inplace, mems)
+    }
+    fn adamw(&self, slot: &AdamWSlot, cfg: &AdamWConfig, step: u32, grad_scale: f32, mems: &mut Mems<CpuMem>) -> Result<()> {
+        CpuBackend.adamw(slot, cfg, step, grad_scale, mems)
+    }
+    fn sum_squares(&self, loc: Loc, dtype: DType, mems: &Mems<CpuMem>) -> Result<f64> {
+        CpuBackend.sum_squares(loc, dtype, mems)
+    }
+    fn sgd(&self, slot: &SgdSlot, cfg: &SgdConfig, first: bool, grad_scale: f32, mems: &mut Mems<CpuMem>) -> Result<()> {
+        CpuBackend.sgd(slot, cfg, first, grad_scale, mems)
+    }
+    fn ema(&self, ema: Loc, src: Loc, src_dtype: DType, numel: usize, decay: f32, mems: &mut Mems<CpuMem>) -> Result<()> {
+        CpuBackend.ema(ema, src, src_dtype, numel, decay, mems)
+    }
+    fn accumulate(&self, acc: Loc, grad: Loc, grad_dtype: DType, numel: usize, first: bool, mems: &mut Mems<CpuMem>) -> Result<()> {
+        CpuBackend.accumulate(acc, grad, grad_dtype, numel, first, mems)
     }
 }
 

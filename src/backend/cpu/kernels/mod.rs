@@ -65,10 +65,23 @@ fn check_bytes(what: &dyn Fn() -> String, shape: &[usize], dtype: DType, len: us
     Ok(())
 }
 
-/// Compute `op` on inputs `ins` into `out_bytes` (output shape/dtype in `out.shape`/`out.dtype`; `out.data` is
-/// empty). Inputs never alias `out_bytes`. Shapes and dtypes are checked again with [`op::infer`], so a bad call
-/// is an error, never a panic.
+/// Which CPU code computes an op: the exact reference, or the fast engine (f32 accumulation, blocked and
+/// vectorised, all cores) where an op family has one; ops without a fast path run the reference in both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CpuMode {
+    Exact,
+    Fast,
+}
+
+/// Compute `op` on inputs `ins` into `out_bytes` with the exact reference code (output shape/dtype in
+/// `out.shape`/`out.dtype`; `out.data` is empty). Inputs never alias `out_bytes`. Shapes and dtypes are checked
+/// again with [`op::infer`], so a bad call is an error, never a panic.
 pub fn run_op(op: &Op, ins: &[View], out: &View, out_bytes: &mut [u8]) -> Result<()> {
+    run_op_mode(CpuMode::Exact, op, ins, out, out_bytes)
+}
+
+/// [`run_op`] with the code `mode` picks.
+pub fn run_op_mode(mode: CpuMode, op: &Op, ins: &[View], out: &View, out_bytes: &mut [u8]) -> Result<()> {
     check_bytes(&|| "output".to_string(), out.shape, out.dtype, out_bytes.len())?;
     for (i, v) in ins.iter().enumerate() {
         check_bytes(&|| format!("input {i}"), v.shape, v.dtype, v.data.len())?;
@@ -99,6 +112,11 @@ pub fn run_op(op: &Op, ins: &[View], out: &View, out_bytes: &mut [u8]) -> Result
     }
     if out_bytes.is_empty() {
         return Ok(());
+    }
+    if mode == CpuMode::Fast {
+        if let Some(done) = op::run_cpu_fast(op, ins, out, out_bytes) {
+            return done;
+        }
     }
     op::run_cpu(op, ins, out, out_bytes)
 }
