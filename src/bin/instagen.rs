@@ -47,6 +47,8 @@ enum BenchKind {
     Vae,
     /// One UNet training step (forward + MSE loss + backward + AdamW), profiled per op on cpu/emu.
     TrainUnet,
+    /// The executor's cost per node: chains of small elementwise nodes at several sizes.
+    Exec,
 }
 
 /// `--backend` given, else INSTAGEN_BACKEND, else cuda when a GPU is found, else cpu.
@@ -315,6 +317,7 @@ fn main() {
                     BenchKind::Clip => txt2img::bench_clip(k, &config, batch, d, min_seconds),
                     BenchKind::Vae => txt2img::bench_vae(k, &config, batch, latent, d, min_seconds),
                     BenchKind::TrainUnet => instagen::pipeline::finetune::bench::bench_train_unet(k, &config, batch, latent, d, min_seconds),
+                    BenchKind::Exec => kernels::bench_exec(k, min_seconds),
                 })
                 .map(|s| print!("{s}"))
         }

@@ -70,3 +70,48 @@ pub fn bench(kind: BackendKind, filter: &str, min_seconds: f64) -> Result<String
     }
     Ok(format!("device: {device}\n{}", parity::format_bench(&results, &device)))
 }
+
+/// `instagen bench exec`: the executor's cost per node. Chains of `n` small elementwise nodes run through
+/// the executor on `kind`: `x -> -x` (in place) and `x -> x + w_i` with a parameter per node (as a bias add);
+/// each line gives the time per node and per element at one tensor size. At small sizes the figure is the
+/// host work per node (dispatch, checks, allocation); at large sizes, memory traffic and threads.
+pub fn bench_exec(kind: BackendKind, min_seconds: f64) -> Result<String> {
+    crate::with_backend!(kind, |mk| bench_exec_on(mk()?, min_seconds))
+}
+
+fn bench_exec_on<B: Backend + Clone>(backend: B, min_seconds: f64) -> Result<String> {
+    use crate::graph::{Graph, UnaryOp};
+    use crate::runtime::Executor;
+    use crate::tensor::{DType, HostTensor};
+    let mut s = format!("executor per-node cost on {} ({} rayon threads), f32\n", backend.name(), rayon::current_num_threads());
+    s += "chain          elements  nodes   us/node   ns/element\n";
+    for size in [16usize, 1 << 10, 1 << 14, 1 << 16, 1 << 18, 1 << 20] {
+        let nodes = (1usize << 24).div_ceil(size).clamp(20, 1000);
+        for chain in ["neg", "add param"] {
+            let mut g = Graph::new();
+            let mut x = g.input("x", &[size], DType::F32)?;
+            for i in 0..nodes {
+                x = match chain {
+                    "neg" => g.unary(UnaryOp::Neg, x)?,
+                    _ => {
+                        let w = g.param(&format!("w{i}"), &[size], DType::F32)?;
+                        g.add(x, w)?
+                    }
+                };
+            }
+            g.mark_output(x);
+            let store = crate::nn::init_params(&g, 1)?;
+            let input = HostTensor::from_f32(&[size], DType::F32, &vec![0.5; size])?;
+            let mut ex = Executor::new(backend.clone(), g, &store)?;
+            ex.run(&[("x", &input)])?;
+            let (mut calls, start) = (0usize, std::time::Instant::now());
+            while calls < 3 || start.elapsed().as_secs_f64() < min_seconds {
+                ex.run(&[("x", &input)])?;
+                calls += 1;
+            }
+            let per_node = start.elapsed().as_secs_f64() / (calls * nodes) as f64;
+            s += &format!("{chain:<12} {size:>10} {nodes:>6} {:>9.3} {:>12.3}\n", per_node * 1e6, per_node * 1e9 / size as f64);
+        }
+    }
+    Ok(s)
+}
