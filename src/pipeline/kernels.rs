@@ -87,7 +87,7 @@ fn bench_exec_on<B: Backend + Clone>(backend: B, min_seconds: f64) -> Result<Str
     s += "chain          elements  nodes   us/node   ns/element\n";
     for size in [16usize, 1 << 10, 1 << 14, 1 << 16, 1 << 18, 1 << 20] {
         let nodes = (1usize << 24).div_ceil(size).clamp(20, 1000);
-        for chain in ["neg", "add param"] {
+        for chain in ["neg", "add-param"] {
             let mut g = Graph::new();
             let mut x = g.input("x", &[size], DType::F32)?;
             for i in 0..nodes {

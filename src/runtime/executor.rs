@@ -1,6 +1,3 @@
-//! The executor: runs a planned graph on a backend. It owns the three memory regions (activation arena,
-//! parameters, optimiser state), feeds inputs at the step that defines them, and reads outputs back.
-
 //! The executor: runs a planned graph on a backend. It owns the activation arena; the parameters and the
 //! optimiser state live in [`DeviceParams`], which several executors can share. An executor borrows those two
 //! regions for the length of a run ([`Executor::attach`] / [`Executor::detach`]).
@@ -30,10 +27,25 @@ pub struct Executor<B: Backend> {
     spare: Option<(B::Mem, B::Mem)>,
     /// The optimiser behind [`Executor::adamw_step`] (the old one-executor API).
     trainer: Option<Box<Trainer<B>>>,
+    /// What each position of `plan.order` does, resolved once from the graph, the plan and the parameter
+    /// slots (so a run does no lookups by name and allocates nothing per node).
+    steps: Vec<Step>,
+    /// The input locations of every `Step::Exec`, one after another (`Step::Exec::ins` indexes into it).
+    step_ins: Vec<Loc>,
     /// The stage `run_stage` accepts next (besides 0, which starts a new pass).
     next_stage: usize,
     /// The last stage that ran to completion in the current pass (its stage outputs are readable).
     done_stage: Option<usize>,
+}
+
+/// One position of the plan's order, as the executor runs it.
+enum Step {
+    /// A parameter (already in its region) or a node no output needs.
+    Nothing,
+    /// An input, written from the fed tensor at `offset` of the arena.
+    Input { id: NodeId, offset: usize },
+    /// A node the backend computes; its inputs are `step_ins[ins]`.
+    Exec { id: NodeId, ins: std::ops::Range<usize>, out: Loc, ws: Loc, inplace: Option<usize> },
 }
 
 /// The activation arena must fit in what the backend has left (checked before allocating).
@@ -85,7 +97,54 @@ impl<B: Backend> Executor<B> {
         let backend = dev.backend().clone();
         check_memory(&backend, plan.arena_bytes)?;
         let mems = Mems { arena: backend.alloc(plan.arena_bytes)?, params: backend.alloc(0)?, state: backend.alloc(0)? };
-        Ok(Executor { backend, graph, plan, mems, dev: dev.clone(), params, spare: None, trainer: None, next_stage: 0, done_stage: None })
+        let mut ex = Executor {
+            backend,
+            graph,
+            plan,
+            mems,
+            dev: dev.clone(),
+            params,
+            spare: None,
+            trainer: None,
+            steps: Vec::new(),
+            step_ins: Vec::new(),
+            next_stage: 0,
+            done_stage: None,
+        };
+        ex.resolve_steps()?;
+        Ok(ex)
+    }
+
+    /// Fill `steps` and `step_ins` from the graph, the plan and the parameter slots.
+    fn resolve_steps(&mut self) -> Result<()> {
+        let mut steps = Vec::with_capacity(self.plan.order.len());
+        let mut step_ins = Vec::new();
+        for &id in &self.plan.order {
+            let node = self.graph.node(id);
+            let step = match (self.plan.buffers[id.0], &node.op) {
+                (None, _) | (Some(_), Op::Param { .. }) => Step::Nothing,
+                (Some(buf), Op::Input { .. }) => Step::Input { id, offset: buf.offset },
+                (Some(buf), _) => {
+                    let start = step_ins.len();
+                    for &x in &node.inputs {
+                        step_ins.push(self.loc(x)?);
+                    }
+                    let inplace = buf.inplace_of.and_then(|d| node.inputs.iter().position(|x| *x == d));
+                    let (offset, bytes) = self.plan.workspace(id);
+                    Step::Exec {
+                        id,
+                        ins: start..step_ins.len(),
+                        out: Loc { space: Space::Arena, offset: buf.offset, bytes: buf.bytes },
+                        ws: Loc { space: Space::Arena, offset, bytes },
+                        inplace,
+                    }
+                }
+            };
+            steps.push(step);
+        }
+        self.steps = steps;
+        self.step_ins = step_ins;
+        Ok(())
     }
 
     /// The device parameters this executor runs on (a handle: clone it to build more executors on them).
@@ -229,26 +288,21 @@ impl<B: Backend> Executor<B> {
 
     /// Execute the planned nodes at positions `from..to` of the plan's order.
     fn exec_steps(&mut self, from: usize, to: usize, feed: &HashMap<&str, &HostTensor>) -> Result<()> {
-        for p in from..to {
-            let id = self.plan.order[p];
-            let Some(buf) = self.plan.buffers[id.0] else { continue };
-            let node = self.graph.node(id);
-            let out = Loc { space: Space::Arena, offset: buf.offset, bytes: buf.bytes };
-            match &node.op {
-                Op::Param { .. } => {}
-                Op::Input { name } => {
+        for step in &self.steps[from..to] {
+            match step {
+                Step::Nothing => {}
+                Step::Input { id, offset } => {
+                    let node = self.graph.node(*id);
+                    let Op::Input { name } = &node.op else { unreachable!("an input step holds an input node") };
                     let t = feed.get(name.as_str()).ok_or_else(|| Error::Mismatch {
                         what: format!("input '{name}'"),
-                        msg: format!("not given (wants {} {:?}, stage {})", node.dtype, node.shape, self.graph.stage(id)),
+                        msg: format!("not given (wants {} {:?}, stage {})", node.dtype, node.shape, self.graph.stage(*id)),
                     })?;
-                    self.backend.write(&mut self.mems.arena, out.offset, &t.data)?;
+                    self.backend.write(&mut self.mems.arena, *offset, &t.data)?;
                 }
-                _ => {
-                    let ins = node.inputs.iter().map(|x| self.loc(*x)).collect::<Result<Vec<_>>>()?;
-                    let inplace = buf.inplace_of.and_then(|d| node.inputs.iter().position(|x| *x == d));
-                    let (offset, bytes) = self.plan.workspace(id);
-                    let ws = Loc { space: Space::Arena, offset, bytes };
-                    self.backend.exec(&self.graph, id, &ins, out, ws, inplace, &mut self.mems)?;
+                Step::Exec { id, ins, out, ws, inplace } => {
+                    let ins = &self.step_ins[ins.clone()];
+                    self.backend.exec(&self.graph, *id, ins, *out, *ws, *inplace, &mut self.mems)?;
                 }
             }
         }

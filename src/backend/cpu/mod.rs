@@ -211,14 +211,25 @@ fn exec_node(
     if inplace.is_some() && matches!(node.op, Op::Reshape { .. }) {
         return Ok(());
     }
-    // The in-place input is copied out first, so every slice below is disjoint from the output.
-    let mut saved: Option<Vec<u8>> = None;
+    if ins.len() != node.inputs.len() {
+        return Err(Error::Plan(format!("node {} ({}): {} input locations for {} inputs", id.0, node.op.describe(), ins.len(), node.inputs.len())));
+    }
+    // The in-place input is copied out first (into a pooled scratch buffer), so every slice below is disjoint
+    // from the output.
+    let mut saved: Option<kernels::Buf> = None;
     if let Some(i) = inplace {
         if ins.get(i) != Some(&out) {
             return Err(Error::Plan(format!("node {} in-place input {i} is not at the output", id.0)));
         }
-        saved = Some(mems.arena.as_bytes()[range(&mems.arena, out)?].to_vec());
+        let src = &mems.arena.as_bytes()[range(&mems.arena, out)?];
+        let mut buf = kernels::Buf::new(src.len().div_ceil(4));
+        bytemuck::cast_slice_mut::<f32, u8>(&mut buf[..])[..src.len()].copy_from_slice(src);
+        saved = Some(buf);
     }
+    let saved_bytes: &[u8] = match &saved {
+        Some(b) => &bytemuck::cast_slice::<f32, u8>(&b[..])[..out.bytes],
+        None => &[],
+    };
     // An input is read from the saved copy when it is the in-place input (or the same node again, as in x*x).
     let from_saved = |l: &Loc| inplace.is_some() && *l == out;
     for (i, l) in ins.iter().enumerate() {
@@ -231,32 +242,44 @@ fn exec_node(
         }
     }
     let out_range = range(&mems.arena, out)?;
-    let mut in_ranges = Vec::with_capacity(ins.len());
-    for l in ins {
-        in_ranges.push(range(mems.get(l.space), *l)?);
-    }
     let arena_ptr = mems.arena.as_bytes_mut().as_mut_ptr();
     // SAFETY: `out_range` is in bounds of the arena and, as checked above, disjoint from every input range
     // that is read through a shared slice below (the in-place input is read from `saved` instead).
     let out_bytes = unsafe { std::slice::from_raw_parts_mut(arena_ptr.add(out_range.start), out_range.len()) };
-    let mut views = Vec::with_capacity(ins.len());
-    for (i, (l, r)) in ins.iter().zip(&in_ranges).enumerate() {
-        let input = graph.node(graph.node(id).inputs[i]);
+    let view = |i: usize, l: &Loc| -> Result<View> {
+        let input = graph.node(node.inputs[i]);
         let data: &[u8] = if from_saved(l) {
-            saved.as_deref().unwrap_or(&[])
+            saved_bytes
         } else if l.space == Space::Arena {
+            let r = range(&mems.arena, *l)?;
             // SAFETY: in bounds, and disjoint from `out_bytes` (checked above); shared reads only.
             unsafe { std::slice::from_raw_parts(arena_ptr.add(r.start), r.len()) }
         } else {
-            &mems.get(l.space).as_bytes()[r.clone()]
+            let mem = mems.get(l.space);
+            &mem.as_bytes()[range(mem, *l)?]
         };
-        views.push(View { shape: &input.shape, dtype: input.dtype, data });
-    }
+        Ok(View { shape: &input.shape, dtype: input.dtype, data })
+    };
+    // Most ops take at most four inputs: their views live on the stack.
+    let mut few = [View { shape: &[], dtype: DType::U8, data: &[] }; 4];
+    let many: Vec<View>;
+    let views: &[View] = if ins.len() <= few.len() {
+        for (i, l) in ins.iter().enumerate() {
+            few[i] = view(i, l)?;
+        }
+        &few[..ins.len()]
+    } else {
+        many = ins.iter().enumerate().map(|(i, l)| view(i, l)).collect::<Result<_>>()?;
+        &many
+    };
     let out_view = View { shape: &node.shape, dtype: node.dtype, data: &[] };
-    run_op_mode(mode, &node.op, &views, &out_view, out_bytes)
+    // Why shape inference is skipped: every node of a `Graph` got its shape and dtype from `op::infer` on
+    // its inputs' shapes and dtypes when it was added (`Graph::push`, the only way nodes enter a graph; a
+    // recomputed copy clones a node and rewires it to copies of the same shapes), and the views above carry
+    // exactly those shapes and dtypes. The byte counts are still checked.
+    kernels::run_op_unchecked(mode, &node.op, views, &out_view, out_bytes)
         .map_err(|e| Error::backend("cpu", format!("node {} ({}): {e}", id.0, node.op.describe())))
-    }
-
+}
 
 impl Backend for CpuReference {
     type Mem = CpuMem;

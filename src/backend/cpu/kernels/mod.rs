@@ -82,10 +82,41 @@ pub fn run_op(op: &Op, ins: &[View], out: &View, out_bytes: &mut [u8]) -> Result
 
 /// [`run_op`] with the code `mode` picks.
 pub fn run_op_mode(mode: CpuMode, op: &Op, ins: &[View], out: &View, out_bytes: &mut [u8]) -> Result<()> {
+    check_views(ins, out, out_bytes)?;
+    if !matches!(op, Op::Input { .. } | Op::Param { .. } | Op::Fill { .. }) {
+        let shapes: Vec<&[usize]> = ins.iter().map(|v| v.shape).collect();
+        let dtypes: Vec<DType> = ins.iter().map(|v| v.dtype).collect();
+        let (shape, dtype) = op::infer(op, &shapes, &dtypes)?;
+        if shape != out.shape || dtype != out.dtype {
+            return Err(cpu_err(format!(
+                "{}: output declared as {} {:?}, but the inputs {shapes:?} {dtypes:?} give {dtype} {shape:?}",
+                op.describe(),
+                out.dtype,
+                out.shape
+            )));
+        }
+    }
+    dispatch(mode, op, ins, out, out_bytes)
+}
+
+/// Errors unless every view's bytes (and the output's) hold its shape and dtype.
+fn check_views(ins: &[View], out: &View, out_bytes: &[u8]) -> Result<()> {
     check_bytes(&|| "output".to_string(), out.shape, out.dtype, out_bytes.len())?;
     for (i, v) in ins.iter().enumerate() {
         check_bytes(&|| format!("input {i}"), v.shape, v.dtype, v.data.len())?;
     }
+    Ok(())
+}
+
+/// [`run_op_mode`] without the shape inference: for callers whose shapes and dtypes already passed
+/// [`op::infer`] (a graph's nodes, see `backend::cpu::exec_node`). Byte counts are still checked.
+pub(crate) fn run_op_unchecked(mode: CpuMode, op: &Op, ins: &[View], out: &View, out_bytes: &mut [u8]) -> Result<()> {
+    check_views(ins, out, out_bytes)?;
+    dispatch(mode, op, ins, out, out_bytes)
+}
+
+/// Runs `op` on views whose byte counts are checked (and shapes inferred, or known to be right).
+fn dispatch(mode: CpuMode, op: &Op, ins: &[View], out: &View, out_bytes: &mut [u8]) -> Result<()> {
     match op {
         Op::Input { .. } | Op::Param { .. } => {
             return Err(cpu_err(format!("{} has no kernel: the executor supplies its data", op.describe())));
@@ -98,17 +129,6 @@ pub fn run_op_mode(mode: CpuMode, op: &Op, ins: &[View], out: &View, out_bytes: 
             return Ok(());
         }
         _ => {}
-    }
-    let shapes: Vec<&[usize]> = ins.iter().map(|v| v.shape).collect();
-    let dtypes: Vec<DType> = ins.iter().map(|v| v.dtype).collect();
-    let (shape, dtype) = op::infer(op, &shapes, &dtypes)?;
-    if shape != out.shape || dtype != out.dtype {
-        return Err(cpu_err(format!(
-            "{}: output declared as {} {:?}, but the inputs {shapes:?} {dtypes:?} give {dtype} {shape:?}",
-            op.describe(),
-            out.dtype,
-            out.shape
-        )));
     }
     if out_bytes.is_empty() {
         return Ok(());
