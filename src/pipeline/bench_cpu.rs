@@ -212,11 +212,27 @@ impl std::fmt::Display for CpuBenchReport {
             )?,
             Some(_) => {}
         }
+        if self.busy() {
+            writeln!(
+                f,
+                "warning: the machine was busy before the run (load {:.2} on {} CPUs, {} threads asked): the figures are \
+                 noisy, and PyTorch's OpenMP threads, which spin-wait at every op, suffer far more from shared cores \
+                 than ours; compare on an idle machine",
+                self.load.0.unwrap_or(0.0),
+                self.machine.logical,
+                self.threads
+            )?;
+        }
         Ok(())
     }
 }
 
 impl CpuBenchReport {
+    /// Whether the load before the run plus our threads exceeded the CPUs (by more than half a CPU).
+    pub fn busy(&self) -> bool {
+        self.load.0.is_some_and(|l| l + self.threads as f64 > self.machine.logical as f64 + 0.5)
+    }
+
     /// The results as JSON (what `--json` writes).
     pub fn to_json(&self) -> serde_json::Value {
         let timing = |t: &Timing| serde_json::json!({ "seconds": t.seconds, "runs": t.runs });
@@ -227,6 +243,7 @@ impl CpuBenchReport {
             "min_seconds": self.min_seconds,
             "torch": self.torch,
             "load_average": [self.load.0, self.load.1],
+            "busy": self.busy(),
             "cases": self.rows.iter().map(|r| serde_json::json!({
                 "case": r.case.name,
                 "about": r.case.about,
@@ -474,6 +491,31 @@ mod tests {
             let e = parse_torch_output(bad).unwrap_err();
             assert!(e.contains("line 1"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn table_rows_ratio_and_busy_warning() {
+        let t = |seconds, runs| Timing { seconds, runs };
+        let mut r = CpuBenchReport {
+            kind: BackendKind::Cpu,
+            machine: Machine { cpu: "test CPU".into(), cores: 2, logical: 2 },
+            threads: 2,
+            min_seconds: 1.0,
+            torch: Some(TorchInfo { python: "py".into(), version: "9.9".into(), threads: 2 }),
+            load: (Some(0.3), Some(1.9)),
+            rows: vec![
+                Row { case: &CASES[0], ours: t(0.03, 40), torch: Some(t(0.02, 51)) },
+                Row { case: &CASES[8], ours: t(250.0, 1), torch: None },
+            ],
+        };
+        let s = r.to_string();
+        let row = |name: &str| s.lines().find(|l| l.starts_with(name)).unwrap().split_whitespace().take(8).collect::<Vec<_>>().join(" ");
+        assert_eq!(row(CASES[0].name), "unet-fixture.fwd 30.00 ms 40 20.00 ms 51 1.50");
+        assert_eq!(row(CASES[8].name), "unet-sd1.fwd 250.00 s 1 - - - SD");
+        assert!(!s.contains("warning"), "{s}");
+        r.load.0 = Some(1.2);
+        assert!(r.to_string().contains("warning: the machine was busy before the run (load 1.20 on 2 CPUs"));
+        assert_eq!(r.to_json()["cases"][0]["ratio"].as_f64(), Some(0.03 / 0.02));
     }
 
     #[test]
