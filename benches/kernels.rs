@@ -64,6 +64,7 @@ fn kernels(c: &mut Criterion) {
         BackendKind::Cuda => bench_all(c, CudaBackend::new(0).unwrap()),
         BackendKind::Emu => bench_all(c, EmuBackend::new()),
         BackendKind::Cpu => bench_all(c, CpuBackend),
+        BackendKind::CpuReference => bench_all(c, instagen::backend::cpu::CpuReference),
     }
 }
 

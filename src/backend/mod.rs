@@ -193,7 +193,11 @@ pub trait Backend: Clone {
 /// The backends a user can pick (`--backend`, or `INSTAGEN_BACKEND`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BackendKind {
+    /// `CpuBackend`: the CPU engine (fast paths where an op family has one).
     Cpu,
+    /// `CpuReference`: the exact reference alone, what the CPU engine was before the fast paths (for "before"
+    /// timings; `cpu-reference`).
+    CpuReference,
     Emu,
     Cuda,
 }
@@ -208,6 +212,10 @@ macro_rules! with_backend {
         match $kind {
             $crate::backend::BackendKind::Cpu => {
                 let $mk = || -> $crate::Result<$crate::backend::cpu::CpuBackend> { Ok($crate::backend::cpu::CpuBackend) };
+                $body
+            }
+            $crate::backend::BackendKind::CpuReference => {
+                let $mk = || -> $crate::Result<$crate::backend::cpu::CpuReference> { Ok($crate::backend::cpu::CpuReference) };
                 $body
             }
             $crate::backend::BackendKind::Emu => {
@@ -226,9 +234,10 @@ impl BackendKind {
     pub fn parse(s: &str) -> crate::error::Result<Self> {
         match s {
             "cpu" => Ok(BackendKind::Cpu),
+            "cpu-reference" => Ok(BackendKind::CpuReference),
             "emu" => Ok(BackendKind::Emu),
             "cuda" => Ok(BackendKind::Cuda),
-            other => Err(crate::error::Error::Other(format!("unknown backend '{other}' (cpu, emu, cuda)"))),
+            other => Err(crate::error::Error::Other(format!("unknown backend '{other}' (cpu, cpu-reference, emu, cuda)"))),
         }
     }
 

@@ -18,8 +18,10 @@ struct Cli {
 /// Where graphs run.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Backend {
-    /// The Rust reference implementation of every op.
+    /// The CPU engine: each op family's fast path where it has one, else the Rust reference.
     Cpu,
+    /// The exact Rust reference of every op alone (what `cpu` was before its fast paths; for "before" timings).
+    CpuReference,
     /// The CUDA kernels compiled for the CPU through the emulator (slow; for checking kernels without a GPU).
     Emu,
     /// The CUDA kernels on GPU 0.
@@ -49,12 +51,16 @@ enum BenchKind {
     TrainUnet,
     /// The executor's cost per node: chains of small elementwise nodes at several sizes.
     Exec,
+    /// Fixed CPU cases (SD / fixture UNet, CLIP, VAE, attention, convolution): our time next to PyTorch's,
+    /// measured in the same run with the same threads, and the ratio.
+    Cpu,
 }
 
 /// `--backend` given, else INSTAGEN_BACKEND, else cuda when a GPU is found, else cpu.
 fn backend_kind(b: Option<Backend>) -> instagen::Result<BackendKind> {
     match b {
         Some(Backend::Cpu) => Ok(BackendKind::Cpu),
+        Some(Backend::CpuReference) => Ok(BackendKind::CpuReference),
         Some(Backend::Emu) => Ok(BackendKind::Emu),
         Some(Backend::Cuda) => Ok(BackendKind::Cuda),
         None => BackendKind::default_for_machine(),
@@ -137,31 +143,45 @@ enum Cmd {
         #[arg(long, allow_hyphen_values = true)]
         seed: Option<u64>,
     },
-    /// Benchmarks: kernel cases, or one UNet / CLIP / VAE call.
+    /// Benchmarks: kernel cases, one UNet / CLIP / VAE call or training step, or the CPU against PyTorch.
     Bench {
         #[arg(value_enum)]
         what: BenchKind,
-        /// Default: INSTAGEN_BACKEND, else cuda if a GPU is found, else cpu.
+        /// Default: INSTAGEN_BACKEND, else cuda if a GPU is found, else cpu (`bench cpu`: cpu or cpu-reference,
+        /// default cpu).
         #[arg(long, value_enum)]
         backend: Option<Backend>,
-        /// Kernel bench: only cases whose name contains this.
+        /// Kernel and cpu benches: only cases whose name contains this (`bench cpu`: a comma-separated list of
+        /// alternatives).
         #[arg(long, default_value = "")]
         filter: String,
         /// Minimum seconds of timed runs per case (finite, in [0, 1e6]).
         #[arg(long, default_value_t = 0.5, value_parser = seconds, allow_hyphen_values = true)]
         min_seconds: f64,
-        /// Model benches: a diffusers model folder (config.json [+ weights]) or `sd-v1`.
-        #[arg(long, default_value = "sd-v1")]
-        config: String,
-        /// Model benches: batch size (>= 1).
-        #[arg(long, default_value_t = 1, value_parser = positive, allow_hyphen_values = true)]
-        batch: usize,
-        /// Model benches: storage dtype.
-        #[arg(long, value_enum, default_value_t = Dtype::F32)]
-        dtype: Dtype,
+        /// Model benches: a diffusers model folder (config.json [+ weights]), `sd-v1`, or for the UNet benches
+        /// `fixture` (the small test UNet) [default: sd-v1].
+        #[arg(long)]
+        config: Option<String>,
+        /// Model benches: batch size (>= 1) [default: 1].
+        #[arg(long, value_parser = positive, allow_hyphen_values = true)]
+        batch: Option<usize>,
+        /// Model benches: storage dtype [default: f32].
+        #[arg(long, value_enum)]
+        dtype: Option<Dtype>,
         /// UNet / VAE bench: latent side (default: from the config's sample_size).
         #[arg(long, value_parser = positive, allow_hyphen_values = true)]
         latent: Option<usize>,
+        /// CPU threads (rayon's pool; PyTorch gets as many in `bench cpu`) [default: RAYON_NUM_THREADS, else
+        /// every CPU].
+        #[arg(long, value_parser = positive, allow_hyphen_values = true)]
+        threads: Option<usize>,
+        /// `bench cpu`: a Python with torch, diffusers and transformers, to time PyTorch in the same run
+        /// [default: INSTAGEN_TORCH_PYTHON].
+        #[arg(long)]
+        torch: Option<PathBuf>,
+        /// `bench cpu`: also write the results here as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
 
     /// COCO box evaluation (as pycocotools): prints the 12-line table, optionally the open-vocabulary split's
@@ -307,19 +327,41 @@ fn main() {
             });
             backend_kind(backend).and_then(|k| instagen::pipeline::kernels::parity(k, &filter, seed)).map(|s| print!("{s}"))
         }
-        Cmd::Bench { what, backend, filter, min_seconds, config, batch, dtype: d, latent } => {
-            use instagen::pipeline::{kernels, sample, txt2img};
-            let d = dtype(d);
-            backend_kind(backend)
-                .and_then(|k| match what {
-                    BenchKind::Kernels => kernels::bench(k, &filter, min_seconds),
-                    BenchKind::Unet => sample::bench_unet(k, &config, batch, latent, d, min_seconds),
-                    BenchKind::Clip => txt2img::bench_clip(k, &config, batch, d, min_seconds),
-                    BenchKind::Vae => txt2img::bench_vae(k, &config, batch, latent, d, min_seconds),
-                    BenchKind::TrainUnet => instagen::pipeline::finetune::bench::bench_train_unet(k, &config, batch, latent, d, min_seconds),
-                    BenchKind::Exec => kernels::bench_exec(k, min_seconds),
-                })
-                .map(|s| print!("{s}"))
+        Cmd::Bench { what, backend, filter, min_seconds, config, batch, dtype: d, latent, threads, torch, json } => {
+            use instagen::pipeline::{bench_cpu, kernels, sample, txt2img};
+            let model_flags = config.is_some() || batch.is_some() || d.is_some() || latent.is_some();
+            let (config, batch, d) = (config.unwrap_or_else(|| "sd-v1".into()), batch.unwrap_or(1), dtype(d.unwrap_or(Dtype::F32)));
+            let kind = match (what, backend) {
+                (BenchKind::Cpu, None) => Ok(BackendKind::Cpu),
+                _ => backend_kind(backend),
+            };
+            let usage = match what {
+                BenchKind::Cpu if model_flags => Some("--config, --batch, --dtype and --latent do not apply to bench cpu (its cases are fixed)"),
+                BenchKind::Cpu => None,
+                _ if torch.is_some() || json.is_some() => Some("--torch and --json apply to bench cpu only"),
+                _ => None,
+            };
+            match usage {
+                Some(u) => Err(instagen::Error::Other(u.into())),
+                None => threads.map_or(Ok(()), bench_cpu::set_threads),
+            }
+            .and(kind)
+            .and_then(|k| match what {
+                BenchKind::Kernels => kernels::bench(k, &filter, min_seconds),
+                BenchKind::Unet => sample::bench_unet(k, &config, batch, latent, d, min_seconds).map(|r| r.text),
+                BenchKind::Clip => txt2img::bench_clip(k, &config, batch, d, min_seconds).map(|r| r.text),
+                BenchKind::Vae => txt2img::bench_vae(k, &config, batch, latent, d, min_seconds).map(|r| r.text),
+                BenchKind::TrainUnet => {
+                    instagen::pipeline::finetune::bench::bench_train_unet(k, &config, batch, latent, d, min_seconds).map(|r| r.text)
+                }
+                BenchKind::Exec => kernels::bench_exec(k, min_seconds),
+                BenchKind::Cpu => {
+                    let torch = bench_cpu::torch_python(torch);
+                    bench_cpu::run(&bench_cpu::CpuBenchOptions { kind: k, filter: filter.clone(), min_seconds, torch, json })
+                        .map(|r| r.to_string())
+                }
+            })
+            .map(|s| print!("{s}"))
         }
 
         Cmd::Eval { gt, dt, split, json, lenient } => {

@@ -17,6 +17,7 @@ use crate::graph::Plan;
 use crate::runtime::Executor;
 use crate::models::scheduler::{DdimScheduler, GaussianNoise, classifier_free_guidance};
 use crate::pipeline::checks;
+use crate::pipeline::timing::{measure, BenchReport, Timing};
 use crate::models::unet::{self, UNetConfig, UNetShape};
 use crate::params::ParamStore;
 use crate::tensor::{DType, HostTensor};
@@ -182,7 +183,7 @@ fn time_unet<B: Backend>(
     shape: &UNetShape,
     weights: &ParamStore,
     min_seconds: f64,
-) -> Result<(f64, usize, String)> {
+) -> Result<(Timing, String)> {
     let ug = unet::build(cfg, shape)?;
     let plan = Plan::new(&ug.graph);
     let summary = plan.summary();
@@ -197,20 +198,33 @@ fn time_unet<B: Backend>(
     let ctx_vals = GaussianNoise::new(2).sample(n * shape.context_len * cfg.cross_attention_dim, 1.0);
     let context = HostTensor::from_f32(&[n, shape.context_len, cfg.cross_attention_dim], shape.dtype, &ctx_vals)?;
     let feed = [("sample", &sample), ("timestep", &tt), ("context", &context)];
-    ex.run(&feed)?; // warm-up (module loads, first-touch of the arena)
-    ex.get(ug.nodes.out)?;
-    let start = std::time::Instant::now();
-    let mut calls = 0;
-    while calls < 2 || start.elapsed().as_secs_f64() < min_seconds {
+    let t = measure(2, min_seconds, || {
         ex.run(&feed)?;
-        ex.get(ug.nodes.out)?; // waits for the device
-        calls += 1;
-    }
-    Ok((start.elapsed().as_secs_f64() / calls as f64, calls, summary))
+        ex.get(ug.nodes.out).map(|_| ()) // waits for the device
+    })?;
+    Ok((t, summary))
 }
 
-/// `instagen bench unet`: the time per UNet call at `config_dir`'s config (a diffusers `unet/` folder with
-/// `config.json`, or `sd-v1` for SD v1.x with random weights) and the given batch, latent size and dtype.
+/// The embedded config of the fixture UNet (`tests/fixtures/sd/unet/config.json`: 2 levels of 16 / 32 channels,
+/// 16x16 latents, cross-attention width 32): `--config fixture` of the UNet benches, with random weights.
+pub const FIXTURE_UNET_CONFIG: &str = include_str!("../../tests/fixtures/sd/unet/config.json");
+
+/// A UNet bench's `--config`: `sd-v1` (SD v1.x), `fixture` ([`FIXTURE_UNET_CONFIG`]), or a diffusers `unet/`
+/// folder or its `config.json` (then also the folder, for its weights).
+pub fn unet_config(config: &str) -> Result<(UNetConfig, Option<std::path::PathBuf>)> {
+    match config {
+        "sd-v1" => Ok((UNetConfig::sd_v1(), None)),
+        "fixture" => Ok((UNetConfig::from_json(FIXTURE_UNET_CONFIG, "the embedded fixture config")?, None)),
+        _ => {
+            let dir = std::path::PathBuf::from(config);
+            let file = if dir.is_dir() { dir.join("config.json") } else { dir.clone() };
+            Ok((UNetConfig::from_file(&file)?, file.parent().map(|p| p.to_path_buf())))
+        }
+    }
+}
+
+/// `instagen bench unet`: the time per UNet call at `config`'s config (see [`unet_config`]; random weights where
+/// no folder with weights is given) and the given batch, latent size and dtype.
 pub fn bench_unet(
     kind: crate::backend::BackendKind,
     config: &str,
@@ -218,15 +232,9 @@ pub fn bench_unet(
     latent: Option<usize>,
     dtype: DType,
     min_seconds: f64,
-) -> Result<String> {
+) -> Result<BenchReport> {
     check_bench_args(batch, min_seconds)?;
-    let (cfg, dir) = if config == "sd-v1" {
-        (UNetConfig::sd_v1(), None)
-    } else {
-        let dir = std::path::PathBuf::from(config);
-        let file = if dir.is_dir() { dir.join("config.json") } else { dir.clone() };
-        (UNetConfig::from_file(&file)?, file.parent().map(|p| p.to_path_buf()))
-    };
+    let (cfg, dir) = unet_config(config)?;
     let (side, source) = match latent {
         Some(s) => (s, "--latent"),
         None => (cfg.sample_size, "sample_size of the UNet config"),
@@ -241,14 +249,16 @@ pub fn bench_unet(
         Some(d) => unet_weights(d, &graph, dtype)?,
         None => (crate::nn::init_params(&graph, 0)?, "random".into()),
     };
-    let (secs, calls, plan) = crate::with_backend!(kind, |mk| time_unet(mk()?, &cfg, &shape, &weights, min_seconds))
+    let (timing, plan) = crate::with_backend!(kind, |mk| time_unet(mk()?, &cfg, &shape, &weights, min_seconds))
         .map_err(|e| e.building(format!("UNet graph ({culprit})")))?;
-    Ok(format!(
+    let text = format!(
         "unet {config}: batch {batch}, latent {side}x{side}, context 77x{}, {dtype}, backend {kind:?}, weights {source}\n\
-         memory: {plan}\n{:.3} ms per call ({calls} calls)\n",
+         memory: {plan}\n{:.3} ms per call (median of {} calls after 1 warm-up)\n",
         cfg.cross_attention_dim,
-        secs * 1e3
-    ))
+        timing.seconds * 1e3,
+        timing.runs
+    );
+    Ok(BenchReport { text, timing })
 }
 
 /// Writes the captured feature levels to a safetensors file (one tensor per level, `[N, h, w, C]`).

@@ -148,7 +148,7 @@ pub fn run(kind: BackendKind) -> Result<String> {
         return Err(Error::Plan(format!("planned and unplanned runs differ\n{s}")));
     }
     let other = match kind {
-        BackendKind::Cpu => None,
+        BackendKind::Cpu | BackendKind::CpuReference => None,
         _ => Some(crate::with_backend!(kind, |mk| compare_backend(mk()?, 3)?)),
     };
     if let Some(err) = other {

@@ -22,6 +22,7 @@ use std::time::Instant;
 use crate::backend::{Backend, BackendKind};
 use crate::error::{Error, Result};
 use crate::graph::Plan;
+use crate::pipeline::timing::{measure, BenchReport, Timing};
 use crate::runtime::Executor;
 use crate::models::clip_text::ClipTextModel;
 use crate::models::scheduler::DdimScheduler;
@@ -374,20 +375,15 @@ fn time_graph<B: Backend>(
     feed: &[(&str, &HostTensor)],
     out: crate::graph::NodeId,
     min_seconds: f64,
-) -> Result<(f64, usize, String)> {
+) -> Result<(Timing, String)> {
     let plan = Plan::new(graph);
     let summary = plan.summary();
     let mut ex = Executor::with_plan(backend, graph.clone(), plan, store)?;
-    ex.run(feed)?; // warm-up
-    ex.get(out)?;
-    let start = Instant::now();
-    let mut calls = 0;
-    while calls < 2 || start.elapsed().as_secs_f64() < min_seconds {
+    let t = measure(2, min_seconds, || {
         ex.run(feed)?;
-        ex.get(out)?; // waits for the device
-        calls += 1;
-    }
-    Ok((start.elapsed().as_secs_f64() / calls as f64, calls, summary))
+        ex.get(out).map(|_| ()) // waits for the device
+    })?;
+    Ok((t, summary))
 }
 
 fn time_on(
@@ -397,7 +393,7 @@ fn time_on(
     feed: &[(&str, &HostTensor)],
     out: crate::graph::NodeId,
     min_seconds: f64,
-) -> Result<(f64, usize, String)> {
+) -> Result<(Timing, String)> {
     crate::with_backend!(kind, |mk| time_graph(mk()?, graph, store, feed, out, min_seconds))
 }
 
@@ -437,7 +433,7 @@ fn bench_weights(dir: Option<&Path>, stem: &str, graph: &crate::graph::Graph) ->
 }
 
 /// `instagen bench clip`: one text encoder call on `batch` prompts of 77 tokens.
-pub fn bench_clip(kind: BackendKind, config: &str, batch: usize, dtype: DType, min_seconds: f64) -> Result<String> {
+pub fn bench_clip(kind: BackendKind, config: &str, batch: usize, dtype: DType, min_seconds: f64) -> Result<BenchReport> {
     use crate::models::config::ClipTextConfig;
     crate::pipeline::sample::check_bench_args(batch, min_seconds)?;
     let dir = model_dir(config)?;
@@ -455,20 +451,22 @@ pub fn bench_clip(kind: BackendKind, config: &str, batch: usize, dtype: DType, m
     let ids: Vec<Vec<u32>> = (0..batch).map(|b| (0..model.seq).map(|i| ((i * 31 + b * 7) % cfg.vocab_size) as u32).collect()).collect();
     let feed = model.inputs(&ids)?;
     let feed: Vec<(&str, &HostTensor)> = feed.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    let (secs, calls, plan) = time_on(kind, &g.graph, &store, &feed, g.last_hidden_state, min_seconds)
+    let (timing, plan) = time_on(kind, &g.graph, &store, &feed, g.last_hidden_state, min_seconds)
         .map_err(|e| e.building(format!("text encoder graph (--batch {batch})")))?;
-    Ok(format!(
+    let text = format!(
         "clip {config}: batch {batch}, {} tokens, width {}, {} layers, {dtype}, backend {kind:?}, weights {source}\n\
-         memory: {plan}\n{:.3} ms per call ({calls} calls)\n",
+         memory: {plan}\n{:.3} ms per call (median of {} calls after 1 warm-up)\n",
         model.seq,
         cfg.hidden_size,
         cfg.num_hidden_layers,
-        secs * 1e3
-    ))
+        timing.seconds * 1e3,
+        timing.runs
+    );
+    Ok(BenchReport { text, timing })
 }
 
 /// `instagen bench vae`: one VAE decoder call on `batch` latents of `latent` (default sample_size / factor).
-pub fn bench_vae(kind: BackendKind, config: &str, batch: usize, latent: Option<usize>, dtype: DType, min_seconds: f64) -> Result<String> {
+pub fn bench_vae(kind: BackendKind, config: &str, batch: usize, latent: Option<usize>, dtype: DType, min_seconds: f64) -> Result<BenchReport> {
     use crate::models::config::VaeConfig;
     crate::pipeline::sample::check_bench_args(batch, min_seconds)?;
     let dir = model_dir(config)?;
@@ -494,13 +492,15 @@ pub fn bench_vae(kind: BackendKind, config: &str, batch: usize, latent: Option<u
     let g = vae.decode_graph(batch, side, side, false, false)?;
     let (store, source) = bench_weights(dir.as_deref(), "diffusion_pytorch_model", &g.graph)?;
     let z = vae.noise(3, &[batch, side, side, cfg.latent_channels])?;
-    let (secs, calls, plan) = time_on(kind, &g.graph, &store, &[(Vae::LATENT, &z)], g.image, min_seconds)
+    let (timing, plan) = time_on(kind, &g.graph, &store, &[(Vae::LATENT, &z)], g.image, min_seconds)
         .map_err(|e| e.building(format!("VAE decoder graph ({culprit})")))?;
-    Ok(format!(
+    let text = format!(
         "vae decode {config}: batch {batch}, latent {side}x{side} -> image {}x{}, {dtype}, backend {kind:?}, weights {source}\n\
-         memory: {plan}\n{:.3} ms per call ({calls} calls)\n",
+         memory: {plan}\n{:.3} ms per call (median of {} calls after 1 warm-up)\n",
         side * factor,
         side * factor,
-        secs * 1e3
-    ))
+        timing.seconds * 1e3,
+        timing.runs
+    );
+    Ok(BenchReport { text, timing })
 }

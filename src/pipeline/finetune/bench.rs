@@ -15,7 +15,8 @@ use crate::graph::{Graph, NodeId};
 use crate::models::unet::UNetConfig;
 use crate::optim::{AdamWConfig, SgdConfig};
 use crate::pipeline::checks;
-use crate::pipeline::sample::{check_bench_args, unet_weights};
+use crate::pipeline::sample::{check_bench_args, unet_config, unet_weights};
+use crate::pipeline::timing::{measure, BenchReport};
 use crate::tensor::{DType, HostTensor};
 use crate::util::Rng;
 
@@ -116,29 +117,18 @@ impl<B: Backend> Backend for Profiled<B> {
     }
 }
 
-/// Seconds per step, steps timed, the plan summary, and the profile (empty when not profiled).
-struct Timing {
-    secs: f64,
-    steps: usize,
+/// The step time, the plan summary, and the profile over the timed steps (empty when not profiled).
+struct StepTiming {
+    timing: crate::pipeline::timing::Timing,
     plan: String,
     profile: Vec<(String, f64, usize)>,
 }
 
-/// `config`: `sd-v1` or a UNet folder (config.json [+ weights]) / config file.
-fn unet_config(config: &str) -> Result<(UNetConfig, Option<std::path::PathBuf>)> {
-    if config == "sd-v1" {
-        return Ok((UNetConfig::sd_v1(), None));
-    }
-    let dir = std::path::PathBuf::from(config);
-    let file = if dir.is_dir() { dir.join("config.json") } else { dir.clone() };
-    Ok((UNetConfig::from_file(&file)?, file.parent().map(|p| p.to_path_buf())))
-}
-
 /// `instagen bench train-unet`: the time of one training step (forward + backward + AdamW) of the UNet at
-/// `config` (`sd-v1`: SD v1.x with random weights) for `batch` latents of side `latent` (default: the config's
-/// `sample_size`) and 77 context tokens. One warm-up step, then steps until `min_seconds` have passed (at least
-/// one). On the cpu and emu backends the timed steps are also profiled per op kind.
-pub fn bench_train_unet(kind: BackendKind, config: &str, batch: usize, latent: Option<usize>, dtype: DType, min_seconds: f64) -> Result<String> {
+/// `config` (`sd-v1`, `fixture` or a folder: [`unet_config`]; random weights unless the folder has some) for
+/// `batch` latents of side `latent` (default: the config's `sample_size`) and 77 context tokens. One warm-up
+/// step, then steps until `min_seconds` have passed (at least one); the median step. On the cpu and emu backends the timed steps are also profiled per op kind.
+pub fn bench_train_unet(kind: BackendKind, config: &str, batch: usize, latent: Option<usize>, dtype: DType, min_seconds: f64) -> Result<BenchReport> {
     check_bench_args(batch, min_seconds)?;
     let (cfg, dir) = unet_config(config)?;
     let (side, source) = match latent {
@@ -162,6 +152,9 @@ pub fn bench_train_unet(kind: BackendKind, config: &str, batch: usize, latent: O
     let schedule = NoiseSchedule::sd_v1()?;
     let t = match kind {
         BackendKind::Cpu => time_steps(Profiled::new(crate::backend::cpu::CpuBackend), true, &cfg, tg, &weights, &shape, schedule, adamw, min_seconds),
+        BackendKind::CpuReference => {
+            time_steps(Profiled::new(crate::backend::cpu::CpuReference), true, &cfg, tg, &weights, &shape, schedule, adamw, min_seconds)
+        }
         BackendKind::Emu => time_steps(Profiled::new(crate::backend::emu::EmuBackend::new()), true, &cfg, tg, &weights, &shape, schedule, adamw, min_seconds),
         BackendKind::Cuda => {
             time_steps(Profiled::new(crate::backend::cuda::CudaBackend::new(0)?), false, &cfg, tg, &weights, &shape, schedule, adamw, min_seconds)
@@ -174,27 +167,28 @@ pub fn bench_train_unet(kind: BackendKind, config: &str, batch: usize, latent: O
     let mut s = format!(
         "train-unet {config}: batch {batch}, latent {side}x{side}, context 77x{}, {dtype}, backend {kind:?}, weights {wsource}\n\
          parameters: {param_count} ({:.2} MiB), AdamW state {:.2} MiB; activations: {}\n\
-         {:.3} s per training step (forward + backward + AdamW; {} timed after 1 warm-up)\n",
+         {:.3} s per training step (forward + backward + AdamW; median of {} timed after 1 warm-up)\n",
         cfg.cross_attention_dim,
         mib(param_bytes),
         mib(state_bytes),
         t.plan,
-        t.secs,
-        t.steps,
+        t.timing.seconds,
+        t.timing.runs,
     );
+    let steps = t.timing.runs;
     if !t.profile.is_empty() {
         let total: f64 = t.profile.iter().map(|p| p.1).sum();
-        s += &format!("per-op profile over the timed steps ({:.3} s in ops, per step):\n", total / t.steps as f64);
+        s += &format!("per-op profile over the timed steps ({:.3} s in ops, per step):\n", total / steps as f64);
         for (name, secs, calls) in t.profile.iter().take(15) {
             s += &format!(
                 "  {:>6.1}%  {:>9.3} ms  {:>6} calls  {name}\n",
                 100.0 * secs / total.max(1e-12),
-                1e3 * secs / t.steps as f64,
-                calls / t.steps
+                1e3 * secs / steps as f64,
+                calls / steps
             );
         }
     }
-    Ok(s)
+    Ok(BenchReport { text: s, timing: t.timing })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -208,7 +202,7 @@ fn time_steps<B: Backend>(
     schedule: NoiseSchedule,
     adamw: AdamWConfig,
     min_seconds: f64,
-) -> Result<Timing> {
+) -> Result<StepTiming> {
     let mut tr = UnetTrainer::with_graph(backend, cfg, tg, weights, shape.clone(), schedule, adamw)?;
     let plan = tr.plan_summary();
     let mut rng = Rng::new(7);
@@ -217,23 +211,21 @@ fn time_steps<B: Backend>(
     let ctx_vals = rng.normal_vec(shape.batch * shape.context_len * cfg.cross_attention_dim, 1.0);
     let context = HostTensor::from_f32(&[shape.batch, shape.context_len, cfg.cross_attention_dim], shape.dtype, &ctx_vals)?;
     let steps_total = tr.schedule().num_train_timesteps();
-    let mut one = |tr: &mut UnetTrainer<Profiled<B>>| -> Result<()> {
+    // The first call is the warm-up (first touch of the arena, the optimiser state is allocated): the profile
+    // starts after it.
+    let mut calls = 0;
+    let timing = measure(1, min_seconds, || {
+        if calls == 1 {
+            tr.executor().backend().reset();
+        }
+        calls += 1;
         let d = StepDraws::draw(&mut rng, shape.batch, n, steps_total);
         tr.step(&latents, &context, &d.timesteps, &d.noise)?;
         tr.executor().backend().synchronize()
-    };
-    one(&mut tr)?; // warm-up: first touch of the arena, the optimiser state is allocated
-    tr.executor().backend().reset();
-    let start = Instant::now();
-    let mut steps = 0;
-    while steps < 1 || start.elapsed().as_secs_f64() < min_seconds {
-        one(&mut tr)?;
-        steps += 1;
-    }
-    let secs = start.elapsed().as_secs_f64() / steps as f64;
+    })?;
     let profile = if profile { tr.executor().backend().report() } else { Vec::new() };
     if !profile.is_empty() && profile.iter().all(|p| p.1 == 0.0) {
         return Err(Error::Other("profile recorded no time".into()));
     }
-    Ok(Timing { secs, steps, plan, profile })
+    Ok(StepTiming { timing, plan, profile })
 }
