@@ -168,7 +168,7 @@ fn conv2d_bwd_data(g: &Geom, dy: &View, w: &View, out: &View, out_bytes: &mut [u
 fn bwd_data_strided(g: &Geom, dys: &[f32], wv: &[f32], dx: &mut [f32]) {
     let s = g.stride;
     let wp = repack_weight(g, wv, false);
-    let taps = |r: usize, k: usize| -> Vec<usize> { (0..k).filter(|&t| (r + g.padding + s - t % s) % s == 0).collect() };
+    let taps = |r: usize, k: usize| -> Vec<usize> { (0..k).filter(|&t| (r + g.padding + s - t % s).is_multiple_of(s)).collect() };
     for rh in 0..s.min(g.h) {
         for rw in 0..s.min(g.w) {
             let (hc, wc) = ((g.h - rh).div_ceil(s), (g.w - rw).div_ceil(s));
