@@ -27,18 +27,56 @@ const WGRAD_GROUPS: usize = 16;
 
 /// Convolution geometry, from the input and output shapes.
 #[derive(Clone, Copy, Debug)]
-struct Geom {
-    n: usize,
-    h: usize,
-    w: usize,
-    c: usize,
-    ho: usize,
-    wo: usize,
-    o: usize,
-    kh: usize,
-    kw: usize,
-    stride: usize,
-    padding: usize,
+pub(super) struct Geom {
+    pub(super) n: usize,
+    pub(super) h: usize,
+    pub(super) w: usize,
+    pub(super) c: usize,
+    pub(super) ho: usize,
+    pub(super) wo: usize,
+    pub(super) o: usize,
+    pub(super) kh: usize,
+    pub(super) kw: usize,
+    pub(super) stride: usize,
+    pub(super) padding: usize,
+}
+
+impl Geom {
+    /// The geometry of a convolution from input `x [n, h, w, c]` to output `y [n, ho, wo, o]` with a `kh x kw`
+    /// kernel, checked for consistency.
+    pub(super) fn new(what: &str, x: &[usize], y: &[usize], kh: usize, kw: usize, stride: usize, padding: usize) -> Result<Geom> {
+        let g = Geom { n: x[0], h: x[1], w: x[2], c: x[3], ho: y[1], wo: y[2], o: y[3], kh, kw, stride, padding };
+        let ok = |size: usize, k: usize, out: usize| {
+            stride > 0 && size + 2 * padding >= k && (size + 2 * padding - k) / stride + 1 == out
+        };
+        if !ok(g.h, g.kh, g.ho) || !ok(g.w, g.kw, g.wo) || y[0] != x[0] {
+            return Err(cpu_err(format!("{what}: inconsistent geometry {g:?}")));
+        }
+        Ok(g)
+    }
+
+    /// Whether the convolution is a plain matrix product over pixels: 1x1, stride 1, no padding.
+    pub(super) fn is_pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.padding == 0
+    }
+}
+
+/// The weight `w [o, c, kh, kw]` as the matrix `[(ky, kx, c), o]` (forward, `by_input`) or `[(ky, kx, o), c]`
+/// (backward data).
+pub(super) fn repack_weight(g: &Geom, wv: &[f32], by_input: bool) -> Vec<f32> {
+    let mut m = vec![0f32; g.kh * g.kw * g.c * g.o];
+    for o in 0..g.o {
+        for c in 0..g.c {
+            for ky in 0..g.kh {
+                for kx in 0..g.kw {
+                    let tap = ky * g.kw + kx;
+                    let at = if by_input { (tap * g.c + c) * g.o + o } else { (tap * g.o + o) * g.c + c };
+                    m[at] = wv[((o * g.c + c) * g.kh + ky) * g.kw + kx];
+                }
+            }
+        }
+    }
+    m
 }
 
 /// `dst [m, n] (+)= lhs [m, k] @ rhs [k, n]`: `lhs` row stride `lrs` and column stride `lcs`, `rhs` row-major,
@@ -104,7 +142,7 @@ fn patch_gemm(k: usize, ncols: usize, b: &[f32], out: &mut [f32], fill: impl Fn(
 }
 
 /// The input patch under output pixel `row = (n, ho, wo)`, ordered `(ky, kx, c)`, zeros in the padding.
-fn fill_input_patch(g: &Geom, xs: &[f32], row: usize, p: &mut [f32]) {
+pub(super) fn fill_input_patch(g: &Geom, xs: &[f32], row: usize, p: &mut [f32]) {
     let (wo, rest) = (row % g.wo, row / g.wo);
     let (ho, n) = (rest % g.ho, rest / g.ho);
     let c = g.c;
@@ -124,7 +162,7 @@ fn fill_input_patch(g: &Geom, xs: &[f32], row: usize, p: &mut [f32]) {
 }
 
 /// The dy rows that reach input pixel `row = (n, hi, wi)`, one per tap `(ky, kx)`, zeros where none does.
-fn fill_grad_patch(g: &Geom, dys: &[f32], row: usize, p: &mut [f32]) {
+pub(super) fn fill_grad_patch(g: &Geom, dys: &[f32], row: usize, p: &mut [f32]) {
     let (wi, rest) = (row % g.w, row / g.w);
     let (hi, n) = (rest % g.h, rest / g.h);
     let (o, s) = (g.o, g.stride);
@@ -148,16 +186,6 @@ fn fill_grad_patch(g: &Geom, dys: &[f32], row: usize, p: &mut [f32]) {
     }
 }
 
-fn check_geom(what: &str, g: &Geom) -> Result<()> {
-    let ok = |size: usize, k: usize, out: usize| {
-        g.stride > 0 && size + 2 * g.padding >= k && (size + 2 * g.padding - k) / g.stride + 1 == out
-    };
-    if !ok(g.h, g.kh, g.ho) || !ok(g.w, g.kw, g.wo) {
-        return Err(cpu_err(format!("{what}: inconsistent geometry {g:?}")));
-    }
-    Ok(())
-}
-
 pub(super) fn conv2d(
     stride: usize,
     padding: usize,
@@ -168,21 +196,7 @@ pub(super) fn conv2d(
     out_bytes: &mut [u8],
 ) -> Result<()> {
     require_float("conv2d", &[x, w, out])?;
-    let (xs_, ws_, os) = (x.shape, w.shape, out.shape);
-    let g = Geom {
-        n: xs_[0],
-        h: xs_[1],
-        w: xs_[2],
-        c: xs_[3],
-        ho: os[1],
-        wo: os[2],
-        o: ws_[0],
-        kh: ws_[2],
-        kw: ws_[3],
-        stride,
-        padding,
-    };
-    check_geom("conv2d", &g)?;
+    let g = Geom::new("conv2d", x.shape, out.shape, w.shape[2], w.shape[3], stride, padding)?;
     let (xs, wv) = (floats(x), floats(w));
     let bv = match bias {
         Some(b) => {
@@ -192,17 +206,7 @@ pub(super) fn conv2d(
         None => None,
     };
     let k = g.kh * g.kw * g.c;
-    // Wt [(ky, kx, c), o] = w[o, c, ky, kx].
-    let mut wt = vec![0f32; k * g.o];
-    for o in 0..g.o {
-        for c in 0..g.c {
-            for ky in 0..g.kh {
-                for kx in 0..g.kw {
-                    wt[((ky * g.kw + kx) * g.c + c) * g.o + o] = wv[((o * g.c + c) * g.kh + ky) * g.kw + kx];
-                }
-            }
-        }
-    }
+    let wt = repack_weight(&g, &wv, true);
     with_f32_out(out.dtype, out_bytes, |o| {
         patch_gemm(k, g.o, &wt, o, |row, p| fill_input_patch(&g, &xs, row, p));
         if let Some(b) = &bv {
@@ -227,34 +231,10 @@ pub(super) fn conv2d_bwd_data(
     out_bytes: &mut [u8],
 ) -> Result<()> {
     require_float("conv2d_bwd_data", &[dy, w, out])?;
-    let (ds, ws_, os) = (dy.shape, w.shape, out.shape);
-    let g = Geom {
-        n: os[0],
-        h: os[1],
-        w: os[2],
-        c: os[3],
-        ho: ds[1],
-        wo: ds[2],
-        o: ws_[0],
-        kh: ws_[2],
-        kw: ws_[3],
-        stride,
-        padding,
-    };
-    check_geom("conv2d_bwd_data", &g)?;
+    let g = Geom::new("conv2d_bwd_data", out.shape, dy.shape, w.shape[2], w.shape[3], stride, padding)?;
     let (dys, wv) = (floats(dy), floats(w));
     let k = g.kh * g.kw * g.o;
-    // W' [(ky, kx, o), c] = w[o, c, ky, kx].
-    let mut wp = vec![0f32; k * g.c];
-    for o in 0..g.o {
-        for c in 0..g.c {
-            for ky in 0..g.kh {
-                for kx in 0..g.kw {
-                    wp[((ky * g.kw + kx) * g.o + o) * g.c + c] = wv[((o * g.c + c) * g.kh + ky) * g.kw + kx];
-                }
-            }
-        }
-    }
+    let wp = repack_weight(&g, &wv, false);
     with_f32_out(out.dtype, out_bytes, |o| {
         patch_gemm(k, g.c, &wp, o, |row, p| fill_grad_patch(&g, &dys, row, p));
         Ok(())
@@ -270,21 +250,7 @@ pub(super) fn conv2d_bwd_weight(
     out_bytes: &mut [u8],
 ) -> Result<()> {
     require_float("conv2d_bwd_weight", &[x, dy, out])?;
-    let (xs_, ds, os) = (x.shape, dy.shape, out.shape);
-    let g = Geom {
-        n: xs_[0],
-        h: xs_[1],
-        w: xs_[2],
-        c: xs_[3],
-        ho: ds[1],
-        wo: ds[2],
-        o: os[0],
-        kh: os[2],
-        kw: os[3],
-        stride,
-        padding,
-    };
-    check_geom("conv2d_bwd_weight", &g)?;
+    let g = Geom::new("conv2d_bwd_weight", x.shape, dy.shape, out.shape[2], out.shape[3], stride, padding)?;
     let (xs, dys) = (floats(x), floats(dy));
     let k = g.kh * g.kw * g.c;
     let m = g.n * g.ho * g.wo;

@@ -167,10 +167,18 @@ pub fn bench_cases() -> Vec<(Case, Work)> {
     v.push((bwd_data_case(f16, x, 320, 3, 1, 1), Work::Flops(conv_flops(x, 320, 3, 1, 1))));
     v.push((bwd_weight_case(f16, x, 320, 3, 1, 1), Work::Flops(conv_flops(x, 320, 3, 1, 1))));
     v.push((bwd_data_case(DType::BF16, x, 320, 3, 2, 1), Work::Flops(conv_flops(x, 320, 3, 2, 1))));
+    // f32 at SD's 64x64 x 320 level (the CPU engine's case) and at 32x32.
+    for x in [[2, 64, 64, 320], [2, 32, 32, 320]] {
+        v.push((conv_case(DType::F32, x, 320, 3, 1, 1, true), Work::Flops(conv_flops(x, 320, 3, 1, 1))));
+        v.push((bwd_data_case(DType::F32, x, 320, 3, 1, 1), Work::Flops(conv_flops(x, 320, 3, 1, 1))));
+        v.push((bwd_weight_case(DType::F32, x, 320, 3, 1, 1), Work::Flops(conv_flops(x, 320, 3, 1, 1))));
+    }
+    // f32 1x1 shortcut and stride-2 downsample.
     let x = [2, 32, 32, 320];
-    v.push((conv_case(DType::F32, x, 320, 3, 1, 1, true), Work::Flops(conv_flops(x, 320, 3, 1, 1))));
-    v.push((bwd_data_case(DType::F32, x, 320, 3, 1, 1), Work::Flops(conv_flops(x, 320, 3, 1, 1))));
-    v.push((bwd_weight_case(DType::F32, x, 320, 3, 1, 1), Work::Flops(conv_flops(x, 320, 3, 1, 1))));
+    v.push((conv_case(DType::F32, x, 640, 1, 1, 0, true), Work::Flops(conv_flops(x, 640, 1, 1, 0))));
+    let x = [2, 64, 64, 320];
+    v.push((conv_case(DType::F32, x, 320, 3, 2, 1, true), Work::Flops(conv_flops(x, 320, 3, 2, 1))));
+    v.push((bwd_data_case(DType::F32, x, 320, 3, 2, 1), Work::Flops(conv_flops(x, 320, 3, 2, 1))));
     // Upsampling before the UNet's up blocks: [2, 32, 32, 640] -> [2, 64, 64, 640], and its gradient.
     let x = [2, 32, 32, 640];
     let n: usize = x.iter().product();
@@ -203,5 +211,42 @@ fn grad_cases() -> Vec<Case> {
         Case::grad("conv2d_bwd_weight as a forward op", &[(&[1, 5, 4, 2], Gen::Normal), (&[1, 3, 2, 3], Gen::Normal)], |g, x| {
             g.push(Op::Conv2dBwdWeight { stride: 2, padding: 1, kh: 3, kw: 3 }, &[x[0], x[1]])
         }),
+    ]
+}
+
+/// Larger cases for the CPU fast path only (`ops::cpu_fast_cases`): rows that cross its patch tile (8 MiB of
+/// patch: 3584 rows of 576 = 9 x 64 elements, so 4608 rows are two tiles), 1x1 products of 8192 rows, stride 2,
+/// f16 and bf16, each of the three ops.
+///
+/// f32 tolerance where a sum runs over many products (K = 576 for the forward and backward-data 3x3 cases,
+/// K = 4608 / 8192 pixels for the weight gradients): both sides sum in f32 but in different blocks (`gemm`'s
+/// depth blocking depends on the product's shape and on the machine's SIMD width, and the reference adds
+/// 128-row blocks in f64), so they differ by f32 rounding of the partial sums. For sums of K products of
+/// normal values the partial sums grow like sqrt(i), so each side's error has a standard deviation of about
+/// 2^-24 * K / sqrt(6) (sequential order; blocked sums do better), their difference about 3.4e-8 * K, and
+/// the largest over 1e5 results about 5 of those: an absolute floor of 2e-7 * K (seen: 7.6e-5 at K = 576,
+/// 2.9e-4 at K = 4608). Relative 1e-5 as `for_dtype`.
+pub fn fast_cases() -> Vec<Case> {
+    let f32_tol = |k: usize| Tol { atol: 2e-7 * k as f32, rtol: 1e-5 };
+    let (f32, f16, bf16) = (DType::F32, DType::F16, DType::BF16);
+    let with = |mut c: Case, tol: Tol| {
+        c.tol = tol;
+        c
+    };
+    vec![
+        with(conv_case(f32, [2, 48, 48, 64], 32, 3, 1, 1, true), f32_tol(576)),
+        with(conv_case(f32, [2, 64, 64, 48], 40, 1, 1, 0, true), f32_tol(48)),
+        conv_case(f16, [1, 40, 40, 32], 24, 3, 2, 1, true),
+        conv_case(bf16, [2, 64, 64, 16], 24, 1, 1, 0, false),
+        with(bwd_data_case(f32, [2, 48, 48, 32], 64, 3, 1, 1), f32_tol(576)),
+        with(bwd_data_case(f32, [2, 64, 64, 40], 48, 1, 1, 0), f32_tol(48)),
+        bwd_data_case(bf16, [1, 41, 40, 24], 16, 3, 2, 1),
+        with(bwd_data_case(f32, [2, 33, 32, 24], 40, 3, 2, 1), f32_tol(4 * 40)),
+        with(bwd_data_case(f32, [1, 10, 11, 8], 8, 3, 3, 1), f32_tol(72)),
+        with(bwd_data_case(f32, [1, 9, 9, 8], 8, 1, 2, 0), f32_tol(8)),
+        with(bwd_weight_case(f32, [2, 48, 48, 64], 32, 3, 1, 1), f32_tol(4608)),
+        with(bwd_weight_case(f32, [2, 64, 64, 48], 40, 1, 1, 0), f32_tol(8192)),
+        bwd_weight_case(f16, [1, 40, 40, 32], 24, 3, 2, 1),
+        bwd_weight_case(bf16, [2, 64, 64, 16], 24, 1, 1, 0),
     ]
 }
