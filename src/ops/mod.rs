@@ -40,8 +40,12 @@ pub mod sd_misc;
 /// `backend::cpu::run_op_mode` after it has checked the call. A family's fast code lives in its `fast.rs` and is
 /// checked against the reference by the parity suite run on the `cpu` backend (`tests/cpu_fast.rs`).
 pub(crate) fn run_cpu_fast(op: &Op, ins: &[View], out: &View, out_bytes: &mut [u8]) -> Option<Result<()>> {
-    let _ = (ins, out, out_bytes);
     match op {
+        Op::GroupNorm { .. } | Op::GroupNormBwd { .. } => groupnorm::fast::run(op, ins, out, out_bytes),
+        Op::Softmax { .. } | Op::SoftmaxBwd { .. } | Op::LayerNorm { .. } | Op::LayerNormBwd { .. } => {
+            norm::fast::run(op, ins, out, out_bytes)
+        }
+        Op::Geglu | Op::GegluBwd => sd_misc::fast::run(op, ins, out, out_bytes),
         _ => None,
     }
 }
