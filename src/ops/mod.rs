@@ -46,6 +46,7 @@ pub(crate) fn run_cpu_fast(op: &Op, ins: &[View], out: &View, out_bytes: &mut [u
             norm::fast::run(op, ins, out, out_bytes)
         }
         Op::Geglu | Op::GegluBwd => sd_misc::fast::run(op, ins, out, out_bytes),
+        Op::Unary(_) | Op::UnaryBwd(_) => elementwise::fast::run(op, ins, out, out_bytes),
         _ => None,
     }
 }
@@ -53,7 +54,12 @@ pub(crate) fn run_cpu_fast(op: &Op, ins: &[View], out: &View, out_bytes: &mut [u
 /// Extra parity cases for the CPU fast paths only (run by `tests/cpu_fast.rs` with every parity case): shapes
 /// large enough to cross a fast path's block and thread boundaries, too slow for the emulator.
 pub fn cpu_fast_cases() -> Vec<Case> {
-    Vec::new()
+    let mut v = Vec::new();
+    v.extend(groupnorm::parity::cpu_fast_cases());
+    v.extend(norm::parity::cpu_fast_cases());
+    v.extend(sd_misc::parity::cpu_fast_cases());
+    v.extend(elementwise::parity::cpu_fast_cases());
+    v
 }
 
 pub use elementwise::{BinaryOp, UnaryOp};

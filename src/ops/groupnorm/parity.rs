@@ -89,3 +89,17 @@ fn grad_cases() -> Vec<Case> {
     }
     v
 }
+
+/// Cases for the CPU fast path only (`ops::cpu_fast_cases`): several statistics tasks per sample (`fast.rs`
+/// cuts a sample into tasks of 2^15 elements and runs of 32 pixels), many groups, f16/bf16, with and without
+/// SiLU.
+pub(crate) fn cpu_fast_cases() -> Vec<Case> {
+    let mut v = Vec::new();
+    for bwd in [false, true] {
+        v.push(group_norm_case(DType::F32, &[2, 32, 32, 320], 32, true, bwd));
+        v.push(group_norm_case(DType::F32, &[1, 33, 41, 96], 3, false, bwd));
+        v.push(group_norm_case(DType::F16, &[2, 24, 24, 128], 32, true, bwd));
+        v.push(group_norm_case(DType::BF16, &[1, 70, 70, 64], 32, true, bwd));
+    }
+    v
+}

@@ -86,6 +86,20 @@ fn layer_norm_bwd(eps: f32, ins: &[View], out: &View, out_bytes: &mut [u8], d: u
     });
 }
 
+/// `sum(a[i] * b[i])` in f64 with 8 independent lanes.
+#[inline]
+fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
+    let mut acc = [0f64; 8];
+    let (mut ia, mut ib) = (a.chunks_exact(8), b.chunks_exact(8));
+    for (ca, cb) in (&mut ia).zip(&mut ib) {
+        for ((s, &x), &y) in acc.iter_mut().zip(ca).zip(cb) {
+            *s += x as f64 * y as f64;
+        }
+    }
+    let tail: f64 = ia.remainder().iter().zip(ib.remainder()).map(|(&x, &y)| x as f64 * y as f64).sum();
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
 /// Largest value of a row, NaNs skipped (as the reference; a NaN still makes its row NaN through the sum).
 #[inline]
 fn row_max(x: &[f32]) -> f32 {
@@ -125,7 +139,9 @@ fn softmax_bwd(ins: &[View], out: &View, out_bytes: &mut [u8], d: usize) {
         for (r, dx) in dxs.chunks_exact_mut(d).enumerate() {
             let at = (row0 + r) * d;
             let (yr, gr) = (y.get(at, d, &mut yb), dy.get(at, d, &mut gb));
-            let s = dot(yr, gr);
+            // In f64: y * (dy - s) keeps the absolute error of s, which an f32 sum of a long row (s up to
+            // ~sqrt(len) with cancellation) makes larger than the tolerance.
+            let s = dot_f64(yr, gr) as f32;
             for ((dv, &yv), &gv) in dx.iter_mut().zip(yr).zip(gr) {
                 *dv = yv * (gv - s);
             }

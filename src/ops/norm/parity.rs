@@ -114,3 +114,18 @@ fn grad_cases() -> Vec<Case> {
     }));
     v
 }
+
+/// Cases for the CPU fast path only (`ops::cpu_fast_cases`): many rows over several threads, rows longer than
+/// the 16 summation lanes with a remainder, f16/bf16, SD's widths.
+pub(crate) fn cpu_fast_cases() -> Vec<Case> {
+    let mut v = Vec::new();
+    for bwd in [false, true] {
+        for dt in DTYPES {
+            v.push(softmax_case(dt, &[600, 1031], 1, bwd));
+            v.push(layer_norm_case(dt, &[2, 500, 1280], true, bwd));
+        }
+        v.push(layer_norm_case(DType::F32, &[4000, 77], false, bwd));
+        v.push(softmax_case(DType::F32, &[2, 8, 64, 77], 3, bwd));
+    }
+    v
+}

@@ -72,3 +72,21 @@ fn grad_cases() -> Vec<Case> {
         }),
     ]
 }
+
+/// Cases for the CPU fast path only (`ops::cpu_fast_cases`): many rows, SD's width, and gates far into both
+/// tails of the erf.
+pub(crate) fn cpu_fast_cases() -> Vec<Case> {
+    let mut v = Vec::new();
+    for dt in DTYPES {
+        for bwd in [false, true] {
+            v.push(geglu_case(dt, &[2, 256, 2 * 1280], bwd));
+        }
+    }
+    for bwd in [false, true] {
+        let mut c = geglu_case(DType::F32, &[300, 2 * 333], bwd);
+        c.inputs[0].2 = Gen::Uniform(-12.0, 12.0);
+        c.name = format!("{} wide gates", c.name);
+        v.push(c);
+    }
+    v
+}
