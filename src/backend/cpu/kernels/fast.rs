@@ -227,6 +227,8 @@ mod tests {
 
     #[test]
     fn gelu_and_its_derivative_match_f64() {
+        // Relative error, except far in the negative tail (|x| > 7, values below 1e-11), where e^(-x^2 / 2)
+        // inherits the rounding of x^2 (a few 1e-6 relative): there an absolute 1e-10 is allowed.
         let (mut worst, mut worst_d) = (0f64, 0f64);
         for i in 0..100_000 {
             let x = -14.0 + 28.0 * i as f32 / 100_000.0;
@@ -234,12 +236,12 @@ mod tests {
             let cdf = 0.5 * libm::erfc(-xd * std::f64::consts::FRAC_1_SQRT_2);
             let want = xd * cdf;
             let want_d = cdf + xd * (-0.5 * xd * xd).exp() / (2.0 * std::f64::consts::PI).sqrt();
-            // Relative error, with an absolute floor far below the parity tolerances.
-            worst = worst.max((gelu(x) as f64 - want).abs() / want.abs().max(1e-30).max(1e-12));
-            worst_d = worst_d.max((gelu_deriv(x) as f64 - want_d).abs() / want_d.abs().max(1e-12));
+            worst = worst.max((gelu(x) as f64 - want).abs() / (want.abs() + 1e-10 / 2e-6));
+            // gelu' crosses 0 near x = -0.75 as the difference of two terms near 0.23: an absolute 1e-7 there.
+            worst_d = worst_d.max((gelu_deriv(x) as f64 - want_d).abs() / (want_d.abs() + 1e-7 / 2e-6));
         }
-        assert!(worst < 3e-6, "gelu: worst relative error {worst}");
-        assert!(worst_d < 3e-6, "gelu': worst relative error {worst_d}");
+        assert!(worst < 2e-6, "gelu: worst relative error {worst}");
+        assert!(worst_d < 2e-6, "gelu': worst relative error {worst_d}");
     }
 
     #[test]
