@@ -74,6 +74,9 @@ pub fn bench_cases() -> Vec<(Case, Work)> {
     }
     let n = 2 * 64 * 64 * 320;
     v.push((group_norm_case(DType::F32, &[2, 64, 64, 320], 32, false, false), Work::Bytes((2 * n * 4) as u64)));
+    // f32 with SiLU, forward and backward: the CPU engine's case (what PyTorch on the CPU is timed at).
+    v.push((group_norm_case(DType::F32, &[2, 64, 64, 320], 32, true, false), Work::Bytes((2 * n * 4) as u64)));
+    v.push((group_norm_case(DType::F32, &[2, 64, 64, 320], 32, true, true), Work::Bytes((3 * n * 4) as u64)));
     v
 }
 

@@ -88,6 +88,10 @@ pub fn bench_cases() -> Vec<(Case, Work)> {
     // Backward passes (x, w, dy in; dx out) and the column variants (softmax over a non-last axis).
     let (rows, d) = (2 * 4096usize, 320usize);
     v.push((layer_norm_case(DType::F16, &[rows, d], true, true), Work::Bytes((4 * rows * d * 2) as u64)));
+    // f32 (the CPU engine's case): SD's widest layer norm, a softmax over 1024 keys.
+    let (rows, d) = (8192usize, 1280usize);
+    v.push((layer_norm_case(DType::F32, &[rows, d], true, false), Work::Bytes((2 * rows * d * 4) as u64)));
+    v.push((softmax_case(DType::F32, &[16384, 1024], 1, false), Work::Bytes((2 * 16384 * 1024 * 4) as u64)));
     let (r, k) = (8 * 4096usize, 4096usize);
     v.push((softmax_case(DType::F16, &[r, k], 1, true), Work::Bytes((3 * r * k * 2) as u64)));
     v.push((softmax_case(DType::F16, &[16, 4096, 77], 1, false), Work::Bytes((2 * 16 * 4096 * 77 * 2) as u64)));

@@ -54,6 +54,7 @@ pub fn bench_cases() -> Vec<(Case, Work)> {
     let (rows, c) = (2 * 4096usize, 1280usize);
     v.push((geglu_case(DType::F16, &[2, 4096, 2 * c], false), Work::Bytes((3 * rows * c * 2) as u64)));
     v.push((geglu_case(DType::F16, &[2, 4096, 2 * c], true), Work::Bytes((6 * rows * c * 2) as u64)));
+    v.push((geglu_case(DType::F32, &[2, 4096, 2 * c], false), Work::Bytes((3 * rows * c * 4) as u64)));
     // Timestep embedding for a batch of 2 (SD).
     v.push((timestep_case(DType::F32, 2, 320, true, 0.0), Work::Bytes((2 * 4 + 2 * 320 * 4) as u64)));
     v
