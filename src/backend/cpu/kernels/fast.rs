@@ -254,3 +254,51 @@ mod tests {
         assert_eq!(dot(&xs, &ys), want);
     }
 }
+
+#[cfg(test)]
+mod thread_tests {
+    use crate::backend::cpu::kernels::test_util::{bytes_of, rand_vals};
+    use crate::backend::cpu::kernels::{CpuMode, View, run_op_mode};
+    use crate::ops::{Op, UnaryOp};
+    use crate::tensor::{DType, numel};
+
+    /// The fast path's bytes for `op` on f32 inputs, with `threads` rayon threads.
+    fn fast_bytes(threads: usize, op: &Op, ins: &[(&[usize], Vec<f32>)], out_shape: &[usize]) -> Vec<u8> {
+        let raw: Vec<Vec<u8>> = ins.iter().map(|(_, v)| bytes_of(DType::F32, v)).collect();
+        let views: Vec<View> = ins.iter().zip(&raw).map(|((s, _), b)| View { shape: s, dtype: DType::F32, data: b }).collect();
+        let mut out = vec![0u8; numel(out_shape) * 4];
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            run_op_mode(CpuMode::Fast, op, &views, &View { shape: out_shape, dtype: DType::F32, data: &[] }, &mut out)
+        })
+        .unwrap();
+        out
+    }
+
+    #[test]
+    fn fast_paths_do_not_depend_on_thread_count() {
+        let x: &[usize] = &[2, 40, 40, 64];
+        let n = numel(x);
+        let c: &[usize] = &[64];
+        let rows: &[usize] = &[700, 300];
+        let cases: Vec<(Op, Vec<(&[usize], Vec<f32>)>, Vec<usize>)> = vec![
+            (
+                Op::GroupNorm { groups: 8, eps: 1e-5, silu: true },
+                vec![(x, rand_vals(n, 1)), (c, rand_vals(64, 2)), (c, rand_vals(64, 3))],
+                x.to_vec(),
+            ),
+            (
+                Op::GroupNormBwd { groups: 8, eps: 1e-5, silu: true },
+                vec![(x, rand_vals(n, 1)), (c, rand_vals(64, 2)), (c, rand_vals(64, 3)), (x, rand_vals(n, 4))],
+                x.to_vec(),
+            ),
+            (Op::LayerNorm { eps: 1e-5, affine: false }, vec![(rows, rand_vals(210_000, 5))], rows.to_vec()),
+            (Op::Softmax { axis: 1 }, vec![(rows, rand_vals(210_000, 6))], rows.to_vec()),
+            (Op::Geglu, vec![(rows, rand_vals(210_000, 7))], vec![700, 150]),
+            (Op::Unary(UnaryOp::Gelu), vec![(rows, rand_vals(210_000, 8))], rows.to_vec()),
+        ];
+        for (op, ins, out) in &cases {
+            assert_eq!(fast_bytes(1, op, ins, out), fast_bytes(3, op, ins, out), "{op:?}");
+        }
+    }
+}
