@@ -14,7 +14,7 @@ const QUICK_GELU_K: f32 = 1.702;
 /// Elements handled per call of the inner loops (decoded, computed and encoded together).
 const BLOCK: usize = 4096;
 
-/// f(x) and f'(x) of the ops this path computes; `None` for the rest.
+/// Whether this path computes `u` (and its gradient).
 fn handled(u: UnaryOp) -> bool {
     matches!(u, UnaryOp::Exp | UnaryOp::Sigmoid | UnaryOp::Silu | UnaryOp::Gelu | UnaryOp::QuickGelu)
 }
