@@ -42,6 +42,12 @@ pub mod sd_misc;
 pub(crate) fn run_cpu_fast(op: &Op, ins: &[View], out: &View, out_bytes: &mut [u8]) -> Option<Result<()>> {
     match op {
         Op::Conv2d { .. } | Op::Conv2dBwdData { .. } | Op::Conv2dBwdWeight { .. } => conv::fast::run(op, ins, out, out_bytes),
+        Op::GroupNorm { .. } | Op::GroupNormBwd { .. } => groupnorm::fast::run(op, ins, out, out_bytes),
+        Op::Softmax { .. } | Op::SoftmaxBwd { .. } | Op::LayerNorm { .. } | Op::LayerNormBwd { .. } => {
+            norm::fast::run(op, ins, out, out_bytes)
+        }
+        Op::Geglu | Op::GegluBwd => sd_misc::fast::run(op, ins, out, out_bytes),
+        Op::Unary(_) | Op::UnaryBwd(_) => elementwise::fast::run(op, ins, out, out_bytes),
         _ => None,
     }
 }
@@ -50,7 +56,11 @@ pub(crate) fn run_cpu_fast(op: &Op, ins: &[View], out: &View, out_bytes: &mut [u
 /// large enough to cross a fast path's block and thread boundaries, too slow for the emulator.
 pub fn cpu_fast_cases() -> Vec<Case> {
     let mut v = Vec::new();
-    v.extend(conv::parity::fast_cases());
+    v.extend(conv::parity::cpu_fast_cases());
+    v.extend(groupnorm::parity::cpu_fast_cases());
+    v.extend(norm::parity::cpu_fast_cases());
+    v.extend(sd_misc::parity::cpu_fast_cases());
+    v.extend(elementwise::parity::cpu_fast_cases());
     v
 }
 

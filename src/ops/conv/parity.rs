@@ -226,7 +226,7 @@ fn grad_cases() -> Vec<Case> {
 /// 2^-24 * K / sqrt(6) (sequential order; blocked sums do better), their difference about 3.4e-8 * K, and
 /// the largest over 1e5 results about 5 of those: an absolute floor of 2e-7 * K (seen: 7.6e-5 at K = 576,
 /// 2.9e-4 at K = 4608). Relative 1e-5 as `for_dtype`.
-pub fn fast_cases() -> Vec<Case> {
+pub(crate) fn cpu_fast_cases() -> Vec<Case> {
     let f32_tol = |k: usize| Tol { atol: 2e-7 * k as f32, rtol: 1e-5 };
     let (f32, f16, bf16) = (DType::F32, DType::F16, DType::BF16);
     let with = |mut c: Case, tol: Tol| {

@@ -4,6 +4,7 @@
 //! and gradient-check cases in `parity.rs`.
 
 pub mod cpu;
+pub(crate) mod fast;
 pub mod launch;
 pub mod parity;
 

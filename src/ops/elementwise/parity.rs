@@ -322,3 +322,29 @@ fn grad_cases() -> Vec<Case> {
     }));
     v
 }
+
+/// Cases for the CPU fast path only (`ops::cpu_fast_cases`): the transcendental unary ops on many blocks and
+/// threads, over wide ranges (both tails of sigmoid and erf, exp near its overflow and underflow).
+pub(crate) fn cpu_fast_cases() -> Vec<Case> {
+    let mut v = Vec::new();
+    let shape = vec![300, 1001];
+    let ops = [
+        (UnaryOp::Exp, Gen::Uniform(-85.0, 85.0)),
+        (UnaryOp::Sigmoid, Gen::Uniform(-30.0, 30.0)),
+        (UnaryOp::Silu, Gen::Uniform(-30.0, 30.0)),
+        (UnaryOp::Gelu, Gen::Uniform(-12.0, 12.0)),
+        (UnaryOp::QuickGelu, Gen::Uniform(-30.0, 30.0)),
+    ];
+    for (u, draw) in ops {
+        for dt in [DType::F32, DType::BF16] {
+            v.push(Case::new(format!("unary {u:?} {dt} {shape:?} wide"), vec![(shape.clone(), dt, draw)], Tol::for_dtype(dt), &[], move |g, x| {
+                g.unary(u, x[0])
+            }));
+            let ins = vec![(shape.clone(), dt, draw), (shape.clone(), dt, Gen::Normal)];
+            v.push(Case::new(format!("unary_bwd {u:?} {dt} {shape:?} wide"), ins, Tol::for_dtype(dt), &[], move |g, x| {
+                g.push(Op::UnaryBwd(u), &[x[0], x[1]])
+            }));
+        }
+    }
+    v
+}

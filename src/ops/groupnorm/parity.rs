@@ -74,6 +74,9 @@ pub fn bench_cases() -> Vec<(Case, Work)> {
     }
     let n = 2 * 64 * 64 * 320;
     v.push((group_norm_case(DType::F32, &[2, 64, 64, 320], 32, false, false), Work::Bytes((2 * n * 4) as u64)));
+    // f32 with SiLU, forward and backward: the CPU engine's case (what PyTorch on the CPU is timed at).
+    v.push((group_norm_case(DType::F32, &[2, 64, 64, 320], 32, true, false), Work::Bytes((2 * n * 4) as u64)));
+    v.push((group_norm_case(DType::F32, &[2, 64, 64, 320], 32, true, true), Work::Bytes((3 * n * 4) as u64)));
     v
 }
 
@@ -86,6 +89,20 @@ fn grad_cases() -> Vec<Case> {
         v.push(Case::grad(format!("group_norm silu={silu}"), ins, move |g, x| {
             g.push(Op::GroupNorm { groups: 3, eps, silu }, &[x[0], x[1], x[2]])
         }));
+    }
+    v
+}
+
+/// Cases for the CPU fast path only (`ops::cpu_fast_cases`): several statistics tasks per sample (`fast.rs`
+/// cuts a sample into tasks of 2^15 elements and runs of 32 pixels), many groups, f16/bf16, with and without
+/// SiLU.
+pub(crate) fn cpu_fast_cases() -> Vec<Case> {
+    let mut v = Vec::new();
+    for bwd in [false, true] {
+        v.push(group_norm_case(DType::F32, &[2, 32, 32, 320], 32, true, bwd));
+        v.push(group_norm_case(DType::F32, &[1, 33, 41, 96], 3, false, bwd));
+        v.push(group_norm_case(DType::F16, &[2, 24, 24, 128], 32, true, bwd));
+        v.push(group_norm_case(DType::BF16, &[1, 70, 70, 64], 32, true, bwd));
     }
     v
 }

@@ -88,6 +88,10 @@ pub fn bench_cases() -> Vec<(Case, Work)> {
     // Backward passes (x, w, dy in; dx out) and the column variants (softmax over a non-last axis).
     let (rows, d) = (2 * 4096usize, 320usize);
     v.push((layer_norm_case(DType::F16, &[rows, d], true, true), Work::Bytes((4 * rows * d * 2) as u64)));
+    // f32 (the CPU engine's case): SD's widest layer norm, a softmax over 1024 keys.
+    let (rows, d) = (8192usize, 1280usize);
+    v.push((layer_norm_case(DType::F32, &[rows, d], true, false), Work::Bytes((2 * rows * d * 4) as u64)));
+    v.push((softmax_case(DType::F32, &[16384, 1024], 1, false), Work::Bytes((2 * 16384 * 1024 * 4) as u64)));
     let (r, k) = (8 * 4096usize, 4096usize);
     v.push((softmax_case(DType::F16, &[r, k], 1, true), Work::Bytes((3 * r * k * 2) as u64)));
     v.push((softmax_case(DType::F16, &[16, 4096, 77], 1, false), Work::Bytes((2 * 16 * 4096 * 77 * 2) as u64)));
@@ -112,5 +116,20 @@ fn grad_cases() -> Vec<Case> {
     v.push(Case::grad("layer_norm affine", &[(&[2, 3, 6], Gen::Normal), (&[6], Gen::Normal), (&[6], Gen::Normal)], |g, x| {
         g.layer_norm(x[0], Some((x[1], x[2])), 1e-5)
     }));
+    v
+}
+
+/// Cases for the CPU fast path only (`ops::cpu_fast_cases`): many rows over several threads, rows longer than
+/// the 16 summation lanes with a remainder, f16/bf16, SD's widths.
+pub(crate) fn cpu_fast_cases() -> Vec<Case> {
+    let mut v = Vec::new();
+    for bwd in [false, true] {
+        for dt in DTYPES {
+            v.push(softmax_case(dt, &[600, 1031], 1, bwd));
+            v.push(layer_norm_case(dt, &[2, 500, 1280], true, bwd));
+        }
+        v.push(layer_norm_case(DType::F32, &[4000, 77], false, bwd));
+        v.push(softmax_case(DType::F32, &[2, 8, 64, 77], 3, bwd));
+    }
     v
 }

@@ -54,6 +54,7 @@ pub fn bench_cases() -> Vec<(Case, Work)> {
     let (rows, c) = (2 * 4096usize, 1280usize);
     v.push((geglu_case(DType::F16, &[2, 4096, 2 * c], false), Work::Bytes((3 * rows * c * 2) as u64)));
     v.push((geglu_case(DType::F16, &[2, 4096, 2 * c], true), Work::Bytes((6 * rows * c * 2) as u64)));
+    v.push((geglu_case(DType::F32, &[2, 4096, 2 * c], false), Work::Bytes((3 * rows * c * 4) as u64)));
     // Timestep embedding for a batch of 2 (SD).
     v.push((timestep_case(DType::F32, 2, 320, true, 0.0), Work::Bytes((2 * 4 + 2 * 320 * 4) as u64)));
     v
@@ -71,4 +72,22 @@ fn grad_cases() -> Vec<Case> {
             g.mul(e, x[0])
         }),
     ]
+}
+
+/// Cases for the CPU fast path only (`ops::cpu_fast_cases`): many rows, SD's width, and gates far into both
+/// tails of the erf.
+pub(crate) fn cpu_fast_cases() -> Vec<Case> {
+    let mut v = Vec::new();
+    for dt in DTYPES {
+        for bwd in [false, true] {
+            v.push(geglu_case(dt, &[2, 256, 2 * 1280], bwd));
+        }
+    }
+    for bwd in [false, true] {
+        let mut c = geglu_case(DType::F32, &[300, 2 * 333], bwd);
+        c.inputs[0].2 = Gen::Uniform(-12.0, 12.0);
+        c.name = format!("{} wide gates", c.name);
+        v.push(c);
+    }
+    v
 }

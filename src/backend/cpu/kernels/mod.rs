@@ -7,9 +7,10 @@
 //!
 //! The code of each op lives with its family, in `ops/<family>/cpu.rs`; this file checks a call and
 //! dispatches it ([`run_op`]), and holds what those files share: [`View`], decoding and encoding, the
-//! parallel chunking, `walk` (strided iteration) and `scratch` (reused buffers). `optim` is AdamW and the sum of
+//! parallel chunking, `walk` (strided iteration), `scratch` (reused buffers) and `fast` (what the fast paths share). `optim` is AdamW and the sum of
 //! squares (not graph ops).
 
+pub(crate) mod fast;
 mod optim;
 mod scratch;
 pub(crate) mod walk;
@@ -209,7 +210,7 @@ pub(crate) fn decode_into(dtype: DType, bytes: &[u8], out: &mut [f32]) {
 }
 
 /// Encodes `vals` as `dtype` into `bytes` (round to nearest even; integers truncate, saturating).
-fn encode_into(dtype: DType, vals: &[f32], bytes: &mut [u8]) {
+pub(crate) fn encode_into(dtype: DType, vals: &[f32], bytes: &mut [u8]) {
     let n = vals.len().min(bytes.len() / dtype.size());
     let (vals, bytes) = (&vals[..n], &mut bytes[..n * dtype.size()]);
     let little = cfg!(target_endian = "little");
