@@ -40,8 +40,8 @@ pub mod sd_misc;
 /// `backend::cpu::run_op_mode` after it has checked the call. A family's fast code lives in its `fast.rs` and is
 /// checked against the reference by the parity suite run on the `cpu` backend (`tests/cpu_fast.rs`).
 pub(crate) fn run_cpu_fast(op: &Op, ins: &[View], out: &View, out_bytes: &mut [u8]) -> Option<Result<()>> {
-    let _ = (ins, out, out_bytes);
     match op {
+        Op::Attention { .. } | Op::AttentionStats { .. } | Op::AttentionBwd { .. } => attention::fast::run(op, ins, out, out_bytes),
         _ => None,
     }
 }
@@ -49,7 +49,9 @@ pub(crate) fn run_cpu_fast(op: &Op, ins: &[View], out: &View, out_bytes: &mut [u
 /// Extra parity cases for the CPU fast paths only (run by `tests/cpu_fast.rs` with every parity case): shapes
 /// large enough to cross a fast path's block and thread boundaries, too slow for the emulator.
 pub fn cpu_fast_cases() -> Vec<Case> {
-    Vec::new()
+    let mut v = Vec::new();
+    v.extend(attention::parity::cpu_fast_cases());
+    v
 }
 
 pub use elementwise::{BinaryOp, UnaryOp};
