@@ -238,6 +238,11 @@ fn stats(isa: Isa, sh: &Shape, q: &[f32], k: &[f32], o_in: &[f32], dy: &[f32], s
 
 /// Query rows `[i0, i1)` of head (b, head): per row its output (`D` values) when `with_o`, else its
 /// logsumexp (natural log, one value).
+///
+/// Computed transposed, with the queries of a block along the vector lanes: `S^T = K Q^T` (`[BK, BQ]`, Q^T packed
+/// per block and pre-multiplied by `scale * log2 e`), so the running max, the rescaling and the row sums are
+/// plain vector operations over 16 queries, and `O^T += V^T P^T` (`[D, BQ]`) needs no padding of D. K and V are
+/// read in place (rows of one head are H * D apart).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn fwd_rows_generic<const F: bool, const MR: usize, const NV: usize>(
@@ -251,58 +256,74 @@ fn fwd_rows_generic<const F: bool, const MR: usize, const NV: usize>(
     i0: usize,
     i1: usize,
 ) -> Vec<f32> {
-    let (d, dp, tk) = (sh.d, sh.dp, sh.tk);
-    // Keys any of these rows sees, packed: K^T [D, nkp] (keys padded with zeros to whole vectors) and V [nk, Dp].
-    let nk = if sh.causal { tk.min(i1) } else { tk };
-    let nkp = nk.div_ceil(L) * L;
-    let kt = pack_t(sh, k, b, head, 0, nk, nkp);
-    let vr = if with_o { pack_rows(sh, v, tk, b, head, 0, nk) } else { Vec::new() };
-    let mut out = vec![0f32; (i1 - i0) * if with_o { d } else { 1 }];
-    let mut s = vec![0f32; BQ * BK];
-    let mut acc = vec![0f32; BQ * dp];
-    let (mut m, mut l) = ([NEG_INF; BQ], [0f32; BQ]);
+    let (d, tk, ld) = (sh.d, sh.tk, sh.h * sh.d);
+    let kv0 = sh.at(tk, b, 0, head);
     let c = sh.scale * LOG2E;
+    let mut out = vec![0f32; (i1 - i0) * if with_o { d } else { 1 }];
+    let mut qt = vec![0f32; d * BQ];
+    let mut st = vec![0f32; BK * BQ];
+    let mut ot = vec![0f32; if with_o { d * BQ } else { 0 }];
+    let (mut m, mut l, mut mx, mut corr) = ([NEG_INF; BQ], [0f32; BQ], [0f32; BQ], [0f32; BQ]);
     for it in (i0..i1).step_by(BQ) {
         let nq = BQ.min(i1 - it);
+        let w = nq.div_ceil(L) * L;
+        qt.fill(0.0);
+        for r in 0..nq {
+            let src = &q[sh.at(sh.tq, b, it + r, head)..][..d];
+            for (dd, &x) in src.iter().enumerate() {
+                qt[dd * BQ + r] = x * c;
+            }
+        }
         m.fill(NEG_INF);
         l.fill(0.0);
-        acc.fill(0.0);
+        ot.fill(0.0);
         let kend = if sh.causal { tk.min(it + nq) } else { tk };
         for kb in (0..kend).step_by(BK) {
             let nb = BK.min(kend - kb);
-            let nbv = nb.div_ceil(L);
-            // S = Q K^T (Q read in place: rows of one head are H * D apart).
-            matmul::<F, MR, NV>(nq, nbv, d, &q[sh.at(sh.tq, b, it, head)..], sh.h * d, 1, &kt[kb..], nkp, &mut s, BK, false);
-            for (r, row) in s.chunks_mut(BK).take(nq).enumerate() {
-                let row = &mut row[..nbv * L];
-                let mx = scale_mask_max(row, sh.visible(it + r, kb, nb), c);
-                let mn = if mx > m[r] { mx } else { m[r] };
-                if mn == NEG_INF {
-                    // Every key so far masked: nothing to add.
-                    row.fill(0.0);
-                    continue;
+            // S^T = K Q^T.
+            matmul::<F, MR, NV>(nb, w / L, d, &k[kv0 + kb * ld..], ld, 1, &qt, BQ, &mut st, BQ, false);
+            if sh.causal && kb + nb > it + 1 {
+                // Key kb + j is masked for the queries before it.
+                for (j, row) in st.chunks_mut(BQ).take(nb).enumerate() {
+                    row[..(kb + j).saturating_sub(it).min(w)].fill(NEG_INF);
                 }
-                let corr = exp2::<F>(m[r] - mn);
-                l[r] = l[r] * corr + exp_sum::<F>(row, mn);
-                m[r] = mn;
-                if with_o && corr != 1.0 {
-                    for x in &mut acc[r * dp..(r + 1) * dp] {
-                        *x *= corr;
-                    }
+            }
+            mx.copy_from_slice(&m);
+            for row in st.chunks(BQ).take(nb) {
+                for (a, &x) in mx[..w].iter_mut().zip(row) {
+                    *a = if x > *a { x } else { *a };
+                }
+            }
+            // A query with every key so far masked keeps m = -inf; subtracting 0 leaves its p and corr 0.
+            for r in 0..w {
+                let sub = if mx[r] == NEG_INF { 0.0 } else { mx[r] };
+                corr[r] = exp2::<F>(m[r] - sub);
+                l[r] *= corr[r];
+                m[r] = mx[r];
+                mx[r] = sub;
+            }
+            for row in st.chunks_mut(BQ).take(nb) {
+                for ((x, &sub), lr) in row[..w].iter_mut().zip(&mx).zip(&mut l) {
+                    *x = exp2::<F>(*x - sub);
+                    *lr += *x;
                 }
             }
             if with_o {
-                // O += P V.
-                matmul::<F, MR, NV>(nq, dp / L, nb, &s, BK, 1, &vr[kb * dp..], dp, &mut acc, dp, true);
+                for row in ot.chunks_mut(BQ) {
+                    for (x, &cr) in row[..w].iter_mut().zip(&corr) {
+                        *x *= cr;
+                    }
+                }
+                // O^T += V^T P^T.
+                matmul::<F, MR, NV>(d, w / L, nb, &v[kv0 + kb * ld..], 1, ld, &st, BQ, &mut ot, BQ, true);
             }
         }
-        // Every row sees key 0, so l >= 1.
+        // Every query sees key 0, so l >= 1.
         for r in 0..nq {
             if with_o {
                 let inv = 1.0 / l[r];
-                let dst = &mut out[(it - i0 + r) * d..][..d];
-                for (x, &a) in dst.iter_mut().zip(&acc[r * dp..]) {
-                    *x = a * inv;
+                for (dd, x) in out[(it - i0 + r) * d..][..d].iter_mut().enumerate() {
+                    *x = ot[dd * BQ + r] * inv;
                 }
             } else {
                 out[it - i0 + r] = (m[r] + l[r].log2()) * std::f32::consts::LN_2;
@@ -589,10 +610,10 @@ unsafe fn tile<const F: bool, const R: usize, const V: usize>(
     }
 }
 
-/// `2^x` to within about 2 ulp (0 below -126; NaN stays NaN), in operations that vectorise: `x = n + f` with
-/// `n` an integer (rounded with the 1.5 * 2^23 trick, which leaves it in the low mantissa bits) and
-/// `|f| <= 1/2`, `2^f` by its Taylor series to degree 7 (truncation error below 6e-9), `2^n` built in the
-/// exponent bits.
+/// `2^x` to within about 2 ulp for `-126 <= x <= 126` (0 below, `2^126` above, NaN stays NaN), in operations that
+/// vectorise: `x = n + f` with `n` an integer (rounded with the 1.5 * 2^23 trick, which leaves it in the low
+/// mantissa bits) and `|f| <= 1/2`, `2^f` by its Taylor series to degree 7 (truncation error below 6e-9), `2^n`
+/// built in the exponent bits. Below -126 (and at -inf) the integer part is garbage and the select returns 0.
 #[inline(always)]
 fn exp2<const F: bool>(x: f32) -> f32 {
     const SHIFT: f32 = 12_582_912.0;
@@ -607,7 +628,7 @@ fn exp2<const F: bool>(x: f32) -> f32 {
         0.000_154_035_3,
         0.000_015_252_734,
     ];
-    let xc = x.clamp(-126.0, 126.0);
+    let xc = if x > 126.0 { 126.0 } else { x };
     let t = xc + SHIFT;
     let n = t - SHIFT;
     let f = xc - n;
@@ -615,7 +636,7 @@ fn exp2<const F: bool>(x: f32) -> f32 {
     for &ci in C[..7].iter().rev() {
         p = fma::<F>(p, f, ci);
     }
-    let e = (t.to_bits().wrapping_sub(SHIFT.to_bits()) as i32 + 127) as u32;
+    let e = (t.to_bits().wrapping_sub(SHIFT.to_bits()) as i32).wrapping_add(127) as u32;
     let r = p * f32::from_bits(e << 23);
     if x < -126.0 { 0.0 } else { r }
 }
@@ -631,36 +652,6 @@ fn sum_lanes(mut s: [f32; L]) -> f32 {
         w /= 2;
     }
     s[0]
-}
-
-/// Scales `row[..valid]` by `c`, masks the rest to `-inf` and returns the row's max (NaN ignored, as the
-/// reference's `f64::max`). `row.len()` is a multiple of 16.
-#[inline(always)]
-fn scale_mask_max(row: &mut [f32], valid: usize, c: f32) -> f32 {
-    for x in &mut row[..valid] {
-        *x *= c;
-    }
-    row[valid..].fill(NEG_INF);
-    let mut m = [NEG_INF; L];
-    for ch in row.chunks_exact(L) {
-        for (a, &x) in m.iter_mut().zip(ch) {
-            *a = if x > *a { x } else { *a };
-        }
-    }
-    m.iter().fold(NEG_INF, |a, &x| if x > a { x } else { a })
-}
-
-/// `row = 2^(row - m)` in place; returns the row's sum. `row.len()` is a multiple of 16.
-#[inline(always)]
-fn exp_sum<const F: bool>(row: &mut [f32], m: f32) -> f32 {
-    let mut s = [0f32; L];
-    for ch in row.chunks_exact_mut(L) {
-        for (a, x) in s.iter_mut().zip(ch) {
-            *x = exp2::<F>(*x - m);
-            *a += *x;
-        }
-    }
-    sum_lanes(s)
 }
 
 /// `sum a_i b_i` in f32, 16 lanes then a fixed-order reduction.
@@ -790,6 +781,8 @@ mod tests {
         assert_eq!(exp2::<false>(f32::NEG_INFINITY), 0.0);
         assert_eq!(exp2::<false>(-200.0), 0.0);
         assert_eq!(exp2::<false>(0.0), 1.0);
+        assert_eq!(exp2::<false>(-1e30), 0.0);
+        assert_eq!(exp2::<false>(1e30), 126f32.exp2());
         assert!(exp2::<false>(f32::NAN).is_nan());
     }
 }
