@@ -5,11 +5,12 @@
 //! (backward). The number of ranges depends on B * H and the sequence length only, never on the thread count,
 //! and every sum runs in a fixed order, so results are the same bits for any number of threads.
 //!
-//! - Forward and statistics: a block of `BQ` queries against blocks of `BK` keys, `S = Q K^T` then an online
-//!   softmax per row (running max `m` and sum `l`, base 2: the scores are scaled by `scale * log2 e` and
-//!   exponentiated with `exp2`), rescaling the output accumulator when the max grows, `O += P V`; scores are only
-//!   ever held for one `BQ x BK` block. The statistics pass is the same without `P V` (it needs only `m` and
-//!   `l`: logsumexp = ln 2 (m + log2 l)). Causal blocks wholly above the diagonal are skipped.
+//! - Forward and statistics: a block of `BQ` queries against blocks of `BK` keys, computed transposed with the
+//!   queries along the vector lanes: `S^T = K Q^T` (Q^T pre-scaled by `scale * log2 e`), an online softmax per
+//!   query (running max `m` and sum `l`, base 2, `exp2`), rescaling the accumulator when the max grows,
+//!   `O^T += V^T P^T`; scores are only ever held for one `BK x BQ` block. The statistics pass is the same
+//!   without `V` (it needs only `m` and `l`: logsumexp = ln 2 (m + log2 l)). Causal blocks wholly above the
+//!   diagonal are skipped.
 //! - Backward (one pass, flash attention 2): a task owns a range of keys; per key block and query block it
 //!   recomputes `P = exp2(S scale log2 e - lse log2 e)` from the saved logsumexp, `dP = dY V^T`,
 //!   `dS = P (dP - delta)`, and accumulates `dV += P^T dY`, `dK += dS^T Q` in the task's own rows and
@@ -17,9 +18,9 @@
 //!   output is written, and dq, dk are multiplied by `scale` there.
 //!
 //! Products go through one register-tiled kernel ([`matmul`]: a scalar of A broadcast against vectors of a
-//! row-major B), written as plain loops over `[f32; 16]` that the compiler vectorises; the operands it reads
-//! as rows (K^T, V^T, K, Q, dY) are packed per task into contiguous f32 buffers with the head dimension padded to a
-//! multiple of 16 (zeros). Each task is compiled three times: for AVX-512, for AVX2 + FMA (both chosen at run time
+//! row-major B), written as plain loops over `[f32; 16]` that the compiler vectorises. The forward reads K and V
+//! in place; the backward packs the operands it reads as rows (K^T, V^T, K, Q, dY) per task into contiguous f32
+//! buffers with the head dimension padded to a multiple of 16 (zeros). Each task is compiled three times: for AVX-512, for AVX2 + FMA (both chosen at run time
 //! when the CPU has them) and plain (`mul_add` only where it is a native instruction), see [`multiversion!`].
 //! f16/bf16 storage is decoded to f32 whole tensors at a time (vectorised) before, and the output encoded once after.
 
