@@ -48,6 +48,7 @@ pub(crate) fn run_cpu_fast(op: &Op, ins: &[View], out: &View, out_bytes: &mut [u
         }
         Op::Geglu | Op::GegluBwd => sd_misc::fast::run(op, ins, out, out_bytes),
         Op::Unary(_) | Op::UnaryBwd(_) => elementwise::fast::run(op, ins, out, out_bytes),
+        Op::Attention { .. } | Op::AttentionStats { .. } | Op::AttentionBwd { .. } => attention::fast::run(op, ins, out, out_bytes),
         _ => None,
     }
 }
@@ -61,6 +62,7 @@ pub fn cpu_fast_cases() -> Vec<Case> {
     v.extend(norm::parity::cpu_fast_cases());
     v.extend(sd_misc::parity::cpu_fast_cases());
     v.extend(elementwise::parity::cpu_fast_cases());
+    v.extend(attention::parity::cpu_fast_cases());
     v
 }
 

@@ -3,6 +3,7 @@
 //! and gradient-check cases in `parity.rs`.
 
 pub mod cpu;
+pub(crate) mod fast;
 pub mod launch;
 pub mod parity;
 

@@ -75,16 +75,19 @@ impl Att {
 }
 
 fn fwd_case(dt: DType, a: Att) -> Case {
-    let var = variant(dt, a.d);
-    let kernel = format!("attention_fwd_{var}_{dt}");
     let mut tol = Tol::for_dtype(dt);
     let mut vgen = Gen::Normal;
-    if var != "simt" {
+    if variant(dt, a.d) != "simt" {
         // P rounded to the storage type before P V: |error| <= u max|v| (module comment), with |v| <= 2.
         let u = if dt == DType::F16 { 1.0 / 2048.0 } else { 1.0 / 256.0 };
         tol.atol += 2.0 * u;
         vgen = Gen::Uniform(-2.0, 2.0);
     }
+    fwd_case_with(dt, a, tol, vgen)
+}
+
+fn fwd_case_with(dt: DType, a: Att, tol: Tol, vgen: Gen) -> Case {
+    let kernel = format!("attention_fwd_{}_{dt}", variant(dt, a.d));
     let ins = vec![(a.q(), dt, Gen::Normal), (a.k(), dt, Gen::Normal), (a.k(), dt, vgen)];
     let (causal, scale) = (a.causal, a.scale());
     Case::new(format!("attention {dt} {}", a.label()), ins, tol, &[&kernel], move |g, x| {
@@ -172,8 +175,34 @@ pub fn bench_cases() -> Vec<(Case, Work)> {
         v.push((stats_case(DType::F16, a), Work::Flops(a.flops() / 2)));
     }
     v.push((stats_case(DType::F32, sd(1024, 1024, 80)), Work::Flops(sd(1024, 1024, 80).flops() / 2)));
-    for a in [sd(1024, 1024, 80), sd(4096, 77, 40)] {
+    for a in [sd(4096, 4096, 40), sd(1024, 1024, 80), sd(4096, 77, 40)] {
         v.push((bwd_case(DType::F16, a), Work::Flops(a.flops() / 2 * 5 + a.flops() / 2)));
+    }
+    v
+}
+
+/// Larger cases for the CPU fast path only (`ops::cpu_fast_cases`, too slow for the emulator): lengths that
+/// cross its 64-row query and key blocks and split a head into several task ranges (so the backward adds
+/// several dq partials), causal with Tq != Tk, and an odd head dimension. The forward is held to
+/// `Tol::for_dtype` without the tensor-core widening (the fast path does not round P); statistics and
+/// backward keep the tolerances above.
+pub fn cpu_fast_cases() -> Vec<Case> {
+    let mut v = Vec::new();
+    for dt in [DType::F32, DType::F16] {
+        for d in [40, 80] {
+            for causal in [false, true] {
+                let a = Att { b: 1, tq: 200, tk: 333, h: 2, d, causal };
+                v.push(fwd_case_with(dt, a, Tol::for_dtype(dt), Gen::Normal));
+                v.push(stats_case(dt, a));
+                v.push(bwd_case(dt, a));
+            }
+        }
+    }
+    for dt in [DType::F32, DType::BF16] {
+        let a = Att { b: 2, tq: 129, tk: 65, h: 3, d: 7, causal: true };
+        v.push(fwd_case_with(dt, a, Tol::for_dtype(dt), Gen::Normal));
+        v.push(stats_case(dt, a));
+        v.push(bwd_case(dt, a));
     }
     v
 }
