@@ -16,7 +16,7 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use crate::backend::cpu::kernels::{COST_ARITH, View, cpu_err, floats, par_chunks_unit, require_float, with_f32_out};
+use crate::backend::cpu::kernels::{COST_ARITH, COST_COPY, View, cpu_err, floats, par_chunks_unit, require_float, with_f32_out};
 use crate::ops::Op;
 use crate::error::Result;
 
@@ -62,20 +62,32 @@ impl Geom {
 }
 
 /// The weight `w [o, c, kh, kw]` as the matrix `[(ky, kx, c), o]` (forward, `by_input`) or `[(ky, kx, o), c]`
-/// (backward data).
+/// (backward data). A pure permutation, done in parallel over rows of the result and, within a task, in blocks
+/// of 16 columns, so the strided reads of `w` (one row of `w` per column) stay in cache while the rows of the
+/// result are written whole: the element-by-element scatter it replaces was 17% of an SD v1 UNet forward.
 pub(super) fn repack_weight(g: &Geom, wv: &[f32], by_input: bool) -> Vec<f32> {
-    let mut m = vec![0f32; g.kh * g.kw * g.c * g.o];
-    for o in 0..g.o {
-        for c in 0..g.c {
-            for ky in 0..g.kh {
-                for kx in 0..g.kw {
-                    let tap = ky * g.kw + kx;
-                    let at = if by_input { (tap * g.c + c) * g.o + o } else { (tap * g.o + o) * g.c + c };
-                    m[at] = wv[((o * g.c + c) * g.kh + ky) * g.kw + kx];
+    const BLOCK: usize = 16;
+    let taps = g.kh * g.kw;
+    // Result row (tap, a), column b; w[o, c, tap] with (a, b) = (c, o) forward, (o, c) backward data.
+    let (rows_per_tap, cols) = if by_input { (g.c, g.o) } else { (g.o, g.c) };
+    let mut m = vec![0f32; taps * rows_per_tap * cols];
+    if m.is_empty() {
+        return m;
+    }
+    let (a_stride, b_stride) = if by_input { (taps, g.c * taps) } else { (g.c * taps, taps) };
+    par_chunks_unit(&mut m, cols, COST_COPY, |start, chunk| {
+        let first = start / cols;
+        for b0 in (0..cols).step_by(BLOCK) {
+            let b1 = (b0 + BLOCK).min(cols);
+            for (i, row) in chunk.chunks_mut(cols).enumerate() {
+                let (tap, a) = ((first + i) / rows_per_tap, (first + i) % rows_per_tap);
+                let base = a * a_stride + tap;
+                for (b, v) in (b0..b1).zip(&mut row[b0..b1]) {
+                    *v = wv[base + b * b_stride];
                 }
             }
         }
-    }
+    });
     m
 }
 
