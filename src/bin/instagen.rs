@@ -171,10 +171,10 @@ enum Cmd {
         /// UNet / VAE bench: latent side (default: from the config's sample_size).
         #[arg(long, value_parser = positive, allow_hyphen_values = true)]
         latent: Option<usize>,
-        /// CPU threads (rayon's pool; PyTorch gets as many in `bench cpu`) [default: RAYON_NUM_THREADS, else
-        /// every CPU].
-        #[arg(long, value_parser = positive, allow_hyphen_values = true)]
-        threads: Option<usize>,
+        /// CPU threads, 1 to 1024 (rayon's pool; PyTorch gets as many in `bench cpu`) [default:
+        /// RAYON_NUM_THREADS, else every CPU].
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024), allow_hyphen_values = true)]
+        threads: Option<u16>,
         /// `bench cpu`: a Python with torch, diffusers and transformers, to time PyTorch in the same run
         /// [default: INSTAGEN_TORCH_PYTHON].
         #[arg(long)]
@@ -343,7 +343,7 @@ fn main() {
             };
             match usage {
                 Some(u) => Err(instagen::Error::Other(u.into())),
-                None => threads.map_or(Ok(()), bench_cpu::set_threads),
+                None => threads.map_or(Ok(()), |t| bench_cpu::set_threads(t.into())),
             }
             .and(kind)
             .and_then(|k| match what {

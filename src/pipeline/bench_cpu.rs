@@ -275,6 +275,14 @@ pub fn run(o: &CpuBenchOptions) -> Result<CpuBenchReport> {
     }
     crate::pipeline::sample::check_bench_args(1, o.min_seconds)?;
     let cases = select(&o.filter)?;
+    if let Some(path) = &o.json {
+        // Checked before the minutes of timing, not after.
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+        if path.is_dir() || !parent.is_dir() {
+            let why = if path.is_dir() { "is a directory" } else { "has no such parent folder" };
+            return Err(Error::Other(format!("--json {}: {why}", path.display())));
+        }
+    }
     let threads = rayon::current_num_threads();
     let load_before = load_average();
     let mut torch_info: Option<TorchInfo> = None;
