@@ -178,3 +178,39 @@ fn bwd_loc_attn(dm: &Dims, value: &[f32], loc: &[f32], attn: &[f32], dy: &[f32],
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::util::Rng;
+
+    /// The three passes give the same bits on 1, 2 and 3 threads (the tasks and their sums do not depend on
+    /// the thread count).
+    #[test]
+    fn results_do_not_depend_on_the_thread_count() {
+        let levels = [[16usize, 16], [8, 8], [4, 4], [2, 2]];
+        let (b, q, h, d, p) = (2, 50, 8, 32, 4);
+        let dm = Dims::new(&[b, q, h, levels.len(), p, 2], d, &levels);
+        let mut rng = Rng::new(9);
+        let value = rng.normal_vec(b * dm.s * h * d, 1.0);
+        let samples = b * q * h * levels.len() * p;
+        let loc = rng.uniform_vec(2 * samples, -0.2, 1.2);
+        let attn = rng.normal_vec(samples, 1.0);
+        let dy = rng.normal_vec(b * q * h * d, 1.0);
+        let run_all = || {
+            let mut o = vec![0f32; b * q * h * d];
+            forward(&dm, &value, &loc, &attn, &mut o);
+            let mut dv = vec![0f32; value.len()];
+            bwd_value(&dm, &loc, &attn, &dy, &mut dv);
+            let mut la = vec![0f32; samples * 3];
+            bwd_loc_attn(&dm, &value, &loc, &attn, &dy, &mut la);
+            (o, dv, la)
+        };
+        let on = |threads: usize| rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(run_all);
+        let one = on(1);
+        assert!(one.0.iter().chain(&one.1).chain(&one.2).any(|v| *v != 0.0));
+        for threads in [2, 3] {
+            assert!(on(threads) == one, "{threads} threads differ from one");
+        }
+    }
+}
