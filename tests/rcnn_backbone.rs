@@ -361,14 +361,19 @@ fn resnet50_fpn_forward_time_800x1344() {
     let (g, _, f) = build(&cfg, &image);
     let store = backbone::init_params(&g, 0).unwrap();
     let x = images(&image);
-    let mut ex = Executor::new(CpuBackend, g.clone(), &store).unwrap();
+    let prof = instagen::pipeline::finetune::bench::Profiled::new(CpuBackend);
+    let mut ex = Executor::new(prof.clone(), g.clone(), &store).unwrap();
     let mut times = Vec::new();
     for _ in 0..3 {
+        prof.reset();
         let t = std::time::Instant::now();
         ex.run(&[("images", &x)]).unwrap();
         times.push(t.elapsed().as_secs_f64());
     }
     let p2 = ex.get(f.levels[0]).unwrap().to_f32();
     assert!(p2.iter().all(|v| v.is_finite()));
+    for (kind, secs, calls) in prof.report() {
+        println!("  {kind:<24} {secs:8.3} s  {calls:5} calls");
+    }
     println!("ResNet-50-FPN forward, 1 x 800 x 1344, cpu backend, {} threads: {times:.3?} s (first is warm-up)", rayon::current_num_threads());
 }
