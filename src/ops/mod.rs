@@ -27,11 +27,13 @@ pub mod conv;
 pub mod det_losses;
 pub mod dropout;
 pub mod elementwise;
+pub mod frozen_bn;
 pub mod gemm;
 pub mod groupnorm;
 pub mod movement;
 pub mod msda;
 pub mod norm;
+pub mod pool;
 pub mod reduce;
 pub mod roi;
 pub mod sd_misc;
@@ -349,6 +351,21 @@ op_table! {
         /// Gradient of `Msda` w.r.t. loc and attn: inputs `(value, loc, attn, dy)` -> f32 `[B,Q,H,L,P,3]` =
         /// (d loc_x, d loc_y, d attn).
         MsdaBwdLocAttn { levels: Vec<[usize; 2]> } => "msda_bwd_loc_attn", 4;
+    }
+    pool {
+        /// Max pooling of `x [N, H, W, C]` (torch `F.max_pool2d(x, kernel, stride, padding)`, ceil_mode off) ->
+        /// `[N, Ho, Wo, C]`, `Ho = (H + 2 padding - kernel) / stride + 1`; padding at most kernel / 2.
+        MaxPool2d { kernel: usize, stride: usize, padding: usize } => "max_pool2d", 1;
+        /// Gradient of `MaxPool2d` w.r.t. x: inputs `(x, dy [N, Ho, Wo, C])` -> dx `[N, H, W, C]` (each output's
+        /// gradient to the element it picked: the first of tied maxima, as PyTorch).
+        MaxPool2dBwd { kernel: usize, stride: usize, padding: usize } => "max_pool2d_bwd", 2;
+    }
+    frozen_bn {
+        /// torchvision `FrozenBatchNorm2d` over the last axis: inputs `(x [..., C], weight, bias, running_mean,
+        /// running_var)` (each `[C]`) -> `x * scale + shift`, `scale = weight * rsqrt(running_var + eps)`,
+        /// `shift = bias - running_mean * scale`, then ReLU when `relu` (fused: ResNet's norm + activation).
+        /// Differentiable w.r.t. x only.
+        FrozenBatchNorm { eps: f32, relu: bool } => "frozen_batch_norm", 5;
     }
 }
 

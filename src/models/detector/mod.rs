@@ -1,0 +1,4 @@
+//! Faster R-CNN (issue 13): torchvision's `fasterrcnn_resnet50_fpn` layout and key names, NHWC graphs.
+
+pub mod backbone;
+pub mod weights;
