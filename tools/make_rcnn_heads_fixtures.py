@@ -155,6 +155,7 @@ def quant(name, g, out):
 
 def main():
     os.makedirs(ROOT, exist_ok=True)
+    torch.manual_seed(SEED)  # the samplers' randperm draws
     rpn, roi, params, feats = build()
     images = ImageList(torch.zeros((2, 3) + PADDED), IMAGE_SIZES)
     out = {}
