@@ -217,9 +217,9 @@ fn training_losses_and_gradients_match_torchvision() {
 
     // One training forward/backward with the given per-image rules; returns the four losses.
     let mut step = |rpn_weight: &[f32], class_mask: Option<&[Vec<f32>]>, ex: &mut Executor<CpuBackend>| -> ([f32; 4], Vec<Proposals>) {
-        let (rpn_feed, _) = rpn_loss_feed(&rpn_cfg, &anchors, &gt, rpn_weight, Some(&rpn_given), &mut rng).unwrap();
+        let rpn_feed = rpn_loss_feed(&rpn_cfg, &anchors, &gt, rpn_weight, Some(&rpn_given), &mut rng).unwrap();
         let mut feed = feed_features(&feats, &names);
-        feed.extend(rpn_feed.iter().map(|(n, t)| (n.as_str(), t)));
+        feed.extend(rpn_feed.feed.iter().map(|(n, t)| (n.as_str(), t)));
         ex.run_stage(0, &feed).unwrap();
         let obj = ex.get(h.rpn.objectness).unwrap().to_f32();
         let del = ex.get(h.rpn.deltas).unwrap().to_f32();

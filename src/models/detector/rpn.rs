@@ -430,9 +430,18 @@ pub fn rpn_targets(cfg: &RpnConfig, anchors: &Anchors, gt: &[[f32; 4]]) -> RpnTa
     RpnTargets { labels, deltas }
 }
 
-/// The RPN loss inputs of a batch, ready to feed ([`RPN_LABELS`], ...). `gt[i]` are image i's boxes,
+/// The RPN loss inputs of a batch ([`rpn_loss_feed`]).
+#[derive(Clone, Debug)]
+pub struct RpnLossFeed {
+    /// ([`RPN_LABELS`], ...) with their tensors, to feed in the losses' stage.
+    pub feed: Vec<(String, HostTensor)>,
+    /// Per image: the anchors sampled.
+    pub samples: Vec<Sampled>,
+}
+
+/// The RPN loss inputs of a batch, ready to feed. `gt[i]` are image i's boxes (in the padded input's pixels),
 /// `rpn_weight[i]` its loss weight (0 drops it), `given[i]` (optional) a caller's sample of image i (checked
-/// against the labels), else one is drawn with `rng`. Also returns the samples used.
+/// against the labels), else one is drawn with `rng`.
 pub fn rpn_loss_feed(
     cfg: &RpnConfig,
     anchors: &Anchors,
@@ -440,7 +449,7 @@ pub fn rpn_loss_feed(
     rpn_weight: &[f32],
     given: Option<&[Sampled]>,
     rng: &mut Rng,
-) -> Result<(Vec<(String, HostTensor)>, Vec<Sampled>)> {
+) -> Result<RpnLossFeed> {
     let (b, n) = (gt.len(), anchors.len());
     if rpn_weight.len() != b || given.is_some_and(|s| s.len() != b) {
         return Err(Error::Other(format!(
@@ -486,7 +495,7 @@ pub fn rpn_loss_feed(
         (RPN_BOX_TARGETS.to_string(), HostTensor::from_f32(&[b, n, 4], DType::F32, &box_t)?),
         (RPN_BOX_WEIGHT.to_string(), HostTensor::from_f32(&[b, n, 1], DType::F32, &box_w)?),
     ];
-    Ok((feed, samples))
+    Ok(RpnLossFeed { feed, samples })
 }
 
 /// Elementwise `binary_cross_entropy_with_logits(x, y)` = `max(x, 0) - x y + log(1 + exp(-|x|))`.
@@ -550,7 +559,7 @@ mod tests {
     #[test]
     fn matcher_thresholds_and_low_quality() {
         // 2 gt x 4 predictions.
-        let iou = [0.8, 0.5, 0.1, 0.0, 0.75, 0.2, 0.25, 0.0];
+        let iou = [0.8, 0.5, 0.1, 0.0, 0.1, 0.2, 0.25, 0.0];
         assert_eq!(match_boxes(&iou, 2, 4, 0.7, 0.3, false), vec![0, -2, -1, -1]);
         // gt 1's best prediction is 2 (0.25): kept as a match. Both gts have 0.0 at prediction 3, but neither's
         // best is 0, so it stays negative.
@@ -570,6 +579,32 @@ mod tests {
         assert_eq!((s.pos.len(), s.neg.len()), (10, 54));
         assert!(check_sample(&Sampled { pos: vec![12], neg: vec![] }, &labels, "x").is_err());
         assert!(check_sample(&Sampled { pos: vec![1], neg: vec![1] }, &labels, "x").is_err());
+    }
+
+    #[test]
+    fn loss_weights_follow_rpn_weight() {
+        let cfg = RpnConfig::default();
+        let a = anchors::anchors((64, 64), &[(16, 16), (8, 8)], &[vec![32.0], vec![64.0]], &cfg.aspect_ratios).unwrap();
+        let gt = vec![vec![[4.0, 4.0, 36.0, 40.0]], vec![[10.0, 20.0, 60.0, 50.0], [0.0, 0.0, 20.0, 20.0]]];
+        let sum = |f: &RpnLossFeed, name: &str, from: usize, to: usize| -> f64 {
+            let t = &f.feed.iter().find(|(n, _)| n == name).unwrap().1;
+            t.to_f32()[from..to].iter().map(|&v| v as f64).sum()
+        };
+        let n = a.len();
+        let f = rpn_loss_feed(&cfg, &a, &gt, &[1.0, 1.0], None, &mut Rng::new(3)).unwrap();
+        let sampled: Vec<usize> = f.samples.iter().map(|s| s.len()).collect();
+        assert!(f.samples.iter().all(|s| !s.pos.is_empty() && s.len() <= 256), "{sampled:?}");
+        assert!((sum(&f, RPN_OBJECTNESS_WEIGHT, 0, 2 * n) - 1.0).abs() < 1e-5);
+        let pos = (f.samples[0].pos.len() + f.samples[1].pos.len()) as f64;
+        assert!((sum(&f, RPN_BOX_WEIGHT, 0, 2 * n) - pos / (sampled[0] + sampled[1]) as f64).abs() < 1e-5);
+        // Image 1 dropped: image 0's anchors carry the whole mean.
+        let f = rpn_loss_feed(&cfg, &a, &gt, &[1.0, 0.0], None, &mut Rng::new(3)).unwrap();
+        assert!((sum(&f, RPN_OBJECTNESS_WEIGHT, 0, n) - 1.0).abs() < 1e-5);
+        assert_eq!(sum(&f, RPN_OBJECTNESS_WEIGHT, n, 2 * n), 0.0);
+        let f = rpn_loss_feed(&cfg, &a, &gt, &[0.0, 0.0], None, &mut Rng::new(3)).unwrap();
+        assert_eq!(sum(&f, RPN_OBJECTNESS_WEIGHT, 0, 2 * n), 0.0);
+        assert!(rpn_loss_feed(&cfg, &a, &gt, &[1.0], None, &mut Rng::new(3)).is_err());
+        assert!(rpn_loss_feed(&cfg, &a, &gt, &[1.0, f32::NAN], None, &mut Rng::new(3)).is_err());
     }
 
     #[test]
