@@ -283,3 +283,53 @@ fn bad_inputs_are_named() {
     let cfg: Result<RpnConfig, _> = serde_json::from_str(r#"{"nms_tresh": 0.5}"#);
     assert!(cfg.unwrap_err().to_string().contains("nms_tresh"));
 }
+
+/// The host side of a training step and of inference at full size (two 800x1088 images, ~270k anchors each,
+/// 20 ground-truth boxes, 91 classes), timed: `cargo test --test rcnn_heads -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn host_steps_at_full_size_timing() {
+    use std::time::Instant;
+    let rpn_cfg = RpnConfig::default();
+    let roi_cfg = RoiHeadsConfig::default();
+    let grids = [(200, 272), (100, 136), (50, 68), (25, 34), (13, 17)];
+    let anchors = instagen::models::detector::anchors::anchors((800, 1088), &grids, &rpn_cfg.anchor_sizes, &rpn_cfg.aspect_ratios).unwrap();
+    let n = anchors.len();
+    let mut rng = Rng::new(5);
+    let obj = rng.normal_vec(2 * n, 2.0);
+    let del = rng.normal_vec(8 * n, 0.3);
+    let gt: Vec<Vec<[f32; 4]>> = (0..2)
+        .map(|_| {
+            (0..20)
+                .map(|_| {
+                    let (x, y) = (rng.range(0.0, 900.0), rng.range(0.0, 650.0));
+                    [x, y, x + rng.range(16.0, 180.0), y + rng.range(16.0, 140.0)]
+                })
+                .collect()
+        })
+        .collect();
+    let labels: Vec<Vec<i64>> = (0..2).map(|_| (0..20).map(|i| 1 + i % 90).collect()).collect();
+    let t = Instant::now();
+    let feed = rpn_loss_feed(&rpn_cfg, &anchors, &gt, &[1.0, 1.0], None, &mut rng).unwrap();
+    let t_rpn_targets = t.elapsed();
+    let t = Instant::now();
+    let props = rpn::proposals(&rpn_cfg, true, &anchors, &obj, &del, &[(800, 1088), (800, 1088)]).unwrap();
+    let t_props = t.elapsed();
+    let t = Instant::now();
+    let roi = roi_heads::roi_targets(&roi_cfg, &props, &gt, &labels, None, None, &mut rng).unwrap();
+    let t_roi = t.elapsed();
+    let props_eval = rpn::proposals(&rpn_cfg, false, &anchors, &obj, &del, &[(800, 1088), (800, 1088)]).unwrap();
+    let k = 2 * rpn_cfg.post_nms_top_n_test;
+    let logits = rng.normal_vec(k * 91, 2.0);
+    let reg = rng.normal_vec(k * 91 * 4, 0.5);
+    let t = Instant::now();
+    let dets = roi_heads::postprocess(&roi_cfg, &logits, &reg, &props_eval, rpn_cfg.post_nms_top_n_test, &[(800, 1088), (800, 1088)]).unwrap();
+    let t_post = t.elapsed();
+    println!(
+        "{n} anchors/image: rpn targets + sample {t_rpn_targets:?} ({:?} sampled), proposals (train) {t_props:?} ({:?}), roi targets {t_roi:?} ({:?} rows), postprocess {t_post:?} ({:?} detections)",
+        feed.samples.iter().map(|s| s.len()).collect::<Vec<_>>(),
+        props.iter().map(|p| p.boxes.len()).collect::<Vec<_>>(),
+        roi.labels.iter().map(|l| l.len()).collect::<Vec<_>>(),
+        dets.iter().map(|d| d.boxes.len()).collect::<Vec<_>>()
+    );
+}
