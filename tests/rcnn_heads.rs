@@ -4,12 +4,15 @@
 //! the final detections. Training mode, with the anchors and RoIs torchvision's samplers chose: the train-mode
 //! proposals, the four losses and the gradients of the features and of a few head parameters; then the
 //! per-source rules (a class mask, an RPN weight of 0) against references computed with torch.
-//! Runs on the CPU engine (`CpuBackend`) as a two-stage graph, proposals and targets on the host in between.
+//! Runs as a two-stage graph, proposals and targets on the host in between, on the CPU engine (`CpuBackend`)
+//! and on the emulated CUDA kernels (`EmuBackend`).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 
 use instagen::backend::cpu::CpuBackend;
+use instagen::backend::emu::EmuBackend;
+use instagen::backend::Backend;
 use instagen::graph::{autodiff, Graph, NodeId};
 use instagen::models::detector::roi_heads::{self, box_head, roi_losses, rois_input, rois_tensor, RoiHeadsConfig};
 use instagen::models::detector::rpn::{self, rpn_head, rpn_loss_feed, rpn_losses, Proposals, RpnConfig, Sampled};
@@ -145,13 +148,27 @@ fn check_proposals(what: &str, got: &[Proposals], fx: &Fixture, prefix: &str, sc
 
 #[test]
 fn eval_proposals_and_detections_match_torchvision() {
+    eval_parity(CpuBackend);
+}
+
+#[test]
+fn eval_on_emulated_kernels() {
+    eval_parity(EmuBackend::new());
+}
+
+#[test]
+fn training_on_emulated_kernels() {
+    training_parity(EmuBackend::new(), false); // the rules' extra steps need nothing the emulator adds
+}
+
+fn eval_parity<B: Backend>(backend: B) {
     let fx = Fixture::load();
     let (rpn_cfg, roi_cfg) = fx.configs();
     let rows = rpn_cfg.post_nms_top_n_test;
     let mut h = heads(&fx, &rpn_cfg, &roi_cfg, rows);
     h.g.mark_output(h.boxes.class_logits);
     h.g.mark_output(h.boxes.box_regression);
-    let mut ex = Executor::new(CpuBackend, h.g.clone(), &fx.params()).unwrap();
+    let mut ex = Executor::new(backend, h.g.clone(), &fx.params()).unwrap();
     let feats = fx.features();
     let names: Vec<String> = KEYS.iter().map(|k| format!("feat.{k}")).collect();
     ex.run_stage(0, &feed_features(&feats, &names)).unwrap();
@@ -182,6 +199,11 @@ fn eval_proposals_and_detections_match_torchvision() {
 
 #[test]
 fn training_losses_and_gradients_match_torchvision() {
+    training_parity(CpuBackend, true);
+}
+
+/// The training step's parity; with `rules`, two more steps check the per-source rules.
+fn training_parity<B: Backend>(backend: B, rules: bool) {
     let fx = Fixture::load();
     let (rpn_cfg, roi_cfg) = fx.configs();
     let rows = roi_cfg.batch_size_per_image;
@@ -201,7 +223,7 @@ fn training_losses_and_gradients_match_torchvision() {
     for &n in losses.iter().chain(&grads) {
         h.g.mark_output(n);
     }
-    let mut ex = Executor::new(CpuBackend, h.g.clone(), &fx.params()).unwrap();
+    let mut ex = Executor::new(backend, h.g.clone(), &fx.params()).unwrap();
     let feats = fx.features();
     let names: Vec<String> = KEYS.iter().map(|k| format!("feat.{k}")).collect();
     let anchors = h.rpn.anchors(&rpn_cfg, PADDED).unwrap();
@@ -216,7 +238,7 @@ fn training_losses_and_gradients_match_torchvision() {
     let mut rng = Rng::new(0);
 
     // One training forward/backward with the given per-image rules; returns the four losses.
-    let mut step = |rpn_weight: &[f32], class_mask: Option<&[Vec<f32>]>, ex: &mut Executor<CpuBackend>| -> ([f32; 4], Vec<Proposals>) {
+    let mut step = |rpn_weight: &[f32], class_mask: Option<&[Vec<f32>]>, ex: &mut Executor<B>| -> ([f32; 4], Vec<Proposals>) {
         let rpn_feed = rpn_loss_feed(&rpn_cfg, &anchors, &gt, rpn_weight, Some(&rpn_given), &mut rng).unwrap();
         let mut feed = feed_features(&feats, &names);
         feed.extend(rpn_feed.feed.iter().map(|(n, t)| (n.as_str(), t)));
@@ -247,6 +269,9 @@ fn training_losses_and_gradients_match_torchvision() {
         assert!(err <= 5e-5 * peak, "grad {name}: off by {err} (max |g| {peak})");
     }
 
+    if !rules {
+        return;
+    }
     // Per-source rules: classes 3 and 5 out of image 1's softmax; then image 1's RPN loss dropped.
     let m = fx.f("mask.class_mask");
     let mask: Vec<Vec<f32>> = m.chunks_exact(roi_cfg.num_classes).map(|r| r.to_vec()).collect();
