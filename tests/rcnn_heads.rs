@@ -305,6 +305,13 @@ fn bad_inputs_are_named() {
         .unwrap_err();
     assert!(err.to_string().contains("class 7 that its class_mask excludes"), "{err}");
     assert!(roi_heads::rois_tensor(&p, 0).is_err());
+    let err = roi_heads::roi_targets(&roi, &p, &[vec![[5.0, 0.0, 5.0, 10.0]]], &[vec![1]], None, None, &mut Rng::new(0)).unwrap_err();
+    assert!(err.to_string().contains("ground-truth box 0 of image 0"), "{err}");
+    let anchors = instagen::models::detector::anchors::anchors((32, 32), &[(8, 8)], &[vec![32.0]], &[1.0]).unwrap();
+    let one = RpnConfig { anchor_sizes: vec![vec![32.0]], aspect_ratios: vec![1.0], ..RpnConfig::default() };
+    let gt = [vec![[0.0, 0.0, 10.0, 10.0], [0.0, f32::NAN, 4.0, 4.0]]];
+    let err = rpn_loss_feed(&one, &anchors, &gt, &[1.0], None, &mut Rng::new(0)).unwrap_err();
+    assert!(err.to_string().contains("ground-truth box 1 of image 0"), "{err}");
     let cfg: Result<RpnConfig, _> = serde_json::from_str(r#"{"nms_tresh": 0.5}"#);
     assert!(cfg.unwrap_err().to_string().contains("nms_tresh"));
 }

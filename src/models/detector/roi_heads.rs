@@ -14,7 +14,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::rpn::{batched_nms, check_sample, clip_box, iou_gt, is_large_enough, match_boxes, sample, smooth_l1, Proposals, Sampled};
+use super::rpn::{batched_nms, check_gt_boxes, check_sample, clip_box, iou_gt, is_large_enough, match_boxes, sample, smooth_l1, Proposals, Sampled};
 use crate::boxes::{BoxCoder, BBOX_XFORM_CLIP};
 use crate::detection::roi::MultiScaleRoiAlign;
 use crate::error::{Error, Result};
@@ -278,6 +278,7 @@ pub fn roi_targets(
             given.map_or(b, |s| s.len())
         )));
     }
+    check_gt_boxes(gt_boxes)?;
     let coder = cfg.coder();
     let mut all_rois: Vec<Vec<[f32; 4]>> = Vec::with_capacity(b);
     let mut all_labels = Vec::with_capacity(b);

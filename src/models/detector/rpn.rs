@@ -430,6 +430,21 @@ pub fn rpn_targets(cfg: &RpnConfig, anchors: &Anchors, gt: &[[f32; 4]]) -> RpnTa
     RpnTargets { labels, deltas }
 }
 
+/// Ground-truth boxes must be finite with positive width and height (torchvision's `GeneralizedRCNN` refuses
+/// degenerate boxes too: their targets would be `log(0)`). The error names the image and the box.
+pub fn check_gt_boxes(gt: &[Vec<[f32; 4]>]) -> Result<()> {
+    for (i, boxes) in gt.iter().enumerate() {
+        for (k, b) in boxes.iter().enumerate() {
+            if !(b.iter().all(|v| v.is_finite()) && b[2] > b[0] && b[3] > b[1]) {
+                return Err(Error::Other(format!(
+                    "ground-truth box {k} of image {i} is {b:?}: boxes need finite x1 < x2 and y1 < y2"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The RPN loss inputs of a batch ([`rpn_loss_feed`]).
 #[derive(Clone, Debug)]
 pub struct RpnLossFeed {
@@ -458,6 +473,7 @@ pub fn rpn_loss_feed(
             given.map_or(b, |s| s.len())
         )));
     }
+    check_gt_boxes(gt)?;
     if let Some(w) = rpn_weight.iter().find(|w| !(w.is_finite() && **w >= 0.0)) {
         return Err(Error::Other(format!("rpn loss inputs: rpn_weight must be finite and >= 0, got {w}")));
     }
