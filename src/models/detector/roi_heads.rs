@@ -408,11 +408,13 @@ pub fn postprocess(
         for (r, roi) in p.boxes.iter().enumerate() {
             let row = i * rows_per_image + r;
             let logits = &class_logits[row * nc..(row + 1) * nc];
+            // F.softmax in f32 as torch's CPU kernel: exp(x - max), their sum, times 1 / sum (a probability
+            // saturates to 1.0, and ties, where torch's does).
             let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let e: Vec<f64> = logits.iter().map(|&x| ((x - m) as f64).exp()).collect();
-            let sum: f64 = e.iter().sum();
+            let e: Vec<f32> = logits.iter().map(|&x| (x - m).exp()).collect();
+            let inv = 1.0 / e.iter().sum::<f32>();
             for c in 1..nc {
-                let s = (e[c] / sum) as f32;
+                let s = e[c] * inv;
                 let d = &box_regression[4 * (row * nc + c)..4 * (row * nc + c) + 4];
                 let bx = clip_box(coder.decode_one(roi, d), image_sizes[i]);
                 if s > cfg.score_thresh && is_large_enough(&bx, ROI_MIN_SIZE) {

@@ -202,8 +202,10 @@ pub struct Proposals {
     pub scores: Vec<f32>,
 }
 
+/// `1 / (1 + exp(-x))` in f32 step by step, as torch's CPU kernel (so probabilities saturate to 1.0, and tie,
+/// where torch's do).
 fn sigmoid(x: f32) -> f32 {
-    (1.0 / (1.0 + (-(x as f64)).exp())) as f32
+    1.0 / (1.0 + (-x).exp())
 }
 
 /// Clips an xyxy box to an image of `(h, w)` pixels (torchvision `clip_boxes_to_image`).
