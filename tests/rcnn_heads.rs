@@ -181,13 +181,20 @@ fn eval_parity<B: Backend>(backend: B) {
     ex.run_stage(1, &[(roi_heads::ROI_ROIS, &rois)]).unwrap();
     let logits = ex.get(h.boxes.class_logits).unwrap().to_f32();
     let reg = ex.get(h.boxes.box_regression).unwrap().to_f32();
-    let dets = roi_heads::postprocess(&roi_cfg, &logits, &reg, &props, rows, &SIZES).unwrap();
+    // The default score threshold (over 1000 candidates per image: batched_nms per class), then 0.5 (under
+    // 1000: its coordinate trick).
+    let hi = RoiHeadsConfig { score_thresh: fx.meta["hi_score_thresh"].as_f64().unwrap() as f32, ..roi_cfg.clone() };
     let (mut wb, mut ws) = (0f32, 0f32);
-    for (i, d) in dets.iter().enumerate() {
-        let labels: Vec<usize> = d.labels.iter().map(|&l| l as usize).collect();
-        assert_eq!(labels, fx.idx(&format!("eval.det_labels.{i}")), "image {i} labels");
-        wb = wb.max(max_abs(&format!("image {i} detection boxes"), d.boxes.as_flattened(), fx.f(&format!("eval.det_boxes.{i}"))));
-        ws = ws.max(max_abs(&format!("image {i} detection scores"), &d.scores, fx.f(&format!("eval.det_scores.{i}"))));
+    let mut dets = Vec::new();
+    for (cfg, prefix) in [(&roi_cfg, "eval"), (&hi, "eval_hi")] {
+        dets = roi_heads::postprocess(cfg, &logits, &reg, &props, rows, &SIZES).unwrap();
+        for (i, d) in dets.iter().enumerate() {
+            let labels: Vec<usize> = d.labels.iter().map(|&l| l as usize).collect();
+            assert_eq!(labels, fx.idx(&format!("{prefix}.det_labels.{i}")), "{prefix} image {i} labels");
+            let want = fx.f(&format!("{prefix}.det_boxes.{i}"));
+            wb = wb.max(max_abs(&format!("{prefix} image {i} detection boxes"), d.boxes.as_flattened(), want));
+            ws = ws.max(max_abs(&format!("{prefix} image {i} detection scores"), &d.scores, fx.f(&format!("{prefix}.det_scores.{i}"))));
+        }
     }
     println!(
         "proposals {:?}: boxes within {pb} px, scores {ps}; detections {:?}: boxes within {wb} px, scores {ws}",
