@@ -409,27 +409,37 @@ pub fn check_sample(s: &Sampled, labels: &[i64], what: &str) -> Result<Sampled> 
     Ok(out)
 }
 
-/// One image's RPN training targets: label per anchor (1 object, 0 background, -1 ignored) and the deltas
-/// of the matched ground-truth box per anchor (meaningful for positives).
+/// One image's RPN training targets: label per anchor (1 object, 0 background, -1 ignored) and the matched
+/// ground-truth box per anchor (`None` where there is none); [`RpnTargets::deltas`] encodes an anchor's target.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RpnTargets {
     pub labels: Vec<i64>,
-    pub deltas: Vec<[f32; 4]>,
+    pub matched: Vec<Option<[f32; 4]>>,
 }
 
-/// torchvision's `assign_targets_to_anchors` + `box_coder.encode` for one image with ground-truth boxes
-/// `gt` (xyxy, in the transformed image's pixels): Matcher(fg, bg, allow_low_quality_matches).
+impl RpnTargets {
+    /// The regression target of anchor `k` (torchvision `box_coder.encode`, weights 1), zeros without a match.
+    pub fn deltas(&self, anchors: &Anchors, k: usize) -> [f32; 4] {
+        match self.matched[k] {
+            Some(gt) => BoxCoder::new([1.0; 4]).encode_one(&anchors.boxes[k], &gt),
+            None => [0.0; 4],
+        }
+    }
+}
+
+/// torchvision's `assign_targets_to_anchors` for one image with ground-truth boxes `gt` (xyxy, in the padded
+/// input's pixels): Matcher(fg, bg, allow_low_quality_matches). Targets are encoded only for the anchors that
+/// need them ([`RpnTargets::deltas`]; torchvision encodes every anchor and uses the positives').
 pub fn rpn_targets(cfg: &RpnConfig, anchors: &Anchors, gt: &[[f32; 4]]) -> RpnTargets {
     let n = anchors.len();
     if gt.is_empty() {
-        return RpnTargets { labels: vec![0; n], deltas: vec![[0.0; 4]; n] };
+        return RpnTargets { labels: vec![0; n], matched: vec![None; n] };
     }
     let iou = iou_gt(gt, &anchors.boxes);
     let m = match_boxes(&iou, gt.len(), n, cfg.fg_iou_thresh, cfg.bg_iou_thresh, true);
-    let coder = BoxCoder::new([1.0; 4]);
     let labels = m.iter().map(|&k| if k >= 0 { 1 } else if k == -1 { 0 } else { -1 }).collect();
-    let deltas = (m.iter().zip(&anchors.boxes)).map(|(&k, a)| coder.encode_one(a, &gt[k.max(0) as usize])).collect();
-    RpnTargets { labels, deltas }
+    let matched = m.iter().map(|&k| (k >= 0).then(|| gt[k as usize])).collect();
+    RpnTargets { labels, matched }
 }
 
 /// Ground-truth boxes must be finite with positive width and height (torchvision's `GeneralizedRCNN` refuses
@@ -501,7 +511,7 @@ pub fn rpn_loss_feed(
             labels[i * n + k] = 1.0;
             obj_w[i * n + k] = w;
             box_w[i * n + k] = w;
-            box_t[4 * (i * n + k)..4 * (i * n + k) + 4].copy_from_slice(&t.deltas[k]);
+            box_t[4 * (i * n + k)..4 * (i * n + k) + 4].copy_from_slice(&t.deltas(anchors, k));
         }
         for &k in &s.neg {
             obj_w[i * n + k] = w;
