@@ -1,4 +1,7 @@
 //! Faster R-CNN (issue 13): torchvision's `fasterrcnn_resnet50_fpn` layout and key names, NHWC graphs.
 
+pub mod anchors;
 pub mod backbone;
+pub mod roi_heads;
+pub mod rpn;
 pub mod weights;
