@@ -13,4 +13,3 @@ pub mod weights;
 
 pub mod unet;
 
-pub mod detector;
