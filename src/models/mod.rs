@@ -11,3 +11,5 @@ pub mod vae;
 pub mod weights;
 
 pub mod unet;
+
+pub mod detector;
