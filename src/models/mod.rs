@@ -6,6 +6,7 @@ pub mod tokenizer;
 
 pub mod clip_text;
 pub mod config;
+pub mod detector;
 pub mod layers;
 pub mod vae;
 pub mod weights;

@@ -27,10 +27,12 @@ pub mod conv;
 pub mod det_losses;
 pub mod dropout;
 pub mod elementwise;
+pub mod frozen_bn;
 pub mod gemm;
 pub mod groupnorm;
 pub mod movement;
 pub mod norm;
+pub mod pool;
 pub mod reduce;
 pub mod roi;
 pub mod sd_misc;
@@ -335,6 +337,20 @@ op_table! {
         /// Inverted dropout with a counter-based mask: inputs `(x, key i64 [2] = (seed, step))` -> x's shape;
         /// element i kept when the hash of (seed, step, i) clears `p`, then scaled by `1 / (1 - p)`.
         Dropout { p: f32 } => "dropout", 2;
+    }
+    pool {
+        /// Max pooling of `x [N, H, W, C]` (torch `F.max_pool2d(x, kernel, stride, padding)`, ceil_mode off) ->
+        /// `[N, Ho, Wo, C]`, `Ho = (H + 2 padding - kernel) / stride + 1`; padding at most kernel / 2.
+        MaxPool2d { kernel: usize, stride: usize, padding: usize } => "max_pool2d", 1;
+        /// Gradient of `MaxPool2d` w.r.t. x: inputs `(x, dy [N, Ho, Wo, C])` -> dx `[N, H, W, C]` (each output's
+        /// gradient to the element it picked: the first of tied maxima, as PyTorch).
+        MaxPool2dBwd { kernel: usize, stride: usize, padding: usize } => "max_pool2d_bwd", 2;
+    }
+    frozen_bn {
+        /// torchvision `FrozenBatchNorm2d` over the last axis: inputs `(x [..., C], weight, bias, running_mean,
+        /// running_var)` (each `[C]`) -> `x * scale + shift`, `scale = weight * rsqrt(running_var + eps)`,
+        /// `shift = bias - running_mean * scale`. Differentiable w.r.t. x only.
+        FrozenBatchNorm { eps: f32 } => "frozen_batch_norm", 5;
     }
 }
 

@@ -1,3 +1,5 @@
-//! Faster R-CNN with a ResNet + FPN backbone in torchvision's layout (issue 13).
+//! Faster R-CNN (issue 13): torchvision's `fasterrcnn_resnet50_fpn` layout and key names, NHWC graphs.
 
+pub mod backbone;
 pub mod transform;
+pub mod weights;
