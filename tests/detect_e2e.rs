@@ -7,50 +7,10 @@ use instagen::models::detector::backbone::BackboneConfig;
 use instagen::models::detector::faster_rcnn::{FasterRcnn, FasterRcnnConfig};
 use instagen::models::detector::roi_heads::RoiHeadsConfig;
 use instagen::models::detector::transform::TransformConfig;
-use instagen::params::ParamStore;
-use instagen::tensor::{DType, HostTensor};
 use serde_json::Value;
 
-fn fnv1a64(s: &str) -> u64 {
-    let mut h = 0xCBF2_9CE4_8422_2325u64;
-    for b in s.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01B3);
-    }
-    h
-}
-
-/// The script's generator: u in [-1, 1) for element i of `key`.
-fn uniform(key: &str, i: u64) -> f64 {
-    let mut z = fnv1a64(key).wrapping_add(i).wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    (z >> 40) as f64 / (1u64 << 23) as f64 - 1.0
-}
-
-fn value(key: &str, shape: &[usize], gain: f64) -> HostTensor {
-    let n: usize = shape.iter().product();
-    let last = key.rsplit('.').next().unwrap();
-    let v: Vec<f32> = (0..n as u64)
-        .map(|i| {
-            let u = uniform(key, i);
-            let x = if shape.len() == 4 {
-                gain * (6.0 / (shape[1] * shape[2] * shape[3]) as f64).sqrt() * u
-            } else if shape.len() == 2 {
-                gain * (6.0 / shape[1] as f64).sqrt() * u
-            } else if last == "running_var" {
-                1.0 + 0.5 * u
-            } else if last == "weight" {
-                1.0 + 0.25 * u
-            } else {
-                0.1 * u
-            };
-            x as f32
-        })
-        .collect();
-    HostTensor::from_f32(shape, DType::F32, &v).unwrap()
-}
+mod common;
+use common::rcnn_gen::{self, uniform};
 
 fn usz(v: &Value) -> usize {
     v.as_u64().unwrap() as usize
@@ -58,15 +18,8 @@ fn usz(v: &Value) -> usize {
 
 #[test]
 fn resnet18_fpn_detections_match_torchvision() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/rcnn_e2e/e2e.json");
-    let fx: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let mut store = ParamStore::new();
-    for kv in fx["keys"].as_array().unwrap() {
-        let key = kv[0].as_str().unwrap();
-        let shape: Vec<usize> = kv[1].as_array().unwrap().iter().map(usz).collect();
-        let gain = fx["gain"].get(key).and_then(|g| g.as_f64()).unwrap_or(1.0);
-        store.insert(key, value(key, &shape, gain));
-    }
+    let fx = rcnn_gen::fixture();
+    let store = rcnn_gen::store(&fx);
     let cfg = FasterRcnnConfig {
         backbone: BackboneConfig { depth: 18, out_channels: usz(&fx["out_channels"]), ..Default::default() },
         roi_heads: RoiHeadsConfig {
@@ -78,7 +31,7 @@ fn resnet18_fpn_detections_match_torchvision() {
         transform: TransformConfig { min_size: vec![usz(&fx["min_size"])], max_size: usz(&fx["max_size"]), ..Default::default() },
         ..Default::default()
     };
-    let mut model = FasterRcnn::new(cfg, store, CpuBackend).unwrap();
+    let mut model = FasterRcnn::new(cfg, store, || Ok(CpuBackend)).unwrap();
     let shapes: Vec<(usize, usize)> = fx["images"].as_array().unwrap().iter().map(|s| (usz(&s[0]), usz(&s[1]))).collect();
     let images: Vec<Vec<f32>> =
         shapes.iter().enumerate().map(|(i, (h, w))| (0..(h * w * 3) as u64).map(|k| (0.5 + 0.5 * uniform(&format!("image{i}"), k)) as f32).collect()).collect();

@@ -72,17 +72,18 @@ pub fn build_eval_graph(cfg: &FasterRcnnConfig, batch: usize, padded: (usize, us
 }
 
 /// Inference with cached graphs.
-pub struct FasterRcnn<B: Backend + Clone> {
+pub struct FasterRcnn<B: Backend> {
     pub cfg: FasterRcnnConfig,
     store: ParamStore,
-    backend: B,
+    /// Makes a backend for each new graph (`with_backend!`'s constructor).
+    backend: Box<dyn Fn() -> Result<B>>,
     cache: HashMap<(usize, usize, usize), (EvalGraph, Executor<B>)>,
 }
 
-impl<B: Backend + Clone> FasterRcnn<B> {
-    pub fn new(cfg: FasterRcnnConfig, store: ParamStore, backend: B) -> Result<Self> {
+impl<B: Backend> FasterRcnn<B> {
+    pub fn new(cfg: FasterRcnnConfig, store: ParamStore, backend: impl Fn() -> Result<B> + 'static) -> Result<Self> {
         cfg.validate()?;
-        Ok(FasterRcnn { cfg, store, backend, cache: HashMap::new() })
+        Ok(FasterRcnn { cfg, store, backend: Box::new(backend), cache: HashMap::new() })
     }
 
     /// The parameters (for saving).
@@ -99,7 +100,7 @@ impl<B: Backend + Clone> FasterRcnn<B> {
         let key = (shape[0], shape[1], shape[2]);
         if !self.cache.contains_key(&key) {
             let eg = build_eval_graph(&self.cfg, key.0, (key.1, key.2))?;
-            let ex = Executor::new(self.backend.clone(), eg.g.clone(), &self.store)?;
+            let ex = Executor::new((self.backend)()?, eg.g.clone(), &self.store)?;
             self.cache.insert(key, (eg, ex));
         }
         let (eg, ex) = self.cache.get_mut(&key).expect("inserted");

@@ -92,7 +92,7 @@ pub struct InferReport {
 }
 
 /// Runs the detector on every image of `opts.data` and writes the COCO results to `opts.out`.
-pub fn infer<B: Backend + Clone>(opts: &InferOptions, backend: B) -> Result<(InferReport, Dataset, Vec<Detection>)> {
+pub fn infer<B: Backend>(opts: &InferOptions, backend: impl Fn() -> Result<B> + 'static) -> Result<(InferReport, Dataset, Vec<Detection>)> {
     let file = WeightFile::open(&opts.weights)?;
     let mut cfg = config_from_weights(&file)?;
     cfg.backbone.caffe_stride = opts.caffe_stride;
@@ -141,7 +141,7 @@ pub fn infer<B: Backend + Clone>(opts: &InferOptions, backend: B) -> Result<(Inf
 }
 
 /// `instagen detect eval`: [`infer`], then the evaluator; returns the printable summary.
-pub fn eval<B: Backend + Clone>(opts: &InferOptions, split: Option<&str>, backend: B) -> Result<String> {
+pub fn eval<B: Backend>(opts: &InferOptions, split: Option<&str>, backend: impl Fn() -> Result<B> + 'static) -> Result<String> {
     let split = match split {
         None => None,
         Some(s) => Some(split_by_name(s).ok_or_else(|| Error::Other(format!("unknown split '{s}' (known: ovcoco)")))?),
