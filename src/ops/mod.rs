@@ -349,8 +349,9 @@ op_table! {
     frozen_bn {
         /// torchvision `FrozenBatchNorm2d` over the last axis: inputs `(x [..., C], weight, bias, running_mean,
         /// running_var)` (each `[C]`) -> `x * scale + shift`, `scale = weight * rsqrt(running_var + eps)`,
-        /// `shift = bias - running_mean * scale`. Differentiable w.r.t. x only.
-        FrozenBatchNorm { eps: f32 } => "frozen_batch_norm", 5;
+        /// `shift = bias - running_mean * scale`, then ReLU when `relu` (fused: ResNet's norm + activation).
+        /// Differentiable w.r.t. x only.
+        FrozenBatchNorm { eps: f32, relu: bool } => "frozen_batch_norm", 5;
     }
 }
 

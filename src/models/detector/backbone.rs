@@ -104,10 +104,6 @@ pub struct FpnFeatures {
     pub strides: [usize; 5],
 }
 
-fn relu(g: &mut Graph, x: NodeId) -> Result<NodeId> {
-    g.unary(UnaryOp::Relu, x)
-}
-
 /// A bias-free convolution `{name}.weight [cout, cin, k, k]` (torch `Conv2d(.., bias=False)`).
 fn conv(g: &mut Graph, x: NodeId, name: &str, cout: usize, k: usize, stride: usize, padding: usize) -> Result<NodeId> {
     let cin = g.shape(x)[3];
@@ -124,15 +120,16 @@ fn conv_bias(g: &mut Graph, x: NodeId, name: &str, cout: usize, k: usize, paddin
     g.push(Op::Conv2d { stride: 1, padding, bias: true }, &[x, w, b])
 }
 
-/// `FrozenBatchNorm2d` `{name}.{weight,bias,running_mean,running_var}`.
-pub fn frozen_bn(g: &mut Graph, x: NodeId, name: &str, eps: f32) -> Result<NodeId> {
+/// `FrozenBatchNorm2d` `{name}.{weight,bias,running_mean,running_var}`, followed by ReLU when `relu` (one
+/// fused op).
+pub fn frozen_bn(g: &mut Graph, x: NodeId, name: &str, eps: f32, relu: bool) -> Result<NodeId> {
     let c = *g.shape(x).last().unwrap_or(&0);
     let dt = g.dtype(x);
     let mut ins = vec![x];
     for t in ["weight", "bias", "running_mean", "running_var"] {
         ins.push(g.param(&format!("{name}.{t}"), &[c], dt)?);
     }
-    g.push(Op::FrozenBatchNorm { eps }, &ins)
+    g.push(Op::FrozenBatchNorm { eps, relu }, &ins)
 }
 
 /// One residual block `{name}` (`layerN.i`); `stride` is the block's.
@@ -143,28 +140,25 @@ fn block(g: &mut Graph, cfg: &BackboneConfig, x: NodeId, name: &str, planes: usi
     let y = if cfg.bottleneck() {
         let (s1, s3) = if cfg.caffe_stride { (stride, 1) } else { (1, stride) };
         let y = conv(g, x, &format!("{name}.conv1"), planes, 1, s1, 0)?;
-        let y = frozen_bn(g, y, &format!("{name}.bn1"), eps)?;
-        let y = relu(g, y)?;
+        let y = frozen_bn(g, y, &format!("{name}.bn1"), eps, true)?;
         let y = conv(g, y, &format!("{name}.conv2"), planes, 3, s3, 1)?;
-        let y = frozen_bn(g, y, &format!("{name}.bn2"), eps)?;
-        let y = relu(g, y)?;
+        let y = frozen_bn(g, y, &format!("{name}.bn2"), eps, true)?;
         let y = conv(g, y, &format!("{name}.conv3"), out_c, 1, 1, 0)?;
-        frozen_bn(g, y, &format!("{name}.bn3"), eps)?
+        frozen_bn(g, y, &format!("{name}.bn3"), eps, false)?
     } else {
         let y = conv(g, x, &format!("{name}.conv1"), planes, 3, stride, 1)?;
-        let y = frozen_bn(g, y, &format!("{name}.bn1"), eps)?;
-        let y = relu(g, y)?;
+        let y = frozen_bn(g, y, &format!("{name}.bn1"), eps, true)?;
         let y = conv(g, y, &format!("{name}.conv2"), planes, 3, 1, 1)?;
-        frozen_bn(g, y, &format!("{name}.bn2"), eps)?
+        frozen_bn(g, y, &format!("{name}.bn2"), eps, false)?
     };
     let identity = if stride != 1 || cin != out_c {
         let d = conv(g, x, &format!("{name}.downsample.0"), out_c, 1, stride, 0)?;
-        frozen_bn(g, d, &format!("{name}.downsample.1"), eps)?
+        frozen_bn(g, d, &format!("{name}.downsample.1"), eps, false)?
     } else {
         x
     };
     let y = g.add(y, identity)?;
-    relu(g, y)
+    g.unary(UnaryOp::Relu, y)
 }
 
 /// The ResNet body on `images [B, H, W, 3]`: C2..C5 (layer1..4 outputs), strides 4, 8, 16, 32.
@@ -176,8 +170,7 @@ pub fn build_body(g: &mut Graph, cfg: &BackboneConfig, images: NodeId) -> Result
     }
     let eps = cfg.frozen_bn_eps;
     let x = conv(g, images, &format!("{BODY}.conv1"), 64, 7, 2, 3)?;
-    let x = frozen_bn(g, x, &format!("{BODY}.bn1"), eps)?;
-    let x = relu(g, x)?;
+    let x = frozen_bn(g, x, &format!("{BODY}.bn1"), eps, true)?;
     let mut x = g.push(Op::MaxPool2d { kernel: 3, stride: 2, padding: 1 }, &[x])?;
     let mut outs = [x; 4];
     for (li, (&n, planes)) in cfg.blocks().iter().zip([64, 128, 256, 512]).enumerate() {

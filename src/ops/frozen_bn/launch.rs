@@ -5,7 +5,7 @@ use crate::error::Result;
 use crate::ops::Op;
 
 pub fn launches(ctx: &NodeCtx) -> Result<Option<Vec<Launch>>> {
-    let Op::FrozenBatchNorm { eps } = &ctx.node.op else {
+    let Op::FrozenBatchNorm { eps, relu } = &ctx.node.op else {
         return Ok(None);
     };
     let dtype = ctx.node.dtype;
@@ -18,7 +18,7 @@ pub fn launches(ctx: &NodeCtx) -> Result<Option<Vec<Launch>>> {
         return Ok(Some(Vec::new()));
     }
     let mut args: Vec<Arg> = ctx.ins.iter().map(|l| Arg::Ptr(*l)).collect();
-    args.extend([Arg::Ptr(ctx.out), Arg::I64(n as i64), Arg::I64(c as i64), Arg::F32(*eps)]);
+    args.extend([Arg::Ptr(ctx.out), Arg::I64(n as i64), Arg::I64(c as i64), Arg::F32(*eps), Arg::I32(*relu as i32)]);
     let kernel = format!("frozen_batch_norm_fwd_{}", suffix(dtype));
     Ok(Some(vec![Launch { file: "frozen_bn", kernel, grid: grid_for(n), block: [BLOCK, 1, 1], smem: 0, args }]))
 }

@@ -9,7 +9,7 @@ use crate::tensor::DType;
 const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
 
 /// `FrozenBatchNorm2d` on `x` (channels last) with random weight, bias, mean and a positive variance.
-pub fn frozen_bn_case(dt: DType, x: &[usize], eps: f32) -> Case {
+pub fn frozen_bn_case(dt: DType, x: &[usize], eps: f32, relu: bool) -> Case {
     let c = *x.last().expect("rank >= 1");
     let ins = vec![
         (x.to_vec(), dt, Gen::Normal),
@@ -21,8 +21,9 @@ pub fn frozen_bn_case(dt: DType, x: &[usize], eps: f32) -> Case {
     let kernel = format!("frozen_batch_norm_fwd_{dt}");
     // f32: the kernel rounds every step as the reference does, so the results are equal.
     let tol = if dt == DType::F32 { Tol { atol: 0.0, rtol: 0.0 } } else { Tol::for_dtype(dt) };
-    Case::new(format!("frozen_batch_norm {dt} {x:?} eps {eps}"), ins, tol, &[&kernel], move |g, x| {
-        g.push(Op::FrozenBatchNorm { eps }, x)
+    let name = format!("frozen_batch_norm {dt} {x:?} eps {eps}{}", if relu { " relu" } else { "" });
+    Case::new(name, ins, tol, &[&kernel], move |g, x| {
+        g.push(Op::FrozenBatchNorm { eps, relu }, x)
     })
 }
 
@@ -30,9 +31,10 @@ pub fn frozen_bn_case(dt: DType, x: &[usize], eps: f32) -> Case {
 pub fn cases() -> Vec<Case> {
     let mut v = Vec::new();
     for dt in DTYPES {
-        v.push(frozen_bn_case(dt, &[2, 5, 7, 6], 1e-5));
-        v.push(frozen_bn_case(dt, &[3, 17], 0.0));
-        v.push(frozen_bn_case(dt, &[1, 3, 4, 300], 1e-3));
+        v.push(frozen_bn_case(dt, &[2, 5, 7, 6], 1e-5, false));
+        v.push(frozen_bn_case(dt, &[2, 5, 7, 6], 1e-5, true));
+        v.push(frozen_bn_case(dt, &[3, 17], 0.0, false));
+        v.push(frozen_bn_case(dt, &[1, 3, 4, 300], 1e-3, true));
     }
     v.extend(grad_cases());
     v
@@ -43,26 +45,40 @@ pub fn bench_cases() -> Vec<(Case, Work)> {
     let x = [2usize, 200, 334, 256];
     let n = x.iter().product::<usize>() as u64;
     vec![
-        (frozen_bn_case(DType::F16, &x, 1e-5), Work::Bytes(n * 4)),
-        (frozen_bn_case(DType::F32, &x, 1e-5), Work::Bytes(n * 8)),
+        (frozen_bn_case(DType::F16, &x, 1e-5, true), Work::Bytes(n * 4)),
+        (frozen_bn_case(DType::F32, &x, 1e-5, true), Work::Bytes(n * 8)),
     ]
 }
 
-/// Gradient check w.r.t. x; the statistics come through `frozen` (no gradient, as in torchvision), the
-/// variance made positive (at least 0.75).
+/// Gradient checks w.r.t. x; the statistics come through `frozen` (no gradient, as in torchvision), the
+/// variance made positive (at least 0.75). With ReLU: zero bias and mean, weights in [0.25, 1.25] and x away
+/// from zero, so no output is within a finite-difference step of the kink.
 fn grad_cases() -> Vec<Case> {
-    let ins: &[(&[usize], Gen)] = &[(&[2, 3, 4, 5], Gen::Normal), (&[4, 5], Gen::GridB)];
-    vec![Case::grad("frozen_batch_norm", ins, |g, x| {
-        let s = frozen(g, x[1])?;
-        let row = |g: &mut crate::graph::Graph, i: usize| -> crate::error::Result<_> {
-            let r = g.slice(s, 0, i, i + 1)?;
-            g.reshape(r, &[5])
-        };
-        let (w, b, m, v) = (row(g, 0)?, row(g, 1)?, row(g, 2)?, row(g, 3)?);
-        let v = g.unary(UnaryOp::Abs, v)?;
-        let v = g.affine(v, 1.0, 0.75)?;
-        // Weights of at most 1 keep the loss small enough that f32 rounding stays out of the finite differences.
-        let w = g.scale(w, 0.5)?;
-        g.push(Op::FrozenBatchNorm { eps: 1e-5 }, &[x[0], w, b, m, v])
-    })]
+    let mut v = Vec::new();
+    for relu in [false, true] {
+        let x_gen = if relu { Gen::AwayFromZero } else { Gen::Normal };
+        let ins: &[(&[usize], Gen)] = &[(&[2, 3, 4, 5], x_gen), (&[4, 5], Gen::GridB)];
+        let name = format!("frozen_batch_norm{}", if relu { " relu" } else { "" });
+        v.push(Case::grad(name, ins, move |g, x| {
+            let s = frozen(g, x[1])?;
+            let row = |g: &mut crate::graph::Graph, i: usize| -> crate::error::Result<_> {
+                let r = g.slice(s, 0, i, i + 1)?;
+                g.reshape(r, &[5])
+            };
+            let (w, b, m, var) = (row(g, 0)?, row(g, 1)?, row(g, 2)?, row(g, 3)?);
+            let var = g.unary(UnaryOp::Abs, var)?;
+            let var = g.affine(var, 1.0, 0.75)?;
+            // Weights of at most 1.25 keep the loss small enough that f32 rounding stays out of the differences.
+            let (w, b, m) = if relu {
+                let w = g.unary(UnaryOp::Abs, w)?;
+                let w = g.affine(w, 0.5, 0.25)?;
+                let z = g.fill(0.0, &[5], crate::tensor::DType::F32);
+                (w, z, z)
+            } else {
+                (g.scale(w, 0.5)?, b, m)
+            };
+            g.push(Op::FrozenBatchNorm { eps: 1e-5, relu }, &[x[0], w, b, m, var])
+        }));
+    }
+    v
 }
