@@ -4,12 +4,15 @@
 //! the final detections. Training mode, with the anchors and RoIs torchvision's samplers chose: the train-mode
 //! proposals, the four losses and the gradients of the features and of a few head parameters; then the
 //! per-source rules (a class mask, an RPN weight of 0) against references computed with torch.
-//! Runs on the CPU engine (`CpuBackend`) as a two-stage graph, proposals and targets on the host in between.
+//! Runs as a two-stage graph, proposals and targets on the host in between, on the CPU engine (`CpuBackend`)
+//! and on the emulated CUDA kernels (`EmuBackend`).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 
 use instagen::backend::cpu::CpuBackend;
+use instagen::backend::emu::EmuBackend;
+use instagen::backend::Backend;
 use instagen::graph::{autodiff, Graph, NodeId};
 use instagen::models::detector::roi_heads::{self, box_head, roi_losses, rois_input, rois_tensor, RoiHeadsConfig};
 use instagen::models::detector::rpn::{self, rpn_head, rpn_loss_feed, rpn_losses, Proposals, RpnConfig, Sampled};
@@ -145,13 +148,27 @@ fn check_proposals(what: &str, got: &[Proposals], fx: &Fixture, prefix: &str, sc
 
 #[test]
 fn eval_proposals_and_detections_match_torchvision() {
+    eval_parity(CpuBackend);
+}
+
+#[test]
+fn eval_on_emulated_kernels() {
+    eval_parity(EmuBackend::new());
+}
+
+#[test]
+fn training_on_emulated_kernels() {
+    training_parity(EmuBackend::new(), false); // the rules' extra steps need nothing the emulator adds
+}
+
+fn eval_parity<B: Backend>(backend: B) {
     let fx = Fixture::load();
     let (rpn_cfg, roi_cfg) = fx.configs();
     let rows = rpn_cfg.post_nms_top_n_test;
     let mut h = heads(&fx, &rpn_cfg, &roi_cfg, rows);
     h.g.mark_output(h.boxes.class_logits);
     h.g.mark_output(h.boxes.box_regression);
-    let mut ex = Executor::new(CpuBackend, h.g.clone(), &fx.params()).unwrap();
+    let mut ex = Executor::new(backend, h.g.clone(), &fx.params()).unwrap();
     let feats = fx.features();
     let names: Vec<String> = KEYS.iter().map(|k| format!("feat.{k}")).collect();
     ex.run_stage(0, &feed_features(&feats, &names)).unwrap();
@@ -164,13 +181,20 @@ fn eval_proposals_and_detections_match_torchvision() {
     ex.run_stage(1, &[(roi_heads::ROI_ROIS, &rois)]).unwrap();
     let logits = ex.get(h.boxes.class_logits).unwrap().to_f32();
     let reg = ex.get(h.boxes.box_regression).unwrap().to_f32();
-    let dets = roi_heads::postprocess(&roi_cfg, &logits, &reg, &props, rows, &SIZES).unwrap();
+    // The default score threshold (over 1000 candidates per image: batched_nms per class), then 0.5 (under
+    // 1000: its coordinate trick).
+    let hi = RoiHeadsConfig { score_thresh: fx.meta["hi_score_thresh"].as_f64().unwrap() as f32, ..roi_cfg.clone() };
     let (mut wb, mut ws) = (0f32, 0f32);
-    for (i, d) in dets.iter().enumerate() {
-        let labels: Vec<usize> = d.labels.iter().map(|&l| l as usize).collect();
-        assert_eq!(labels, fx.idx(&format!("eval.det_labels.{i}")), "image {i} labels");
-        wb = wb.max(max_abs(&format!("image {i} detection boxes"), d.boxes.as_flattened(), fx.f(&format!("eval.det_boxes.{i}"))));
-        ws = ws.max(max_abs(&format!("image {i} detection scores"), &d.scores, fx.f(&format!("eval.det_scores.{i}"))));
+    let mut dets = Vec::new();
+    for (cfg, prefix) in [(&roi_cfg, "eval"), (&hi, "eval_hi")] {
+        dets = roi_heads::postprocess(cfg, &logits, &reg, &props, rows, &SIZES).unwrap();
+        for (i, d) in dets.iter().enumerate() {
+            let labels: Vec<usize> = d.labels.iter().map(|&l| l as usize).collect();
+            assert_eq!(labels, fx.idx(&format!("{prefix}.det_labels.{i}")), "{prefix} image {i} labels");
+            let want = fx.f(&format!("{prefix}.det_boxes.{i}"));
+            wb = wb.max(max_abs(&format!("{prefix} image {i} detection boxes"), d.boxes.as_flattened(), want));
+            ws = ws.max(max_abs(&format!("{prefix} image {i} detection scores"), &d.scores, fx.f(&format!("{prefix}.det_scores.{i}"))));
+        }
     }
     println!(
         "proposals {:?}: boxes within {pb} px, scores {ps}; detections {:?}: boxes within {wb} px, scores {ws}",
@@ -182,6 +206,11 @@ fn eval_proposals_and_detections_match_torchvision() {
 
 #[test]
 fn training_losses_and_gradients_match_torchvision() {
+    training_parity(CpuBackend, true);
+}
+
+/// The training step's parity; with `rules`, two more steps check the per-source rules.
+fn training_parity<B: Backend>(backend: B, rules: bool) {
     let fx = Fixture::load();
     let (rpn_cfg, roi_cfg) = fx.configs();
     let rows = roi_cfg.batch_size_per_image;
@@ -201,7 +230,7 @@ fn training_losses_and_gradients_match_torchvision() {
     for &n in losses.iter().chain(&grads) {
         h.g.mark_output(n);
     }
-    let mut ex = Executor::new(CpuBackend, h.g.clone(), &fx.params()).unwrap();
+    let mut ex = Executor::new(backend, h.g.clone(), &fx.params()).unwrap();
     let feats = fx.features();
     let names: Vec<String> = KEYS.iter().map(|k| format!("feat.{k}")).collect();
     let anchors = h.rpn.anchors(&rpn_cfg, PADDED).unwrap();
@@ -216,10 +245,10 @@ fn training_losses_and_gradients_match_torchvision() {
     let mut rng = Rng::new(0);
 
     // One training forward/backward with the given per-image rules; returns the four losses.
-    let mut step = |rpn_weight: &[f32], class_mask: Option<&[Vec<f32>]>, ex: &mut Executor<CpuBackend>| -> ([f32; 4], Vec<Proposals>) {
-        let (rpn_feed, _) = rpn_loss_feed(&rpn_cfg, &anchors, &gt, rpn_weight, Some(&rpn_given), &mut rng).unwrap();
+    let mut step = |rpn_weight: &[f32], class_mask: Option<&[Vec<f32>]>, ex: &mut Executor<B>| -> ([f32; 4], Vec<Proposals>) {
+        let rpn_feed = rpn_loss_feed(&rpn_cfg, &anchors, &gt, rpn_weight, Some(&rpn_given), &mut rng).unwrap();
         let mut feed = feed_features(&feats, &names);
-        feed.extend(rpn_feed.iter().map(|(n, t)| (n.as_str(), t)));
+        feed.extend(rpn_feed.feed.iter().map(|(n, t)| (n.as_str(), t)));
         ex.run_stage(0, &feed).unwrap();
         let obj = ex.get(h.rpn.objectness).unwrap().to_f32();
         let del = ex.get(h.rpn.deltas).unwrap().to_f32();
@@ -247,6 +276,9 @@ fn training_losses_and_gradients_match_torchvision() {
         assert!(err <= 5e-5 * peak, "grad {name}: off by {err} (max |g| {peak})");
     }
 
+    if !rules {
+        return;
+    }
     // Per-source rules: classes 3 and 5 out of image 1's softmax; then image 1's RPN loss dropped.
     let m = fx.f("mask.class_mask");
     let mask: Vec<Vec<f32>> = m.chunks_exact(roi_cfg.num_classes).map(|r| r.to_vec()).collect();
@@ -280,6 +312,63 @@ fn bad_inputs_are_named() {
         .unwrap_err();
     assert!(err.to_string().contains("class 7 that its class_mask excludes"), "{err}");
     assert!(roi_heads::rois_tensor(&p, 0).is_err());
+    let err = roi_heads::roi_targets(&roi, &p, &[vec![[5.0, 0.0, 5.0, 10.0]]], &[vec![1]], None, None, &mut Rng::new(0)).unwrap_err();
+    assert!(err.to_string().contains("ground-truth box 0 of image 0"), "{err}");
+    let anchors = instagen::models::detector::anchors::anchors((32, 32), &[(8, 8)], &[vec![32.0]], &[1.0]).unwrap();
+    let one = RpnConfig { anchor_sizes: vec![vec![32.0]], aspect_ratios: vec![1.0], ..RpnConfig::default() };
+    let gt = [vec![[0.0, 0.0, 10.0, 10.0], [0.0, f32::NAN, 4.0, 4.0]]];
+    let err = rpn_loss_feed(&one, &anchors, &gt, &[1.0], None, &mut Rng::new(0)).unwrap_err();
+    assert!(err.to_string().contains("ground-truth box 1 of image 0"), "{err}");
     let cfg: Result<RpnConfig, _> = serde_json::from_str(r#"{"nms_tresh": 0.5}"#);
     assert!(cfg.unwrap_err().to_string().contains("nms_tresh"));
+}
+
+/// The host side of a training step and of inference at full size (two 800x1088 images, ~270k anchors each,
+/// 20 ground-truth boxes, 91 classes), timed: `cargo test --test rcnn_heads -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn host_steps_at_full_size_timing() {
+    use std::time::Instant;
+    let rpn_cfg = RpnConfig::default();
+    let roi_cfg = RoiHeadsConfig::default();
+    let grids = [(200, 272), (100, 136), (50, 68), (25, 34), (13, 17)];
+    let anchors = instagen::models::detector::anchors::anchors((800, 1088), &grids, &rpn_cfg.anchor_sizes, &rpn_cfg.aspect_ratios).unwrap();
+    let n = anchors.len();
+    let mut rng = Rng::new(5);
+    let obj = rng.normal_vec(2 * n, 2.0);
+    let del = rng.normal_vec(8 * n, 0.3);
+    let gt: Vec<Vec<[f32; 4]>> = (0..2)
+        .map(|_| {
+            (0..20)
+                .map(|_| {
+                    let (x, y) = (rng.range(0.0, 900.0), rng.range(0.0, 650.0));
+                    [x, y, x + rng.range(16.0, 180.0), y + rng.range(16.0, 140.0)]
+                })
+                .collect()
+        })
+        .collect();
+    let labels: Vec<Vec<i64>> = (0..2).map(|_| (0..20).map(|i| 1 + i % 90).collect()).collect();
+    let t = Instant::now();
+    let feed = rpn_loss_feed(&rpn_cfg, &anchors, &gt, &[1.0, 1.0], None, &mut rng).unwrap();
+    let t_rpn_targets = t.elapsed();
+    let t = Instant::now();
+    let props = rpn::proposals(&rpn_cfg, true, &anchors, &obj, &del, &[(800, 1088), (800, 1088)]).unwrap();
+    let t_props = t.elapsed();
+    let t = Instant::now();
+    let roi = roi_heads::roi_targets(&roi_cfg, &props, &gt, &labels, None, None, &mut rng).unwrap();
+    let t_roi = t.elapsed();
+    let props_eval = rpn::proposals(&rpn_cfg, false, &anchors, &obj, &del, &[(800, 1088), (800, 1088)]).unwrap();
+    let k = 2 * rpn_cfg.post_nms_top_n_test;
+    let logits = rng.normal_vec(k * 91, 2.0);
+    let reg = rng.normal_vec(k * 91 * 4, 0.5);
+    let t = Instant::now();
+    let dets = roi_heads::postprocess(&roi_cfg, &logits, &reg, &props_eval, rpn_cfg.post_nms_top_n_test, &[(800, 1088), (800, 1088)]).unwrap();
+    let t_post = t.elapsed();
+    println!(
+        "{n} anchors/image: rpn targets + sample {t_rpn_targets:?} ({:?} sampled), proposals (train) {t_props:?} ({:?}), roi targets {t_roi:?} ({:?} rows), postprocess {t_post:?} ({:?} detections)",
+        feed.samples.iter().map(|s| s.len()).collect::<Vec<_>>(),
+        props.iter().map(|p| p.boxes.len()).collect::<Vec<_>>(),
+        roi.labels.iter().map(|l| l.len()).collect::<Vec<_>>(),
+        dets.iter().map(|d| d.boxes.len()).collect::<Vec<_>>()
+    );
 }

@@ -22,6 +22,8 @@ Output: tests/fixtures/rcnn_heads/heads.safetensors (every 4-D tensor NHWC; conv
   param.<torchvision name>    f16                 the head weights (rpn.head.*, roi_heads.box_head.*, box_predictor.*)
   eval.proposals.<i>, eval.proposal_scores.<i>    RPN proposals in eval mode (f32, [n, 4], [n])
   eval.det_boxes.<i>, eval.det_scores.<i>, eval.det_labels.<i>   final detections in eval mode
+  eval_hi.det_*.<i>           the same with score_thresh 0.5 (under 1000 candidates: batched_nms's coordinate
+                              trick instead of its per-class path)
   gt_boxes.<i> f32 [m, 4], gt_labels.<i> i64 [m]  training targets
   train.proposals.<i>         RPN proposals in training mode (before the ground truth is appended)
   train.rpn_pos.<i>, train.rpn_neg.<i>  i64       anchors torchvision's sampler chose (indices into the anchors)
@@ -71,6 +73,7 @@ GT = [
     ([[5.0, 5.0, 70.0, 40.0], [40.0, 30.0, 100.0, 78.0]], [2, 1]),
 ]
 MASK_OUT = (1, [3, 5])  # image 1 without classes 3 and 5
+HI_THRESH = 0.5  # a second eval post-processing with this score threshold
 
 
 def f16(t):
@@ -179,8 +182,27 @@ def main():
     with torch.no_grad():
         props, _ = rpn(images, dict(feats))
         dets, _ = roi(dict(feats), props, IMAGE_SIZES)
+    # A high score threshold leaves fewer than 1000 candidates per image: batched_nms takes its coordinate-trick
+    # path (the default threshold leaves more: the per-class path).
+    roi.score_thresh = HI_THRESH
+    cand = {}
+    inner_nms = torchvision.ops.boxes.batched_nms
+
+    def nms_and_count(boxes, scores, idxs, thr):
+        cand.setdefault("n", []).append(int(boxes.shape[0]))
+        return inner_nms(boxes, scores, idxs, thr)
+
+    torchvision.models.detection.roi_heads.box_ops.batched_nms = nms_and_count
+    with torch.no_grad():
+        dets_hi, _ = roi(dict(feats), props, IMAGE_SIZES)
+    torchvision.models.detection.roi_heads.box_ops.batched_nms = inner_nms
+    assert all(n <= 1000 for n in cand["n"]), cand
+    roi.score_thresh = 0.05
     rpn.filter_proposals = inner_filter
     for i in range(2):
+        out[f"eval_hi.det_boxes.{i}"] = dets_hi[i]["boxes"].contiguous()
+        out[f"eval_hi.det_scores.{i}"] = dets_hi[i]["scores"].contiguous()
+        out[f"eval_hi.det_labels.{i}"] = dets_hi[i]["labels"].contiguous()
         out[f"eval.proposals.{i}"] = props[i].contiguous()
         out[f"eval.proposal_scores.{i}"] = captured["scores"][i].contiguous()
         out[f"eval.det_boxes.{i}"] = dets[i]["boxes"].contiguous()
@@ -266,6 +288,7 @@ def main():
         "channels": C,
         "representation_size": REPR,
         "num_classes": NUM_CLASSES,
+        "hi_score_thresh": HI_THRESH,
         "padded": PADDED,
         "image_sizes": IMAGE_SIZES,
         "grids": GRIDS,
@@ -274,6 +297,8 @@ def main():
         "counts": {
             "eval_proposals": [int(out[f"eval.proposals.{i}"].shape[0]) for i in range(2)],
             "eval_detections": [int(out[f"eval.det_boxes.{i}"].shape[0]) for i in range(2)],
+            "eval_hi_candidates": cand["n"],
+            "eval_hi_detections": [int(out[f"eval_hi.det_boxes.{i}"].shape[0]) for i in range(2)],
             "train_proposals": [int(out[f"train.proposals.{i}"].shape[0]) for i in range(2)],
             "rpn_sampled": [[int(out[f"train.rpn_pos.{i}"].numel()), int(out[f"train.rpn_neg.{i}"].numel())] for i in range(2)],
             "roi_sampled": [[int(out[f"train.roi_pos.{i}"].numel()), int(out[f"train.roi_neg.{i}"].numel())] for i in range(2)],

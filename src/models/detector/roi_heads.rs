@@ -14,7 +14,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::rpn::{batched_nms, check_sample, clip_box, iou_gt, is_large_enough, match_boxes, sample, smooth_l1, Proposals, Sampled};
+use super::rpn::{batched_nms, check_gt_boxes, check_sample, clip_box, iou_gt, is_large_enough, match_boxes, sample, smooth_l1, Proposals, Sampled};
 use crate::boxes::{BoxCoder, BBOX_XFORM_CLIP};
 use crate::detection::roi::MultiScaleRoiAlign;
 use crate::error::{Error, Result};
@@ -278,6 +278,7 @@ pub fn roi_targets(
             given.map_or(b, |s| s.len())
         )));
     }
+    check_gt_boxes(gt_boxes)?;
     let coder = cfg.coder();
     let mut all_rois: Vec<Vec<[f32; 4]>> = Vec::with_capacity(b);
     let mut all_labels = Vec::with_capacity(b);
@@ -407,11 +408,13 @@ pub fn postprocess(
         for (r, roi) in p.boxes.iter().enumerate() {
             let row = i * rows_per_image + r;
             let logits = &class_logits[row * nc..(row + 1) * nc];
+            // F.softmax in f32 as torch's CPU kernel: exp(x - max), their sum, times 1 / sum (a probability
+            // saturates to 1.0, and ties, where torch's does).
             let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let e: Vec<f64> = logits.iter().map(|&x| ((x - m) as f64).exp()).collect();
-            let sum: f64 = e.iter().sum();
+            let e: Vec<f32> = logits.iter().map(|&x| (x - m).exp()).collect();
+            let inv = 1.0 / e.iter().sum::<f32>();
             for c in 1..nc {
-                let s = (e[c] / sum) as f32;
+                let s = e[c] * inv;
                 let d = &box_regression[4 * (row * nc + c)..4 * (row * nc + c) + 4];
                 let bx = clip_box(coder.decode_one(roi, d), image_sizes[i]);
                 if s > cfg.score_thresh && is_large_enough(&bx, ROI_MIN_SIZE) {

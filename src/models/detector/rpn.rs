@@ -202,8 +202,10 @@ pub struct Proposals {
     pub scores: Vec<f32>,
 }
 
+/// `1 / (1 + exp(-x))` in f32 step by step, as torch's CPU kernel (so probabilities saturate to 1.0, and tie,
+/// where torch's do).
 fn sigmoid(x: f32) -> f32 {
-    (1.0 / (1.0 + (-(x as f64)).exp())) as f32
+    1.0 / (1.0 + (-x).exp())
 }
 
 /// Clips an xyxy box to an image of `(h, w)` pixels (torchvision `clip_boxes_to_image`).
@@ -407,32 +409,66 @@ pub fn check_sample(s: &Sampled, labels: &[i64], what: &str) -> Result<Sampled> 
     Ok(out)
 }
 
-/// One image's RPN training targets: label per anchor (1 object, 0 background, -1 ignored) and the deltas
-/// of the matched ground-truth box per anchor (meaningful for positives).
+/// One image's RPN training targets: label per anchor (1 object, 0 background, -1 ignored) and the matched
+/// ground-truth box per anchor (`None` where there is none); [`RpnTargets::deltas`] encodes an anchor's target.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RpnTargets {
     pub labels: Vec<i64>,
-    pub deltas: Vec<[f32; 4]>,
+    pub matched: Vec<Option<[f32; 4]>>,
 }
 
-/// torchvision's `assign_targets_to_anchors` + `box_coder.encode` for one image with ground-truth boxes
-/// `gt` (xyxy, in the transformed image's pixels): Matcher(fg, bg, allow_low_quality_matches).
+impl RpnTargets {
+    /// The regression target of anchor `k` (torchvision `box_coder.encode`, weights 1), zeros without a match.
+    pub fn deltas(&self, anchors: &Anchors, k: usize) -> [f32; 4] {
+        match self.matched[k] {
+            Some(gt) => BoxCoder::new([1.0; 4]).encode_one(&anchors.boxes[k], &gt),
+            None => [0.0; 4],
+        }
+    }
+}
+
+/// torchvision's `assign_targets_to_anchors` for one image with ground-truth boxes `gt` (xyxy, in the padded
+/// input's pixels): Matcher(fg, bg, allow_low_quality_matches). Targets are encoded only for the anchors that
+/// need them ([`RpnTargets::deltas`]; torchvision encodes every anchor and uses the positives').
 pub fn rpn_targets(cfg: &RpnConfig, anchors: &Anchors, gt: &[[f32; 4]]) -> RpnTargets {
     let n = anchors.len();
     if gt.is_empty() {
-        return RpnTargets { labels: vec![0; n], deltas: vec![[0.0; 4]; n] };
+        return RpnTargets { labels: vec![0; n], matched: vec![None; n] };
     }
     let iou = iou_gt(gt, &anchors.boxes);
     let m = match_boxes(&iou, gt.len(), n, cfg.fg_iou_thresh, cfg.bg_iou_thresh, true);
-    let coder = BoxCoder::new([1.0; 4]);
     let labels = m.iter().map(|&k| if k >= 0 { 1 } else if k == -1 { 0 } else { -1 }).collect();
-    let deltas = (m.iter().zip(&anchors.boxes)).map(|(&k, a)| coder.encode_one(a, &gt[k.max(0) as usize])).collect();
-    RpnTargets { labels, deltas }
+    let matched = m.iter().map(|&k| (k >= 0).then(|| gt[k as usize])).collect();
+    RpnTargets { labels, matched }
 }
 
-/// The RPN loss inputs of a batch, ready to feed ([`RPN_LABELS`], ...). `gt[i]` are image i's boxes,
+/// Ground-truth boxes must be finite with positive width and height (torchvision's `GeneralizedRCNN` refuses
+/// degenerate boxes too: their targets would be `log(0)`). The error names the image and the box.
+pub fn check_gt_boxes(gt: &[Vec<[f32; 4]>]) -> Result<()> {
+    for (i, boxes) in gt.iter().enumerate() {
+        for (k, b) in boxes.iter().enumerate() {
+            if !(b.iter().all(|v| v.is_finite()) && b[2] > b[0] && b[3] > b[1]) {
+                return Err(Error::Other(format!(
+                    "ground-truth box {k} of image {i} is {b:?}: boxes need finite x1 < x2 and y1 < y2"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The RPN loss inputs of a batch ([`rpn_loss_feed`]).
+#[derive(Clone, Debug)]
+pub struct RpnLossFeed {
+    /// ([`RPN_LABELS`], ...) with their tensors, to feed in the losses' stage.
+    pub feed: Vec<(String, HostTensor)>,
+    /// Per image: the anchors sampled.
+    pub samples: Vec<Sampled>,
+}
+
+/// The RPN loss inputs of a batch, ready to feed. `gt[i]` are image i's boxes (in the padded input's pixels),
 /// `rpn_weight[i]` its loss weight (0 drops it), `given[i]` (optional) a caller's sample of image i (checked
-/// against the labels), else one is drawn with `rng`. Also returns the samples used.
+/// against the labels), else one is drawn with `rng`.
 pub fn rpn_loss_feed(
     cfg: &RpnConfig,
     anchors: &Anchors,
@@ -440,7 +476,7 @@ pub fn rpn_loss_feed(
     rpn_weight: &[f32],
     given: Option<&[Sampled]>,
     rng: &mut Rng,
-) -> Result<(Vec<(String, HostTensor)>, Vec<Sampled>)> {
+) -> Result<RpnLossFeed> {
     let (b, n) = (gt.len(), anchors.len());
     if rpn_weight.len() != b || given.is_some_and(|s| s.len() != b) {
         return Err(Error::Other(format!(
@@ -449,6 +485,7 @@ pub fn rpn_loss_feed(
             given.map_or(b, |s| s.len())
         )));
     }
+    check_gt_boxes(gt)?;
     if let Some(w) = rpn_weight.iter().find(|w| !(w.is_finite() && **w >= 0.0)) {
         return Err(Error::Other(format!("rpn loss inputs: rpn_weight must be finite and >= 0, got {w}")));
     }
@@ -474,7 +511,7 @@ pub fn rpn_loss_feed(
             labels[i * n + k] = 1.0;
             obj_w[i * n + k] = w;
             box_w[i * n + k] = w;
-            box_t[4 * (i * n + k)..4 * (i * n + k) + 4].copy_from_slice(&t.deltas[k]);
+            box_t[4 * (i * n + k)..4 * (i * n + k) + 4].copy_from_slice(&t.deltas(anchors, k));
         }
         for &k in &s.neg {
             obj_w[i * n + k] = w;
@@ -486,7 +523,7 @@ pub fn rpn_loss_feed(
         (RPN_BOX_TARGETS.to_string(), HostTensor::from_f32(&[b, n, 4], DType::F32, &box_t)?),
         (RPN_BOX_WEIGHT.to_string(), HostTensor::from_f32(&[b, n, 1], DType::F32, &box_w)?),
     ];
-    Ok((feed, samples))
+    Ok(RpnLossFeed { feed, samples })
 }
 
 /// Elementwise `binary_cross_entropy_with_logits(x, y)` = `max(x, 0) - x y + log(1 + exp(-|x|))`.
@@ -550,7 +587,7 @@ mod tests {
     #[test]
     fn matcher_thresholds_and_low_quality() {
         // 2 gt x 4 predictions.
-        let iou = [0.8, 0.5, 0.1, 0.0, 0.75, 0.2, 0.25, 0.0];
+        let iou = [0.8, 0.5, 0.1, 0.0, 0.1, 0.2, 0.25, 0.0];
         assert_eq!(match_boxes(&iou, 2, 4, 0.7, 0.3, false), vec![0, -2, -1, -1]);
         // gt 1's best prediction is 2 (0.25): kept as a match. Both gts have 0.0 at prediction 3, but neither's
         // best is 0, so it stays negative.
@@ -570,6 +607,32 @@ mod tests {
         assert_eq!((s.pos.len(), s.neg.len()), (10, 54));
         assert!(check_sample(&Sampled { pos: vec![12], neg: vec![] }, &labels, "x").is_err());
         assert!(check_sample(&Sampled { pos: vec![1], neg: vec![1] }, &labels, "x").is_err());
+    }
+
+    #[test]
+    fn loss_weights_follow_rpn_weight() {
+        let cfg = RpnConfig::default();
+        let a = anchors::anchors((64, 64), &[(16, 16), (8, 8)], &[vec![32.0], vec![64.0]], &cfg.aspect_ratios).unwrap();
+        let gt = vec![vec![[4.0, 4.0, 36.0, 40.0]], vec![[10.0, 20.0, 60.0, 50.0], [0.0, 0.0, 20.0, 20.0]]];
+        let sum = |f: &RpnLossFeed, name: &str, from: usize, to: usize| -> f64 {
+            let t = &f.feed.iter().find(|(n, _)| n == name).unwrap().1;
+            t.to_f32()[from..to].iter().map(|&v| v as f64).sum()
+        };
+        let n = a.len();
+        let f = rpn_loss_feed(&cfg, &a, &gt, &[1.0, 1.0], None, &mut Rng::new(3)).unwrap();
+        let sampled: Vec<usize> = f.samples.iter().map(|s| s.len()).collect();
+        assert!(f.samples.iter().all(|s| !s.pos.is_empty() && s.len() <= 256), "{sampled:?}");
+        assert!((sum(&f, RPN_OBJECTNESS_WEIGHT, 0, 2 * n) - 1.0).abs() < 1e-5);
+        let pos = (f.samples[0].pos.len() + f.samples[1].pos.len()) as f64;
+        assert!((sum(&f, RPN_BOX_WEIGHT, 0, 2 * n) - pos / (sampled[0] + sampled[1]) as f64).abs() < 1e-5);
+        // Image 1 dropped: image 0's anchors carry the whole mean.
+        let f = rpn_loss_feed(&cfg, &a, &gt, &[1.0, 0.0], None, &mut Rng::new(3)).unwrap();
+        assert!((sum(&f, RPN_OBJECTNESS_WEIGHT, 0, n) - 1.0).abs() < 1e-5);
+        assert_eq!(sum(&f, RPN_OBJECTNESS_WEIGHT, n, 2 * n), 0.0);
+        let f = rpn_loss_feed(&cfg, &a, &gt, &[0.0, 0.0], None, &mut Rng::new(3)).unwrap();
+        assert_eq!(sum(&f, RPN_OBJECTNESS_WEIGHT, 0, 2 * n), 0.0);
+        assert!(rpn_loss_feed(&cfg, &a, &gt, &[1.0], None, &mut Rng::new(3)).is_err());
+        assert!(rpn_loss_feed(&cfg, &a, &gt, &[1.0, f32::NAN], None, &mut Rng::new(3)).is_err());
     }
 
     #[test]
