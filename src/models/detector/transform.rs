@@ -14,6 +14,7 @@
 //! - boxes are multiplied by `f32(new) / f32(old)` per axis (`resize_boxes`), in f32;
 //! - the batch is zero-padded at the bottom and right to the largest height and width, each rounded up to a
 //!   multiple of `size_divisible`. Graphs are built per padded size.
+//!
 //! In training torchvision draws the short side from `min_size` (a list: short-side jitter) per image; here the
 //! caller draws (`pick_min_size`) with the sample's generator, so the choice is reproducible per (seed, epoch,
 //! index).
@@ -172,8 +173,8 @@ impl TransformConfig {
         }
         let mut norm = rgb.to_vec();
         for px in norm.chunks_exact_mut(3) {
-            for ch in 0..3 {
-                px[ch] = (px[ch] - self.image_mean[ch]) / self.image_std[ch];
+            for ((v, m), s) in px.iter_mut().zip(self.image_mean).zip(self.image_std) {
+                *v = (*v - m) / s;
             }
         }
         let (oh, ow) = resized_size(h, w, min_size, self.max_size);
