@@ -121,6 +121,69 @@ fn positive_u64(s: &str) -> Result<u64, String> {
 }
 
 #[derive(Subcommand)]
+enum DetectCmd {
+    /// Run a detector on the images of a COCO file; write COCO results.
+    Infer(DetectInferArgs),
+    /// `infer`, then the COCO evaluator (with --split ovcoco: base / novel / all AP50).
+    Eval {
+        #[command(flatten)]
+        a: DetectInferArgs,
+        #[arg(long)]
+        split: Option<String>,
+    },
+}
+
+#[derive(clap::Args)]
+struct DetectInferArgs {
+    /// safetensors with torchvision's Faster R-CNN key names (tools/convert_weights.py makes one from a .pth).
+    #[arg(long)]
+    weights: PathBuf,
+    /// JSON list of category ids, index = label (not needed for torchvision's 91-entry COCO classifier).
+    #[arg(long)]
+    labels: Option<PathBuf>,
+    /// COCO instances JSON listing the images.
+    #[arg(long)]
+    data: PathBuf,
+    /// Folder of the images.
+    #[arg(long)]
+    images: PathBuf,
+    /// Where to write the COCO results JSON.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 0.05)]
+    score_thresh: f32,
+    #[arg(long, default_value_t = 800)]
+    min_size: usize,
+    #[arg(long, default_value_t = 1333)]
+    max_size: usize,
+    /// The weights use the caffe-style stride placement (stride on the 1x1 conv).
+    #[arg(long)]
+    caffe_stride: bool,
+    /// Skip (and list) images that are missing or do not decode instead of failing.
+    #[arg(long)]
+    lenient: bool,
+    #[arg(long, value_enum)]
+    backend: Option<Backend>,
+}
+
+impl DetectInferArgs {
+    fn options(&self) -> instagen::pipeline::detect::infer::InferOptions {
+        instagen::pipeline::detect::infer::InferOptions {
+            weights: self.weights.clone(),
+            labels: self.labels.clone(),
+            data: self.data.clone(),
+            images: self.images.clone(),
+            out: self.out.clone(),
+            score_thresh: self.score_thresh,
+            min_size: self.min_size,
+            max_size: self.max_size,
+            caffe_stride: self.caffe_stride,
+            lenient: self.lenient,
+        }
+    }
+}
+
+#[derive(Subcommand)]
 enum Cmd {
     /// Backends, NVRTC version, compiled kernels with their ptxas figures, GPUs found.
     Info,
@@ -246,6 +309,9 @@ enum Cmd {
     /// InstaGen stage 1: fine-tune SD's UNet on crops of a COCO detection dataset (frozen CLIP and VAE,
     /// noise-prediction MSE, AdamW, EMA); resumable; writes a diffusers folder RUN/model at the end.
     Finetune(FinetuneArgs),
+    /// Faster R-CNN (torchvision layout): `detect infer` writes COCO results, `detect eval` also evaluates.
+    #[command(subcommand)]
+    Detect(DetectCmd),
 }
 
 #[derive(clap::Args)]
@@ -404,6 +470,15 @@ fn main() {
                 instagen::pipeline::finetune::run(k, &o)
             })
             .map(|r| print!("{r}")),
+        Cmd::Detect(DetectCmd::Infer(a)) => backend_kind(a.backend).and_then(|k| {
+            let o = a.options();
+            instagen::with_backend!(k, |mk| instagen::pipeline::detect::infer::infer(&o, mk))
+                .map(|(r, _, _)| print!("{}", instagen::pipeline::detect::infer::summary(&r, &o.out)))
+        }),
+        Cmd::Detect(DetectCmd::Eval { a, split }) => backend_kind(a.backend).and_then(|k| {
+            let o = a.options();
+            instagen::with_backend!(k, |mk| instagen::pipeline::detect::infer::eval(&o, split.as_deref(), mk)).map(|s| print!("{s}"))
+        }),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

@@ -12,4 +12,3 @@ pub mod vae;
 pub mod weights;
 
 pub mod unet;
-

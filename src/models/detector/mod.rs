@@ -2,6 +2,8 @@
 
 pub mod anchors;
 pub mod backbone;
+pub mod faster_rcnn;
 pub mod roi_heads;
 pub mod rpn;
+pub mod transform;
 pub mod weights;

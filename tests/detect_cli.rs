@@ -1,0 +1,132 @@
+//! `instagen detect infer|eval`: torchvision-layout weights from a file, COCO results equal to the library's
+//! detections on the decoded images, and bad inputs named.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use instagen::backend::cpu::CpuBackend;
+use instagen::detection::coco;
+use instagen::models::detector::faster_rcnn::FasterRcnn;
+use instagen::models::weights::WeightFile;
+use instagen::pipeline::detect::infer::config_from_weights;
+use serde_json::json;
+
+mod common;
+use common::rcnn_gen;
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("instagen_detect_cli_{name}_{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(d.join("img")).unwrap();
+    d
+}
+
+fn pattern(w: u32, h: u32, seed: u32) -> image::RgbImage {
+    image::RgbImage::from_fn(w, h, |x, y| image::Rgb([((x * 7 + seed) % 256) as u8, ((y * 11 + x * x) % 256) as u8, ((x * y + seed) % 256) as u8]))
+}
+
+/// The e2e fixture's weights as a safetensors file, two PNG images and an instances file with categories 1..=5.
+fn setup(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let fx = rcnn_gen::fixture();
+    let w = dir.join("w.safetensors");
+    rcnn_gen::store(&fx).save_safetensors(&w).unwrap();
+    coco::write_image(dir.join("img/a.png"), &pattern(90, 70, 0)).unwrap();
+    coco::write_image(dir.join("img/b.png"), &pattern(60, 84, 9)).unwrap();
+    let cats: Vec<_> = (1..=5).map(|i| json!({"id": i, "name": format!("c{i}")})).collect();
+    let inst = json!({"images": [{"id": 1, "file_name": "a.png", "width": 90, "height": 70},
+                                 {"id": 2, "file_name": "b.png", "width": 60, "height": 84}],
+                      "categories": cats,
+                      "annotations": [{"id": 1, "image_id": 1, "category_id": 2, "bbox": [10.0, 10.0, 30.0, 20.0]}]});
+    let data = dir.join("inst.json");
+    std::fs::write(&data, inst.to_string()).unwrap();
+    let labels = dir.join("labels.json");
+    std::fs::write(&labels, "[0, 1, 2, 3, 4, 5]").unwrap();
+    (w, data, labels)
+}
+
+fn instagen(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_instagen")).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn infer_writes_the_library_detections_as_coco_results() {
+    let dir = tmp("infer");
+    let (w, data, labels) = setup(&dir);
+    let out = dir.join("res.json");
+    let (ok, stdout, stderr) = instagen(&[
+        "detect", "infer", "--weights", s(&w), "--labels", s(&labels), "--data", s(&data), "--images", s(&dir.join("img")),
+        "--out", s(&out), "--min-size", "96", "--max-size", "160", "--backend", "cpu",
+    ]);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(stdout.contains("2 images"), "{stdout}");
+    let gt = coco::Dataset::load(&data, &Default::default()).unwrap().0;
+    let (dets, _) = coco::load_results(&out, &gt, coco::Policy::Strict).unwrap();
+    assert!(!dets.is_empty());
+    // the same model in the library on the decoded PNGs
+    let file = WeightFile::open(&w).unwrap();
+    let mut cfg = config_from_weights(&file).unwrap();
+    assert_eq!((cfg.backbone.depth, cfg.backbone.out_channels, cfg.roi_heads.num_classes, cfg.roi_heads.representation_size), (18, 64, 6, 128));
+    cfg.transform.min_size = vec![96];
+    cfg.transform.max_size = 160;
+    let mut model = FasterRcnn::new(cfg, rcnn_gen::store(&rcnn_gen::fixture()), || Ok(CpuBackend)).unwrap();
+    let mut want = Vec::new();
+    for (id, f) in [(1u64, "a.png"), (2, "b.png")] {
+        let img = coco::read_image(dir.join("img").join(f)).unwrap();
+        let px: Vec<f32> = img.as_raw().iter().map(|&v| v as f32 / 255.0).collect();
+        let d = model.detect_images(&[(&px, img.height() as usize, img.width() as usize)]).unwrap().remove(0);
+        for ((b, sc), l) in d.boxes.iter().zip(&d.scores).zip(&d.labels) {
+            want.push((id, *l as u64, [b[0] as f64, b[1] as f64, (b[2] - b[0]) as f64, (b[3] - b[1]) as f64], *sc as f64));
+        }
+    }
+    assert_eq!(dets.len(), want.len());
+    for (d, (id, cat, bb, sc)) in dets.iter().zip(&want) {
+        assert_eq!((d.image_id, d.category_id), (*id, *cat));
+        assert!((d.score - sc).abs() < 1e-6 && d.bbox.iter().zip(bb).all(|(a, b)| (a - b).abs() < 1e-3), "{d:?} vs {bb:?} {sc}");
+    }
+    // eval runs the evaluator on the same detections
+    let (ok, stdout, stderr) = instagen(&[
+        "detect", "eval", "--weights", s(&w), "--labels", s(&labels), "--data", s(&data), "--images", s(&dir.join("img")),
+        "--out", s(&dir.join("res2.json")), "--min-size", "96", "--max-size", "160",
+    ]);
+    assert!(ok && stdout.contains("Average Precision"), "{stdout}\n{stderr}");
+}
+
+#[test]
+fn bad_inputs_are_named() {
+    let dir = tmp("bad");
+    let (w, data, labels) = setup(&dir);
+    let img = dir.join("img");
+    let out = dir.join("res.json");
+    let base = |extra: &[&str]| {
+        let mut a = vec!["detect", "infer", "--weights", s(&w), "--data", s(&data), "--images", s(&img), "--out", s(&out), "--min-size", "64", "--max-size", "96"];
+        a.extend_from_slice(extra);
+        a.iter().map(|x| x.to_string()).collect::<Vec<_>>()
+    };
+    let run = |a: Vec<String>| instagen(&a.iter().map(|x| x.as_str()).collect::<Vec<_>>());
+    // 6 classes is not the COCO index: labels needed
+    let (ok, _, e) = run(base(&[]));
+    assert!(!ok && e.contains("--labels"), "{e}");
+    // a label file of the wrong length
+    let bad_labels = dir.join("bad_labels.json");
+    std::fs::write(&bad_labels, "[0, 1, 2]").unwrap();
+    let (ok, _, e) = run(base(&["--labels", s(&bad_labels)]));
+    assert!(!ok && e.contains("bad_labels.json") && e.contains("3 labels"), "{e}");
+    // a missing image is named; --lenient skips and lists it
+    std::fs::remove_file(img.join("b.png")).unwrap();
+    let (ok, _, e) = run(base(&["--labels", s(&labels)]));
+    assert!(!ok && e.contains("b.png"), "{e}");
+    let (ok, o, e) = run(base(&["--labels", s(&labels), "--lenient"]));
+    assert!(ok && o.contains("1 images") && o.contains("skipped") && o.contains("b.png"), "{o}\n{e}");
+    // a weight file with a key the model does not have
+    let mut store = instagen::params::ParamStore::load_safetensors(&w).unwrap();
+    store.insert("roi_heads.box_head.fc8.weight", instagen::tensor::HostTensor::zeros(&[2, 2], instagen::tensor::DType::F32));
+    let w2 = dir.join("w2.safetensors");
+    store.save_safetensors(&w2).unwrap();
+    let (ok, _, e) = instagen(&["detect", "infer", "--weights", s(&w2), "--labels", s(&labels), "--data", s(&data), "--images", s(&img), "--out", s(&out), "--lenient"]);
+    assert!(!ok && e.contains("fc8"), "{e}");
+}
