@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
+from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
 
 # ---- configuration helpers ---------------------------------------------------------------------------------
@@ -371,15 +372,6 @@ def match(cfg, logits, boxes, targets):
     return out
 
 
-def sigmoid_focal(logits, targets, alpha, gamma):
-    p = logits.sigmoid()
-    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    p_t = p * targets + (1 - p) * (1 - targets)
-    loss = ce * ((1 - p_t) ** gamma)
-    a_t = alpha * targets + (1 - alpha) * (1 - targets)
-    return a_t * loss
-
-
 def losses_for(cfg, logits, boxes, targets, text_mask, num_boxes, matching):
     onehot = torch.zeros_like(logits)
     pb, tb = [], []
@@ -388,13 +380,12 @@ def losses_for(cfg, logits, boxes, targets, text_mask, num_boxes, matching):
             onehot[b, q, targets["labels"][b][t]] = 1.0
             pb.append(boxes[b, q])
             tb.append(torch.tensor(targets["boxes"][b][t], dtype=logits.dtype))
-    focal = sigmoid_focal(logits, onehot, cfg["focal_alpha"], cfg["focal_gamma"]) * text_mask[:, None, :]
+    focal = sigmoid_focal_loss(logits, onehot, cfg["focal_alpha"], cfg["focal_gamma"]) * text_mask[:, None, :]
     ce = focal.sum() / num_boxes
     if pb:
         pb, tb = torch.stack(pb), torch.stack(tb)
         l1 = (pb - tb).abs().sum() / num_boxes
-        g = torch.diagonal(giou_matrix(cxcywh_to_xyxy(pb), cxcywh_to_xyxy(tb)))
-        giou = (1 - g).sum() / num_boxes
+        giou = generalized_box_iou_loss(cxcywh_to_xyxy(pb), cxcywh_to_xyxy(tb), reduction="sum") / num_boxes
     else:
         l1 = giou = logits.sum() * 0
     return ce, l1, giou
