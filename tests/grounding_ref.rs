@@ -5,6 +5,8 @@
 //! the gradient of every parameter. Tolerance: max |ours - torch| <= 1e-4 * max |torch| per tensor (the reference
 //! runs in float64; we run f32).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use instagen::backend::cpu::CpuBackend;
@@ -207,4 +209,64 @@ fn bad_inputs_are_clear_errors() {
     assert!(terms.total.is_finite());
     let want = fx.outputs.get("loss").unwrap().scalar_f32().unwrap();
     assert!((terms.total - want).abs() > 1e-4 * want, "dropout changed nothing: {} vs {want}", terms.total);
+}
+
+/// The fixture CLIP text encoder (width 64) with its token table extended to the real vocabulary (row i = fixture
+/// row i % rows), and the real tokenizer; `None` without ../shared/data.
+fn fixture_clip() -> Option<(instagen::models::config::ClipTextConfig, ParamStore, instagen::models::tokenizer::ClipTokenizer)> {
+    use instagen::models::tokenizer::{ClipTokenizer, VOCAB_SIZE};
+    let gz = common::shared_data("clip/bpe_simple_vocab_16e6.txt.gz")?;
+    let te = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sd/text_encoder");
+    let mut w = ParamStore::load_safetensors(&te.join("model.safetensors")).unwrap();
+    let key = "text_model.embeddings.token_embedding.weight";
+    let emb = w.get(key).unwrap().clone();
+    let row_bytes = emb.shape[1] * emb.dtype.size();
+    let mut data = Vec::with_capacity(VOCAB_SIZE * row_bytes);
+    for i in 0..VOCAB_SIZE {
+        let r = i % emb.shape[0];
+        data.extend_from_slice(&emb.data[r * row_bytes..(r + 1) * row_bytes]);
+    }
+    w.insert(key, HostTensor::from_bytes(&[VOCAB_SIZE, emb.shape[1]], emb.dtype, data).unwrap());
+    let mut cfg = instagen::models::config::ClipTextConfig::from_file(&te.join("config.json")).unwrap();
+    cfg.vocab_size = VOCAB_SIZE;
+    Some((cfg, w, ClipTokenizer::from_bpe_gz(&gz).unwrap()))
+}
+
+#[test]
+fn name_embeddings_average_the_names_tokens_once() {
+    use instagen::models::clip_text::ClipTextModel;
+    use instagen::models::grounding::text::{pad_text, TextEmbedder};
+    let Some((cfg, w, tok)) = fixture_clip() else { return };
+    let (_, _, tok2) = fixture_clip().unwrap();
+    let mut te = TextEmbedder::new(CpuBackend, cfg.clone(), &w, tok).unwrap();
+    let hot_dog = te.embed("hot dog").unwrap();
+    assert_eq!(te.embed("hot dog").unwrap(), hot_dog);
+    assert_eq!(te.cached(), 1);
+    // Independently: the encoder on the prompt, rows of the name's two tokens (after BOS and the 4 prefix tokens).
+    let prefix = tok2.tokenize("a photograph of a").unwrap().len();
+    let name = tok2.tokenize("hot dog").unwrap().len();
+    let enc = tok2.encode("a photograph of a hot dog").unwrap();
+    assert_eq!(enc.len, 1 + prefix + name + 1);
+    let model = ClipTextModel::new(cfg.clone(), 1, w.get("text_model.embeddings.token_embedding.weight").unwrap().dtype).unwrap();
+    let g = model.build(false).unwrap();
+    let inputs = model.inputs(&[enc.ids.clone()]).unwrap();
+    let feed: Vec<(&str, &HostTensor)> = inputs.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let h = common::run_cpu(&g.graph, &w, &feed, &[g.last_hidden_state]).remove(0).to_f32();
+    let d = cfg.hidden_size;
+    for c in 0..d {
+        let want: f32 = (1 + prefix..1 + prefix + name).map(|p| h[p * d + c]).sum::<f32>() / name as f32;
+        assert!((hot_dog[c] - want).abs() <= 1e-5 * (1.0 + want.abs()), "channel {c}: {} vs {want}", hot_dog[c]);
+    }
+    let both = te.text_embeddings(&["dog", "hot dog"]).unwrap();
+    assert_eq!(both.shape, vec![2, d]);
+    assert_eq!(&both.to_f32()[d..], &hot_dog[..]);
+    assert_eq!(te.cached(), 2);
+    assert!(te.text_embeddings(&[]).unwrap_err().to_string().contains("empty"));
+    // Padding to the head's text input: zero rows after an image's names.
+    let one = te.text_embeddings(&["dog"]).unwrap();
+    let padded = pad_text(&[both.clone(), one], 3).unwrap();
+    assert_eq!(padded.shape, vec![2, 3, d]);
+    let v = padded.to_f32();
+    assert!(v[2 * d..3 * d].iter().all(|&x| x == 0.0) && v[4 * d..].iter().all(|&x| x == 0.0));
+    assert!(pad_text(&[both], 1).is_err());
 }
