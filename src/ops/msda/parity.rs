@@ -17,6 +17,18 @@ fn tol(dt: DType) -> Tol {
     if dt == DType::F32 { Tol { atol: 2e-5, rtol: 1e-5 } } else { Tol::for_dtype(dt) }
 }
 
+/// The location / weight gradients (f32 outputs): `attn * size * (four dot products over D)`, whose terms
+/// cancel, so the rounding error of the f32 sums grows with the level size and D (about 1e-6 of size * D here).
+fn loc_attn_tol(sh: &Shape) -> Tol {
+    let side = sh.levels.iter().flatten().copied().max().unwrap_or(1) as f32;
+    Tol { atol: (1e-6 * side * sh.d as f32).max(2e-5), rtol: 1e-5 }
+}
+
+/// The tolerance of a pass.
+fn pass_tol(dt: DType, sh: &Shape, pass: Pass) -> Tol {
+    if pass == Pass::BwdLocAttn { loc_attn_tol(sh) } else { tol(dt) }
+}
+
 /// One MSDA call's shape: batch, queries, heads, head width, points, levels.
 #[derive(Clone, Debug)]
 pub struct Shape {
@@ -139,7 +151,7 @@ fn kernel_cases() -> Vec<Case> {
     for dt in DTYPES {
         for (sh, locs) in &shapes {
             for pass in PASSES {
-                v.push(case(dt, sh, *locs, pass, tol(if pass == Pass::BwdLocAttn { DType::F32 } else { dt })));
+                v.push(case(dt, sh, *locs, pass, pass_tol(dt, sh, pass)));
             }
         }
     }
@@ -154,7 +166,7 @@ pub fn cpu_fast_cases() -> Vec<Case> {
     for dt in [DType::F32, DType::F16] {
         for (sh, locs) in [(&big, Locs::Spread), (&odd, Locs::Grid)] {
             for pass in PASSES {
-                v.push(case(dt, sh, locs, pass, tol(if pass == Pass::BwdLocAttn { DType::F32 } else { dt })));
+                v.push(case(dt, sh, locs, pass, pass_tol(dt, sh, pass)));
             }
         }
     }
@@ -179,7 +191,7 @@ pub fn bench_cases() -> Vec<(Case, Work)> {
     let mut v = Vec::new();
     for pass in PASSES {
         let extra = if pass == Pass::BwdLocAttn { value + samples * 12 } else { 0 };
-        v.push((case(dt, &sh, Locs::Spread, pass, tol(dt)), Work::Bytes(io + extra)));
+        v.push((case(dt, &sh, Locs::Spread, pass, pass_tol(dt, &sh, pass)), Work::Bytes(io + extra)));
     }
     v
 }
