@@ -17,7 +17,8 @@ carries signal: fusion gammas, class scale and bias included), run in float64 an
   targets.json          per-image boxes (cxcywh, normalised) and labels (token indices), and the matchings
                         {name: [[query indices], [target indices]] per image}
 Dropout is off (the fixture checks the deterministic path; dropout masks cannot match PyTorch's generator).
-The script refuses seeds whose top-k scores or matching costs have near-ties, which float rounding could flip.
+The script refuses seeds whose top-k selection scores have near-ties, which float rounding could flip (the Rust
+test also requires the same matchings, so a near-tie in the matching costs would show there).
 """
 import json
 import math
@@ -116,19 +117,12 @@ def main():
         text = torch.randn(B, T, CONFIG["text_dim"], generator=gen)
         mask = torch.tensor(TEXT_MASK, dtype=torch.float64)
         text = text * mask[:, :, None]  # padding tokens are zero
-        with torch.no_grad():
-            out = ref.forward(p, CONFIG, feats, text, mask)
         # Near-ties in the selection scores would make the top-k order depend on rounding.
-        d = CONFIG["hidden"]
-        ok = True
         with torch.no_grad():
-            # Recompute the selection score to check its gaps (same formula as ref.forward).
             score_gap = check_topk_gaps(p, feats, text, mask)
-        if score_gap < 1e-3:
-            print(f"seed {seed}: top-k score gap {score_gap:.2e}, next seed")
-            ok = False
-        if ok:
+        if score_gap >= 1e-3:
             break
+        print(f"seed {seed}: top-k score gap {score_gap:.2e}, next seed")
         seed += 1
     for t in p.values():
         t.requires_grad_(True)
