@@ -12,3 +12,4 @@ pub mod vae;
 pub mod weights;
 
 pub mod unet;
+pub mod grounding;
