@@ -6,6 +6,7 @@ pub mod bench_cpu;
 pub mod checks;
 pub mod eval;
 pub mod finetune;
+pub mod ground;
 pub mod kernels;
 pub mod selfcheck;
 pub mod sample;

@@ -1,0 +1,14 @@
+//! InstaGen stages 3 and 4 around the grounding head (`models::grounding`): `instagen ground
+//! init|label|train|selftrain|infer`.
+//!
+//! - `dataset`: grounding datasets and label files (COCO instances with each image's prompt categories);
+//! - `label`: a detector's results -> grounding labels (score >= alpha, the prompt's categories);
+//! - `features`: the t=1 UNet features of the original SD per image, and the feature cache.
+
+pub mod dataset;
+pub mod features;
+pub mod label;
+
+pub use dataset::{GroundImage, GroundSet};
+pub use features::{FeatureCache, FeatureExtractor, Features, Level};
+pub use label::{label, LabelReport};
