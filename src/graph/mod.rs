@@ -299,6 +299,10 @@ impl Graph {
     pub fn pad(&mut self, x: NodeId, axis: usize, before: usize, after: usize) -> Result<NodeId> {
         self.push(Op::Pad { axis, before, after }, &[x])
     }
+    /// `x` unchanged, with no gradient flowing back (PyTorch's `detach`).
+    pub fn stop_gradient(&mut self, x: NodeId) -> Result<NodeId> {
+        self.push(Op::StopGradient, &[x])
+    }
     pub fn cast(&mut self, x: NodeId, dtype: DType) -> Result<NodeId> {
         self.push(Op::Cast { dtype }, &[x])
     }

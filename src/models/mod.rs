@@ -11,3 +11,4 @@ pub mod vae;
 pub mod weights;
 
 pub mod unet;
+pub mod grounding;

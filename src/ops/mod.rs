@@ -220,6 +220,8 @@ op_table! {
         Slice { axis: usize, start: usize, end: usize } => "slice", 1;
         /// Zero padding along `axis`.
         Pad { axis: usize, before: usize, after: usize } => "pad", 1;
+        /// The input unchanged, with no gradient (PyTorch's `detach`).
+        StopGradient => "stop_gradient", 1;
     }
     reduce {
         Reduce { op: ReduceOp, axes: Vec<usize>, keepdim: bool } => "reduce", 1;

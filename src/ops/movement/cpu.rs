@@ -154,7 +154,7 @@ pub(super) fn pad(axis: usize, before: usize, after: usize, x: &View, out: &View
 pub fn run(op: &Op, ins: &[View], out: &View, out_bytes: &mut [u8]) -> Result<()> {
     match op {
         Op::Input { .. } | Op::Param { .. } => Ok(()), // refused by `backend::cpu::run_op`
-        Op::Reshape { .. } => {
+        Op::Reshape { .. } | Op::StopGradient => {
             out_bytes.copy_from_slice(ins[0].data);
             Ok(())
         }

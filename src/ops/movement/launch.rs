@@ -246,6 +246,7 @@ pub fn launches(ctx: &NodeCtx) -> Result<Option<Vec<Launch>>> {
     let movement = matches!(
         ctx.node.op,
         Op::Reshape { .. }
+            | Op::StopGradient
             | Op::Permute { .. }
             | Op::BroadcastTo { .. }
             | Op::Slice { .. }
@@ -273,6 +274,7 @@ pub fn launches(ctx: &NodeCtx) -> Result<Option<Vec<Launch>>> {
             }
             Ok(Some(contiguous_copy(ctx, ctx.node.numel(), ctx.node.dtype, x, ctx.out)?))
         }
+        Op::StopGradient => Ok(Some(contiguous_copy(ctx, ctx.node.numel(), ctx.node.dtype, x, ctx.out)?)),
         Op::Permute { perm } => {
             let st = row_major(&xn.shape);
             let in_st = perm

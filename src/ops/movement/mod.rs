@@ -18,6 +18,7 @@ pub fn infer(op: &Op, shapes: &[&[usize]], dtypes: &[DType]) -> Result<(Vec<usiz
     let err = |msg: String| -> Result<(Vec<usize>, DType)> { super::err(op, msg) };
     match op {
         Op::Input { .. } | Op::Param { .. } => err("leaf ops are made by Graph::input/param/fill".into()),
+        Op::StopGradient => Ok((shapes[0].to_vec(), dtypes[0])),
         Op::Reshape { shape } => {
             let (a, b) = (crate::tensor::numel(shapes[0]), crate::tensor::numel(shape));
             if a != b {
@@ -77,6 +78,7 @@ pub fn backward(g: &mut Graph, op: &Op, _id: NodeId, ins: &[NodeId], dy: NodeId,
     let shape_of = |g: &Graph, i: usize| g.shape(ins[i]).to_vec();
     Ok(match op {
         Op::Input { .. } | Op::Param { .. } => vec![],
+        Op::StopGradient => vec![None],
         Op::Reshape { .. } => {
             let s = shape_of(g, 0);
             vec![Some(g.reshape(dy, &s)?)]

@@ -81,6 +81,9 @@ fn kernel_cases() -> Vec<Case> {
         }));
     }
 
+    // StopGradient: a plain copy.
+    per_dtype(&mut v, "stop_gradient [6, 35]", &[6, 35], |dt| widened(dt, 210), || Box::new(|g, x| g.stop_gradient(x)));
+
     // Permute, rank 1 to 5.
     let perms: [(&[usize], &[usize]); 6] = [
         (&[1011], &[0]),
@@ -255,6 +258,12 @@ fn grad_cases() -> Vec<Case> {
         }),
         Case::grad("slice", &[(&[3, 7], Gen::Normal)], |g, x| g.slice(x[0], 1, 2, 5)),
         Case::grad("pad", &[(&[3, 2], Gen::Normal)], |g, x| g.pad(x[0], 0, 1, 2)),
+        // The detached operand carries no gradient: x * stop_gradient(y) differentiated w.r.t. x only.
+        Case::grad("stop_gradient (the detached side is a constant)", &[(&[2, 3], Gen::Normal)], |g, x| {
+            let y = g.fill(1.5, &[2, 3], DType::F32);
+            let y = g.stop_gradient(y)?;
+            g.mul(x[0], y)
+        }),
         Case::grad("param (as an operand)", &[(&[2, 3], Gen::Normal)], |g, x| {
             let w = g.param("w", &[3], DType::F32)?;
             g.mul(x[0], w)
