@@ -68,7 +68,26 @@ pub struct TrainOptions {
     pub resume: bool,
     pub workers: usize,
     /// Storage dtype of the frozen SD graphs (the features).
+    #[serde(with = "dtype_name")]
     pub dtype: DType,
+}
+
+/// A `DType` as its name in JSON.
+mod dtype_name {
+    use crate::tensor::DType;
+    use serde::Deserialize;
+
+    pub fn serialize<S: serde::Serializer>(d: &DType, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(d.name())
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<DType, D::Error> {
+        let s = String::deserialize(d)?;
+        [DType::F32, DType::F16, DType::BF16]
+            .into_iter()
+            .find(|t| t.name() == s)
+            .ok_or_else(|| serde::de::Error::custom(format!("dtype {s:?} is not f32, f16 or bf16")))
+    }
 }
 
 impl TrainOptions {
@@ -713,7 +732,7 @@ pub fn selftrain_with<B: Backend>(mk: impl Fn() -> Result<B>, so: &SelftrainOpti
     let novel_tokens: Vec<Vec<usize>> = novel
         .images
         .iter()
-        .map(|im| im.categories.iter().enumerate().filter(|(_, &c)| novel_names.iter().any(|n| n == novel.name(c))).map(|(k, _)| k).collect())
+        .map(|im| im.categories.iter().enumerate().filter(|(_, c)| novel_names.iter().any(|n| n == novel.name(**c))).map(|(k, _)| k).collect())
         .collect();
 
     let tokens = tokens_of(&[&base, &novel]);
