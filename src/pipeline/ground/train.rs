@@ -787,7 +787,7 @@ pub fn selftrain_with<B: Backend>(mk: impl Fn() -> Result<B>, so: &SelftrainOpti
         save_every: so.save_every.unwrap_or(per_epoch),
         keep: so.keep,
         resume: so.resume,
-        // The base run's data order continues from the teacher epoch (same seed, epochs counted from there).
+        // A base data order of its own (the base run's seed, varied).
         seed: o.seed ^ 0x5E1F,
         config,
         may_differ: Vec::new(),
