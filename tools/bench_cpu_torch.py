@@ -191,6 +191,54 @@ def conv3x3_fwd_bwd(a):
     return with_grads(conv, conv_inputs())
 
 
+def msda_inputs():
+    """The grounding head's deformable attention (instagen's `msda` cases): B2, 900 queries, 8 heads x 32,
+    levels 64^2, 32^2, 16^2, 8^2, 4 points; locations uniform in [-0.1, 1.1]."""
+    import torch
+    b, q, h, d, p = 2, 900, 8, 32, 4
+    shapes = [(64, 64), (32, 32), (16, 16), (8, 8)]
+    s = sum(hh * ww for hh, ww in shapes)
+    value = torch.randn(b, s, h, d)
+    loc = torch.rand(b, q, h, len(shapes), p, 2) * 1.2 - 0.1
+    attn = torch.randn(b, q, h, len(shapes), p)
+    return shapes, [value, loc, attn]
+
+
+def msda(shapes):
+    """multi_scale_deformable_attn_pytorch (Deformable DETR / GroundingDINO) through F.grid_sample:
+    value [B, S, H, D], loc [B, Q, H, L, P, 2] in [0, 1], attn [B, Q, H, L, P] -> [B, Q, H * D]."""
+    import torch
+    import torch.nn.functional as F
+
+    def op(value, loc, attn):
+        b, _, h, d = value.shape
+        _, q, _, l, p, _ = loc.shape
+        per_level = value.split([hh * ww for hh, ww in shapes], dim=1)
+        grids = 2 * loc - 1
+        sampled = []
+        for lvl, (hh, ww) in enumerate(shapes):
+            v = per_level[lvl].flatten(2).transpose(1, 2).reshape(b * h, d, hh, ww)
+            g = grids[:, :, :, lvl].transpose(1, 2).flatten(0, 1)
+            sampled.append(F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False))
+        a = attn.transpose(1, 2).reshape(b * h, 1, q, l * p)
+        out = (torch.stack(sampled, dim=-2).flatten(-2) * a).sum(-1).view(b, h * d, q)
+        return out.transpose(1, 2).contiguous()
+    return op
+
+
+@case("msda.fwd")
+def msda_fwd(a):
+    shapes, (value, loc, attn) = msda_inputs()
+    op = msda(shapes)
+    return no_grad(lambda: op(value, loc, attn))
+
+
+@case("msda.fwd+bwd")
+def msda_fwd_bwd(a):
+    shapes, inputs = msda_inputs()
+    return with_grads(msda(shapes), inputs)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", help="comma-separated exact case names")

@@ -2,6 +2,7 @@
 //! `[out, in]`), so checkpoints load by walking names.
 
 pub mod attention;
+pub mod msda;
 pub mod spatial;
 
 use crate::error::Result;

@@ -30,6 +30,7 @@ pub mod elementwise;
 pub mod gemm;
 pub mod groupnorm;
 pub mod movement;
+pub mod msda;
 pub mod norm;
 pub mod reduce;
 pub mod roi;
@@ -49,6 +50,7 @@ pub(crate) fn run_cpu_fast(op: &Op, ins: &[View], out: &View, out_bytes: &mut [u
         Op::Geglu | Op::GegluBwd => sd_misc::fast::run(op, ins, out, out_bytes),
         Op::Unary(_) | Op::UnaryBwd(_) => elementwise::fast::run(op, ins, out, out_bytes),
         Op::Attention { .. } | Op::AttentionStats { .. } | Op::AttentionBwd { .. } => attention::fast::run(op, ins, out, out_bytes),
+        Op::Msda { .. } | Op::MsdaBwdValue { .. } | Op::MsdaBwdLocAttn { .. } => msda::fast::run(op, ins, out, out_bytes),
         _ => None,
     }
 }
@@ -63,6 +65,7 @@ pub fn cpu_fast_cases() -> Vec<Case> {
     v.extend(sd_misc::parity::cpu_fast_cases());
     v.extend(elementwise::parity::cpu_fast_cases());
     v.extend(attention::parity::cpu_fast_cases());
+    v.extend(msda::parity::cpu_fast_cases());
     v
 }
 
@@ -338,6 +341,17 @@ op_table! {
         /// element i kept when the hash of (seed, step, i) clears `p`, then scaled by `1 / (1 - p)`.
         Dropout { p: f32 } => "dropout", 2;
     }
+    msda {
+        /// Multi-scale deformable attention (`multi_scale_deformable_attn_pytorch`: bilinear `grid_sample`,
+        /// zero padding, align_corners=False): inputs `(value [B,S,H,D], loc f32 [B,Q,H,L,P,2] (x, y) in [0, 1],
+        /// attn [B,Q,H,L,P])` -> `[B,Q,H*D]`; `levels` = (h, w) of each level, S = sum h*w.
+        Msda { levels: Vec<[usize; 2]> } => "msda", 3;
+        /// Gradient of `Msda` w.r.t. value: inputs `(loc, attn, dy [B,Q,H*D])` -> `[B,S,H,D]`.
+        MsdaBwdValue { levels: Vec<[usize; 2]> } => "msda_bwd_value", 3;
+        /// Gradient of `Msda` w.r.t. loc and attn: inputs `(value, loc, attn, dy)` -> f32 `[B,Q,H,L,P,3]` =
+        /// (d loc_x, d loc_y, d attn).
+        MsdaBwdLocAttn { levels: Vec<[usize; 2]> } => "msda_bwd_loc_attn", 4;
+    }
 }
 
 /// Every family's cases (parity cases and gradient-check cases).
@@ -375,6 +389,7 @@ pub fn workspace_bytes(graph: &Graph, id: NodeId) -> usize {
         Op::Reduce { .. } => reduce::launch::workspace(node, &inputs),
         Op::Conv2dBwdWeight { .. } => conv::launch::workspace(node, &inputs),
         Op::GroupNorm { .. } | Op::GroupNormBwd { .. } => groupnorm::launch::workspace(node, &inputs),
+        Op::MsdaBwdValue { .. } => msda::launch::workspace(node, &inputs),
         _ => 0,
     }
 }

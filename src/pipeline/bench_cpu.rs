@@ -42,6 +42,8 @@ pub const CASES: &[CaseSpec] = &[
     CaseSpec { name: "conv3x3.fwd+bwd", about: "the same convolution, forward and the gradients of input, weight and bias" },
     CaseSpec { name: "attention.fwd", about: "self-attention, B2 x 4096 tokens x 8 heads x 40, forward" },
     CaseSpec { name: "attention.fwd+bwd", about: "the same attention, forward and the gradients of q, k and v" },
+    CaseSpec { name: "msda.fwd", about: "deformable attention of the grounding head: B2, 900 queries, 8 heads x 32, levels 64..8^2, 4 points" },
+    CaseSpec { name: "msda.fwd+bwd", about: "the same deformable attention, forward and the gradients of value, locations and weights" },
     CaseSpec { name: "vae-sd1.decode", about: "VAE decoder, SD v1 config, 64x64 latents -> 512x512 image, batch 1" },
     CaseSpec { name: "unet-sd1.fwd", about: "SD v1.x UNet forward, batch 2, 64x64 latents, 77x768 context" },
 ];
@@ -342,6 +344,12 @@ fn op_graph(name: &str) -> Result<(Graph, ParamStore)> {
     let mut g = Graph::new();
     let mut store = ParamStore::new();
     let mut rng = Rng::new(11);
+    let msda_shape = crate::ops::msda::parity::head_shape(2);
+    if base == "msda" {
+        // Sampling locations uniform over the maps and a little past their borders, as the head's are.
+        let n = msda_shape.loc().iter().product();
+        store.insert("loc", HostTensor::from_f32(&msda_shape.loc(), DType::F32, &rng.uniform_vec(n, -0.1, 1.1))?);
+    }
     let mut param = |g: &mut Graph, n: &str, shape: &[usize], std: f32| -> Result<NodeId> {
         let vals = rng.normal_vec(shape.iter().product(), std);
         store.insert(n, HostTensor::from_f32(shape, DType::F32, &vals)?);
@@ -362,6 +370,14 @@ fn op_graph(name: &str) -> Result<(Graph, ParamStore)> {
             let b = param(&mut g, "b", &[320], 1.0)?;
             let y = g.push(Op::Conv2d { stride: 1, padding: 1, bias: true }, &[x, w, b])?; // (B, H, W, O)
             (vec![x, w, b], y)
+        }
+        "msda" => {
+            let sh = &msda_shape;
+            let value = param(&mut g, "value", &sh.value(), 1.0)?; // (B, S, H, D)
+            let loc = g.param("loc", &sh.loc(), DType::F32)?; // (B, Q, H, L, P, 2)
+            let attn = param(&mut g, "attn", &sh.attn(), 1.0)?; // (B, Q, H, L, P)
+            let o = crate::nn::msda::msda(&mut g, value, loc, attn, &sh.levels)?; // (B, Q, H * D)
+            (vec![value, loc, attn], o)
         }
         _ => return Err(Error::Other(format!("bench cpu: no case '{name}'"))),
     };
@@ -513,13 +529,13 @@ mod tests {
             load: (Some(0.3), Some(1.9)),
             rows: vec![
                 Row { case: &CASES[0], ours: t(0.03, 40), torch: Some(t(0.02, 51)) },
-                Row { case: &CASES[8], ours: t(250.0, 1), torch: None },
+                Row { case: &CASES[CASES.len() - 1], ours: t(250.0, 1), torch: None },
             ],
         };
         let s = r.to_string();
         let row = |name: &str| s.lines().find(|l| l.starts_with(name)).unwrap().split_whitespace().take(8).collect::<Vec<_>>().join(" ");
         assert_eq!(row(CASES[0].name), "unet-fixture.fwd 30.00 ms 40 20.00 ms 51 1.50");
-        assert_eq!(row(CASES[8].name), "unet-sd1.fwd 250.00 s 1 - - - SD");
+        assert_eq!(row(CASES[CASES.len() - 1].name), "unet-sd1.fwd 250.00 s 1 - - - SD");
         assert!(!s.contains("warning"), "{s}");
         r.load.0 = Some(1.2);
         assert!(r.to_string().contains("warning: the machine was busy before the run (load 1.20 on 2 CPUs"));
@@ -528,7 +544,7 @@ mod tests {
 
     #[test]
     fn op_graphs_build_and_differentiate() {
-        for name in ["attention.fwd", "attention.fwd+bwd", "conv3x3.fwd", "conv3x3.fwd+bwd"] {
+        for name in ["attention.fwd", "attention.fwd+bwd", "conv3x3.fwd", "conv3x3.fwd+bwd", "msda.fwd", "msda.fwd+bwd"] {
             let (g, store) = op_graph(name).unwrap();
             let outs = g.outputs().len();
             assert_eq!(outs, if name.ends_with("bwd") { 3 } else { 1 }, "{name}");
