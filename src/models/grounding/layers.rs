@@ -22,9 +22,12 @@ impl Ctx {
         Ctx { dropout, dropout_keys: Vec::new(), consts: Vec::new() }
     }
 
-    /// A constant tensor as a graph input named `const.{name}`.
+    /// A constant tensor as a graph input named `const.{name}` (the same name gives the same node).
     pub fn constant(&mut self, g: &mut Graph, name: &str, t: HostTensor) -> Result<NodeId> {
         let name = format!("const.{name}");
+        if let Some(id) = g.find_input(&name) {
+            return Ok(id);
+        }
         let id = g.input(&name, &t.shape, t.dtype)?;
         self.consts.push((name, t));
         Ok(id)
