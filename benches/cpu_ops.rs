@@ -105,5 +105,47 @@ fn transformer_step(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, matmul, memory_bound, transformer_step);
+/// The grounding head's deformable attention (4 levels 64^2..8^2, 900 queries, 8 heads x 32, 4 points) at
+/// batch 1 and 2: the forward alone, and the forward plus the gradients of value, locations and weights of
+/// `sum(out * r)`. `instagen bench cpu --filter msda` times batch 2 against PyTorch's `grid_sample` version.
+fn msda(c: &mut Criterion) {
+    let mut group = c.benchmark_group("msda");
+    group.sample_size(10);
+    for batch in [1usize, 2] {
+        let sh = instagen::ops::msda::parity::head_shape(batch);
+        let mut rng = Rng::new(5);
+        let loc_n: usize = sh.loc().iter().product();
+        let feed = vec![
+            ("value".to_string(), random(&sh.value(), DType::F32, &mut rng)),
+            ("loc".to_string(), HostTensor::from_f32(&sh.loc(), DType::F32, &rng.uniform_vec(loc_n, -0.1, 1.1)).unwrap()),
+            ("attn".to_string(), random(&sh.attn(), DType::F32, &mut rng)),
+            ("r".to_string(), random(&sh.dy(), DType::F32, &mut rng)),
+        ];
+        for grads in [false, true] {
+            let mut g = Graph::new();
+            let value = g.input("value", &sh.value(), DType::F32).unwrap();
+            let loc = g.input("loc", &sh.loc(), DType::F32).unwrap();
+            let attn = g.input("attn", &sh.attn(), DType::F32).unwrap();
+            let out = instagen::nn::msda::msda(&mut g, value, loc, attn, &sh.levels).unwrap();
+            let feed: Vec<(String, HostTensor)> = if grads {
+                let r = g.input("r", &sh.dy(), DType::F32).unwrap();
+                let prod = g.mul(out, r).unwrap();
+                let loss = g.sum_all(prod).unwrap();
+                for d in instagen::graph::autodiff::backward(&mut g, loss, &[value, loc, attn]).unwrap() {
+                    g.mark_output(d);
+                }
+                feed.clone()
+            } else {
+                g.mark_output(out);
+                feed[..3].to_vec()
+            };
+            let mut ex = Executor::new(CpuBackend, g, &ParamStore::new()).unwrap();
+            let name = if grads { "fwd+bwd" } else { "fwd" };
+            group.bench_function(BenchmarkId::new(name, format!("B{batch}")), |b| b.iter(|| run(&mut ex, &feed)));
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, matmul, memory_bound, transformer_step, msda);
 criterion_main!(benches);
