@@ -413,9 +413,13 @@ fn stage_bad_inputs_name_the_file_and_field() {
         let c = if name == "feat_8" { sh[2] + 1 } else { sh[2] };
         s.insert(name, instagen::tensor::HostTensor::zeros(&[1, sh[0], sh[1], c], instagen::tensor::DType::F32));
     }
-    s.save_safetensors(&cache.join("100.safetensors")).unwrap();
+    let set = instagen::pipeline::ground::GroundSet::open_labels(&labels).unwrap();
+    let file = instagen::pipeline::ground::FeatureCache { dir: cache.clone() }.path(&set.images[0]);
+    s.save_safetensors(&file).unwrap();
     let out = d.join("run");
-    run_err(train_cmd(&sd, &labels, &head, &out, &["--features-cache", cache.to_str().unwrap()]), &["100.safetensors", "feat_8"]);
+    let name = file.file_name().unwrap().to_str().unwrap().to_string();
+    assert!(name.starts_with("100_"), "{name}");
+    run_err(train_cmd(&sd, &labels, &head, &out, &["--features-cache", cache.to_str().unwrap()]), &[name.as_str(), "feat_8"]);
     // A label naming a category not in its image's prompt.
     let mut l: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&labels).unwrap()).unwrap();
     l["annotations"][0]["category_id"] = serde_json::json!(17);

@@ -17,8 +17,9 @@
 //! The image must have the SD model's native size (the UNet's `sample_size` times the VAE's downscale: 512 for SD
 //! v1.x); another size is an error naming the image file.
 //!
-//! Cache (`--features-cache DIR`): `DIR/{image_id}.safetensors`, one tensor per level named as the level
-//! (`feat_64`, ...), `[1, h, w, C]`. A cached file is read instead of running SD; its level names and shapes are
+//! Cache (`--features-cache DIR`): `DIR/{image_id}_{key}.safetensors`, one tensor per level named as the level
+//! (`feat_64`, ...), `[1, h, w, C]`; `key` is a 64-bit FNV-1a hash of the image file, latent file and prompt (the
+//! features depend on all three), so two datasets with the same image ids (base and novel) never share entries. A cached file is read instead of running SD; its level names and shapes are
 //! checked against what the SD model gives (a mismatch is an error naming the file and the level). A missing file
 //! is computed and written (atomically), so the first epoch fills the cache.
 
@@ -266,13 +267,20 @@ impl FeatureCache {
         Ok(FeatureCache { dir: dir.to_path_buf() })
     }
 
-    pub fn path(&self, image_id: u64) -> PathBuf {
-        self.dir.join(format!("{image_id}.safetensors"))
+    /// The cache file of an image (see the module documentation).
+    pub fn path(&self, img: &GroundImage) -> PathBuf {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let latent = img.latent.as_ref().map(|p| crate::util::files::canonical(p).display().to_string()).unwrap_or_default();
+        let key = format!("{}\n{latent}\n{}", crate::util::files::canonical(&img.path).display(), img.prompt);
+        for b in key.bytes() {
+            h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.dir.join(format!("{}_{h:016x}.safetensors", img.id))
     }
 
     /// The cached levels of an image (`None` when not cached), checked against `levels`.
-    pub fn load(&self, image_id: u64, levels: &[Level]) -> Result<Option<Vec<HostTensor>>> {
-        let p = self.path(image_id);
+    pub fn load(&self, img: &GroundImage, levels: &[Level]) -> Result<Option<Vec<HostTensor>>> {
+        let p = self.path(img);
         if !p.exists() {
             return Ok(None);
         }
@@ -280,12 +288,12 @@ impl FeatureCache {
         check_levels(&p, &s, levels).map(Some)
     }
 
-    pub fn store(&self, image_id: u64, levels: &[Level], feats: &[HostTensor]) -> Result<()> {
+    pub fn store(&self, img: &GroundImage, levels: &[Level], feats: &[HostTensor]) -> Result<()> {
         let mut s = ParamStore::new();
         for (lv, t) in levels.iter().zip(feats) {
             s.insert(&lv.name, t.clone());
         }
-        s.save_safetensors(&self.path(image_id))
+        s.save_safetensors(&self.path(img))
     }
 }
 
@@ -333,7 +341,7 @@ impl<B: Backend> Features<B> {
     pub fn get(&mut self, img: &GroundImage) -> Result<Vec<HostTensor>> {
         let levels = self.extractor.levels().to_vec();
         if let Some(c) = &self.cache {
-            if let Some(f) = c.load(img.id, &levels)? {
+            if let Some(f) = c.load(img, &levels)? {
                 self.hits += 1;
                 return Ok(f);
             }
@@ -341,7 +349,7 @@ impl<B: Backend> Features<B> {
         let f = self.extractor.features(img)?;
         self.computed += 1;
         if let Some(c) = &self.cache {
-            c.store(img.id, &levels, &f)?;
+            c.store(img, &levels, &f)?;
         }
         Ok(f)
     }
