@@ -6,7 +6,7 @@
 //! - `prompt` (string): the generation prompt;
 //! - `categories` (optional, array of category names): the prompt's categories, in prompt order. Without it they
 //!   are read from the prompt in InstaGen's form `"a photograph of A and B"` (the text after `"a photograph of "`
-//!   split on `" and "`; an optional article `a `/`an ` before a name is dropped);
+//!   split at the word `and`; an optional article `a`/`an` before a name is dropped);
 //! - `latent` (optional, a safetensors file relative to `DIR` holding one tensor `latent`, `[h, w, 4]` or
 //!   `[1, h, w, 4]` NHWC): the latent fed to the last (t=1) denoising step, from which the t=1 features are
 //!   computed; without it the image is encoded (see `features.rs`).
@@ -64,12 +64,23 @@ fn invalid(path: &Path, msg: String) -> Error {
 
 /// Category names of a prompt `"a photograph of A and B"` (see the module documentation).
 pub fn prompt_names(prompt: &str) -> Option<Vec<String>> {
-    let rest = prompt.trim().strip_prefix(PROMPT_PREFIX)?;
-    let names: Vec<String> = rest
-        .split(" and ")
-        .map(|s| {
-            let s = s.trim();
-            s.strip_prefix("a ").or_else(|| s.strip_prefix("an ")).unwrap_or(s).trim().to_string()
+    let rest = prompt.strip_prefix(PROMPT_PREFIX)?;
+    // Words between the word "and"; an empty group (a leading, trailing or doubled "and") is no name.
+    let mut names = vec![Vec::new()];
+    for w in rest.split_whitespace() {
+        if w == "and" {
+            names.push(Vec::new());
+        } else {
+            names.last_mut().expect("one group").push(w);
+        }
+    }
+    let names: Vec<String> = names
+        .into_iter()
+        .map(|mut g| {
+            if g.len() > 1 && (g[0] == "a" || g[0] == "an") {
+                g.remove(0);
+            }
+            g.join(" ")
         })
         .collect();
     (!names.iter().any(|n| n.is_empty())).then_some(names)
@@ -213,5 +224,7 @@ mod tests {
         assert_eq!(prompt_names("a photograph of an apple and a tv"), Some(vec!["apple".to_string(), "tv".to_string()]));
         assert_eq!(prompt_names("a painting of dog"), None);
         assert_eq!(prompt_names("a photograph of dog and "), None);
+        assert_eq!(prompt_names("a photograph of dog and and cat"), None);
+        assert_eq!(prompt_names("a photograph of "), None);
     }
 }
