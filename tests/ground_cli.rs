@@ -446,7 +446,7 @@ fn stage_bad_inputs_name_the_file_and_field() {
 /// Item 7 of issue 12: the tiny head overfits 16 images of the fixture SD model with planted boxes to train AP50 >
 /// 0.9 (pycocotools-equal evaluator), through the CLI: label, init, train in segments (resumed, features cached),
 /// infer + evaluate after each segment. Prints the curve. Slow (3000 steps at lr 1e-3, batch 4: 193 s on the
-/// shared 2-core machine at load ~10, train AP50 1.0): run it with
+/// shared 2-core machine at load ~10, 87 s at load ~3; train AP50 1.0): run it with
 /// `cargo test --test ground_cli overfit -- --ignored --nocapture` (`OVERFIT_SEGMENT`, `OVERFIT_SEGMENTS`,
 /// `OVERFIT_LR` change the 6 segments of 500 steps at 1e-3).
 #[test]
