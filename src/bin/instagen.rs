@@ -312,6 +312,175 @@ enum Cmd {
     /// Faster R-CNN (torchvision layout): `detect infer` writes COCO results, `detect eval` also evaluates.
     #[command(subcommand)]
     Detect(DetectCmd),
+
+    /// InstaGen stages 3-4, the grounding head: init, label, train, selftrain, infer.
+    #[command(subcommand)]
+    Ground(GroundCmd),
+}
+
+#[derive(Subcommand)]
+enum GroundCmd {
+    /// A randomly initialised head for an SD model's t=1 feature shapes (the start of `ground train`).
+    Init {
+        /// `tiny`, `default` (the paper's sizes) or a config JSON file; feature channels and text width come from
+        /// the SD model.
+        #[arg(long, default_value = "default")]
+        config: String,
+        /// The ORIGINAL SD diffusers folder whose features the head reads.
+        #[arg(long)]
+        sd: PathBuf,
+        /// The head folder to write (config.json, levels.json, head.safetensors).
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// A detector's COCO results on generated base images -> grounding labels (boxes of each image's prompt
+    /// categories with score >= alpha), written as a COCO instances file.
+    Label {
+        /// The generated dataset: a folder with instances.json (each image with its `prompt`).
+        #[arg(long)]
+        dataset: PathBuf,
+        /// The detector's results on it (COCO results JSON).
+        #[arg(long)]
+        detections: PathBuf,
+        /// Keep boxes with score >= alpha.
+        #[arg(long, default_value_t = 0.8, value_parser = finite, allow_hyphen_values = true)]
+        alpha: f32,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Supervised training of a head on grounding labels (AdamW 1e-4, weight decay 1e-4, clip 0.1, 12 epochs,
+    /// x0.1 at epoch 11, batch 32); resumable; writes RUN/head at the end.
+    Train(GroundTrainArgs),
+    /// Mean-teacher self-training on novel images, from a `ground train` run's student at the teacher epoch.
+    Selftrain(GroundSelftrainArgs),
+    /// Boxes of each image's prompt categories (top-k, score threshold, class-wise NMS) as COCO results.
+    Infer(GroundInferArgs),
+}
+
+#[derive(clap::Args)]
+struct GroundTrainArgs {
+    /// The ORIGINAL SD diffusers folder (frozen; t=1 features and category-name embeddings).
+    #[arg(long)]
+    sd: PathBuf,
+    /// Grounding labels (`ground label`'s output).
+    #[arg(long)]
+    labels: PathBuf,
+    /// The head to start from (`ground init`).
+    #[arg(long)]
+    head: PathBuf,
+    /// The run folder.
+    #[arg(long)]
+    out: PathBuf,
+    /// Read features from (and write missing ones to) this folder instead of recomputing them every epoch.
+    #[arg(long)]
+    features_cache: Option<PathBuf>,
+    #[arg(long, default_value_t = 12, value_parser = positive_u64)]
+    epochs: u64,
+    /// Total steps instead of --epochs.
+    #[arg(long, value_parser = positive_u64)]
+    steps: Option<u64>,
+    #[arg(long, default_value_t = 32, value_parser = positive, allow_hyphen_values = true)]
+    batch: usize,
+    #[arg(long, default_value_t = 1e-4, value_parser = positive_f32, allow_hyphen_values = true)]
+    lr: f32,
+    #[arg(long, default_value_t = 1e-4, value_parser = finite, allow_hyphen_values = true)]
+    weight_decay: f32,
+    #[arg(long, default_value_t = 0.1, value_parser = positive_f32, allow_hyphen_values = true)]
+    max_grad_norm: f32,
+    /// The learning rate is x0.1 from this epoch on.
+    #[arg(long, default_value_t = 11)]
+    lr_drop_epoch: u64,
+    /// Snapshot the student at the end of this epoch (where `ground selftrain` starts).
+    #[arg(long, default_value_t = 6)]
+    teacher_epoch: u64,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Checkpoint every N steps (default: every epoch).
+    #[arg(long, value_parser = positive_u64)]
+    save_every: Option<u64>,
+    #[arg(long, default_value_t = 3, value_parser = positive)]
+    keep: usize,
+    #[arg(long)]
+    resume: bool,
+    #[arg(long, value_enum)]
+    backend: Option<Backend>,
+    /// Storage dtype of the frozen SD graphs.
+    #[arg(long, value_enum, default_value_t = Dtype::F32)]
+    dtype: Dtype,
+}
+
+#[derive(clap::Args)]
+struct GroundSelftrainArgs {
+    /// The `ground train` run folder (its settings and its student snapshot at the teacher epoch).
+    #[arg(long)]
+    run: PathBuf,
+    /// The generated novel images (a folder with instances.json; each image with its prompt).
+    #[arg(long)]
+    novel_dataset: PathBuf,
+    /// The self-training run folder [default: RUN/selftrain].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Novel category names, comma separated [default: the novel images' prompt categories that no base image
+    /// prompts].
+    #[arg(long)]
+    novel_categories: Option<String>,
+    /// Teacher boxes with score > beta become targets.
+    #[arg(long, default_value_t = 0.4, value_parser = finite, allow_hyphen_values = true)]
+    beta: f32,
+    /// EMA momentum of the teacher, every step.
+    #[arg(long, default_value_t = 0.999, value_parser = positive_f32, allow_hyphen_values = true)]
+    momentum: f32,
+    /// Class-wise NMS IoU on the teacher's boxes.
+    #[arg(long, default_value_t = 0.5, value_parser = positive_f32, allow_hyphen_values = true)]
+    nms: f32,
+    /// Total steps [default: the base run's epochs after the teacher epoch].
+    #[arg(long, value_parser = positive_u64)]
+    steps: Option<u64>,
+    #[arg(long, value_parser = positive_u64)]
+    save_every: Option<u64>,
+    #[arg(long, default_value_t = 3, value_parser = positive)]
+    keep: usize,
+    #[arg(long)]
+    resume: bool,
+    #[arg(long, value_enum)]
+    backend: Option<Backend>,
+}
+
+#[derive(clap::Args)]
+struct GroundInferArgs {
+    /// A head folder, or a run folder with head/.
+    #[arg(long)]
+    head: PathBuf,
+    /// The ORIGINAL SD diffusers folder.
+    #[arg(long)]
+    sd: PathBuf,
+    /// A folder with instances.json (each image with its prompt).
+    #[arg(long)]
+    dataset: PathBuf,
+    /// Comma-separated category names to detect [default: every prompt category].
+    #[arg(long)]
+    categories: Option<String>,
+    /// COCO results JSON to write.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long)]
+    features_cache: Option<PathBuf>,
+    #[arg(long, default_value_t = 8, value_parser = positive, allow_hyphen_values = true)]
+    batch: usize,
+    #[arg(long, default_value_t = 100, value_parser = positive, allow_hyphen_values = true)]
+    top_k: usize,
+    #[arg(long, default_value_t = 0.05, value_parser = finite, allow_hyphen_values = true)]
+    score_thresh: f32,
+    #[arg(long, default_value_t = 0.5, value_parser = positive_f32, allow_hyphen_values = true)]
+    nms: f32,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    #[arg(long, value_enum)]
+    backend: Option<Backend>,
+    #[arg(long, value_enum, default_value_t = Dtype::F32)]
+    dtype: Dtype,
 }
 
 #[derive(clap::Args)]
@@ -479,9 +648,82 @@ fn main() {
             let o = a.options();
             instagen::with_backend!(k, |mk| instagen::pipeline::detect::infer::eval(&o, split.as_deref(), mk)).map(|s| print!("{s}"))
         }),
+        Cmd::Ground(g) => ground(g),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");
         std::process::exit(1);
+    }
+}
+
+fn ground(cmd: GroundCmd) -> instagen::Result<()> {
+    use instagen::pipeline::ground;
+    match cmd {
+        GroundCmd::Init { config, sd, out, seed } => ground::init(&config, &sd, &out, seed).map(|r| print!("{r}")),
+        GroundCmd::Label { dataset, detections, alpha, out } => ground::label(&dataset, &detections, alpha, &out).map(|r| print!("{r}")),
+        GroundCmd::Train(a) => backend_kind(a.backend)
+            .and_then(|k| {
+                let o = ground::TrainOptions {
+                    sd: a.sd,
+                    labels: a.labels,
+                    head: a.head,
+                    out: a.out,
+                    features_cache: a.features_cache,
+                    epochs: a.epochs,
+                    steps: a.steps,
+                    batch: a.batch,
+                    lr: a.lr,
+                    weight_decay: a.weight_decay,
+                    max_grad_norm: a.max_grad_norm,
+                    lr_drop_epoch: a.lr_drop_epoch,
+                    teacher_epoch: a.teacher_epoch,
+                    seed: a.seed,
+                    save_every: a.save_every,
+                    keep: a.keep,
+                    resume: a.resume,
+                    workers: 0,
+                    dtype: dtype(a.dtype),
+                };
+                ground::run_train(k, &o)
+            })
+            .map(|r| print!("{r}")),
+        GroundCmd::Selftrain(a) => backend_kind(a.backend)
+            .and_then(|k| {
+                let o = ground::SelftrainOptions {
+                    run: a.run,
+                    novel: a.novel_dataset,
+                    out: a.out,
+                    novel_categories: ground::infer::split_names(a.novel_categories.as_deref()),
+                    beta: a.beta,
+                    momentum: a.momentum,
+                    nms: a.nms,
+                    steps: a.steps,
+                    save_every: a.save_every,
+                    keep: a.keep,
+                    resume: a.resume,
+                    workers: 0,
+                };
+                ground::run_selftrain(k, &o)
+            })
+            .map(|r| print!("{r}")),
+        GroundCmd::Infer(a) => backend_kind(a.backend)
+            .and_then(|k| {
+                let o = ground::InferOptions {
+                    head: a.head,
+                    sd: a.sd,
+                    dataset: a.dataset,
+                    categories: ground::infer::split_names(a.categories.as_deref()),
+                    out: a.out,
+                    features_cache: a.features_cache,
+                    batch: a.batch,
+                    top_k: a.top_k,
+                    score_thresh: a.score_thresh,
+                    nms: a.nms,
+                    dtype: dtype(a.dtype),
+                    seed: a.seed,
+                };
+                ground::run_infer(k, &o)
+            })
+            .map(|r| print!("{r}")),
     }
 }
