@@ -37,7 +37,7 @@ import json, sys
 for line in open(sys.argv[1]):
     r = json.loads(line)
     if r["step"] % 10 == 0 or r["step"] == 1:
-        l = r["losses"]
+        l = {k: float("nan") if v is None else v for k, v in r["losses"].items()}  # null = a non-finite loss
         print(f'step {r["step"]:4d} total {sum(l.values()):.4f} ' + " ".join(f"{k} {v:.4f}" for k, v in sorted(l.items())) + f' lr {r["lr"]:.2e}')
 PY
 "$BIN" detect eval --weights "$OUT/run/model.safetensors" --labels "$OUT/run/labels.json" --data "$OUT/sub8.json" \
