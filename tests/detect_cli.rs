@@ -130,3 +130,106 @@ fn bad_inputs_are_named() {
     let (ok, _, e) = instagen(&["detect", "infer", "--weights", s(&w2), "--labels", s(&labels), "--data", s(&data), "--images", s(&img), "--out", s(&out), "--lenient"]);
     assert!(!ok && e.contains("fc8"), "{e}");
 }
+
+/// Two PNGs with boxes on both and a run config (ResNet-18, short side 64, batch 2) over them.
+fn train_setup(dir: &Path) -> PathBuf {
+    coco::write_image(dir.join("img/a.png"), &pattern(90, 70, 0)).unwrap();
+    coco::write_image(dir.join("img/b.png"), &pattern(60, 84, 9)).unwrap();
+    let inst = json!({"images": [{"id": 1, "file_name": "a.png", "width": 90, "height": 70},
+                                 {"id": 2, "file_name": "b.png", "width": 60, "height": 84}],
+                      "categories": [{"id": 3, "name": "car"}, {"id": 7, "name": "train"}],
+                      "annotations": [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [10.0, 10.0, 30.0, 20.0]},
+                                      {"id": 2, "image_id": 1, "category_id": 7, "bbox": [50.0, 30.0, 30.0, 35.0]},
+                                      {"id": 3, "image_id": 2, "category_id": 7, "bbox": [5.0, 20.0, 40.0, 50.0]}]});
+    std::fs::write(dir.join("inst.json"), inst.to_string()).unwrap();
+    let cfg = json!({"model": {"depth": 18, "min_size": [64], "max_size": 96}, "batch": 2, "seed": 3, "flip": 0.5,
+                     "optimizer": {"lr": 0.01, "warmup_iters": 2},
+                     "sources": [{"name": "toy", "instances": "inst.json", "images": "img"}]});
+    let p = dir.join("run.json");
+    std::fs::write(&p, cfg.to_string()).unwrap();
+    p
+}
+
+fn train(cfg: &Path, out: &Path, steps: &str, extra: &[&str]) -> (bool, String, String) {
+    let mut a = vec!["detect", "train", "--config", s(cfg), "--out", s(out), "--steps", steps, "--save-every", "1", "--backend", "cpu", "--workers", "1"];
+    a.extend_from_slice(extra);
+    instagen(&a)
+}
+
+#[test]
+fn train_resumes_bit_exactly_freezes_the_frozen_and_writes_weights_infer_reads() {
+    use instagen::pipeline::detect::{config::RunConfig, train};
+    let dir = tmp("train");
+    let cfg = train_setup(&dir);
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    let (ok, o, e) = train(&cfg, &a, "2", &[]);
+    assert!(ok, "{o}\n{e}");
+    // 1 step, then resumed to 2 from the step-1 checkpoint
+    let (ok, o, e) = train(&cfg, &b, "1", &[]);
+    assert!(ok, "{o}\n{e}");
+    let (ok, o, e) = train(&cfg, &b, "2", &["--resume"]);
+    assert!(ok && o.contains("resumed from step 1"), "{o}\n{e}");
+    let wa = std::fs::read(a.join("model.safetensors")).unwrap();
+    assert!(wa == std::fs::read(b.join("model.safetensors")).unwrap(), "the resumed run's weights differ from the whole run's");
+    let last = |d: &Path| std::fs::read_to_string(d.join("metrics.jsonl")).unwrap().lines().last().unwrap().to_string();
+    let (la, lb) = (last(&a), last(&b));
+    let strip = |l: &str| { let v: serde_json::Value = serde_json::from_str(l).unwrap(); (v["step"].clone(), v["losses"].clone(), v["grad_norm"].clone()) };
+    assert_eq!(strip(&la), strip(&lb), "step 2 of the whole and the resumed run");
+    let losses: serde_json::Value = serde_json::from_str::<serde_json::Value>(&la).unwrap()["losses"].clone();
+    for k in train::LOSS_NAMES {
+        let v = losses[k].as_f64().unwrap_or(f64::NAN);
+        assert!(v.is_finite() && v >= 0.0, "{k} = {v} in {la}");
+    }
+    // trainable_layers 3 (the default): conv1, layer1 and every frozen norm keep their initial values; the rest moved.
+    let run = RunConfig::load(&cfg).unwrap();
+    let init = train::initial_params(&run, &train::model_config(&run, 3)).unwrap();
+    let got = instagen::params::ParamStore::load_safetensors(&a.join("model.safetensors")).unwrap();
+    let (mut same, mut moved) = (0, 0);
+    for (name, t0) in init.iter() {
+        let t = got.get(name).unwrap_or_else(|| panic!("{name} missing from model.safetensors"));
+        let frozen = !train::is_trainable(&train::model_config(&run, 3).backbone, name);
+        assert_eq!(frozen, name.starts_with("backbone.body.conv1") || name.starts_with("backbone.body.layer1.") || name.contains("bn") || name.contains("downsample.1"), "{name}");
+        if frozen {
+            assert!(t.data == t0.data, "frozen {name} changed");
+            same += 1;
+        } else if t.data != t0.data {
+            moved += 1;
+        }
+    }
+    assert!(init.iter().count() == got.iter().count() && moved > 40, "{same} frozen, {moved} of the trainable tensors moved");
+    assert_eq!(std::fs::read_to_string(a.join("labels.json")).unwrap(), "[0,3,7]");
+    // The weights and label map load in `detect infer`.
+    let out = dir.join("res.json");
+    let (ok, o, e) = instagen(&["detect", "infer", "--weights", s(&a.join("model.safetensors")), "--labels", s(&a.join("labels.json")),
+        "--data", s(&dir.join("inst.json")), "--images", s(&dir.join("img")), "--out", s(&out), "--min-size", "64", "--max-size", "96", "--backend", "cpu"]);
+    assert!(ok && o.contains("2 images"), "{o}\n{e}");
+}
+
+#[test]
+fn train_bad_inputs_are_named() {
+    let dir = tmp("train_bad");
+    let cfg = train_setup(&dir);
+    let out = dir.join("run");
+    let (ok, _, e) = train(&dir.join("nope.json"), &out, "1", &[]);
+    assert!(!ok && e.contains("nope.json"), "{e}");
+    let broken = dir.join("broken.json");
+    std::fs::write(&broken, "{\"batch\": 2, \"sources\": [").unwrap();
+    let (ok, _, e) = train(&broken, &out, "1", &[]);
+    assert!(!ok && e.contains("broken.json"), "{e}");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    v["batch"] = json!(3);
+    let big = dir.join("big.json");
+    std::fs::write(&big, v.to_string()).unwrap();
+    let (ok, _, e) = train(&big, &out, "1", &[]);
+    assert!(!ok && e.contains("big.json") && e.contains("batch 3"), "{e}");
+    let (ok, o, e) = train(&cfg, &out, "1", &[]);
+    assert!(ok, "{o}\n{e}");
+    // checkpoints are not overwritten without --resume; a resume with another config names the difference
+    let (ok, _, e) = train(&cfg, &out, "2", &[]);
+    assert!(!ok && e.contains("resume"), "{e}");
+    v["batch"] = json!(2);
+    v["seed"] = json!(4);
+    std::fs::write(&cfg, v.to_string()).unwrap();
+    let (ok, _, e) = train(&cfg, &out, "2", &["--resume"]);
+    assert!(!ok && e.contains("seed"), "{e}");
+}

@@ -122,6 +122,9 @@ fn positive_u64(s: &str) -> Result<u64, String> {
 
 #[derive(Subcommand)]
 enum DetectCmd {
+    /// Train a Faster R-CNN from a run config (sources with per-source loss rules, SGD, 1x schedule); writes
+    /// OUT/model.safetensors (torchvision key names) and OUT/labels.json for `detect infer`.
+    Train(DetectTrainArgs),
     /// Run a detector on the images of a COCO file; write COCO results.
     Infer(DetectInferArgs),
     /// `infer`, then the COCO evaluator (with --split ovcoco: base / novel / all AP50).
@@ -131,6 +134,33 @@ enum DetectCmd {
         #[arg(long)]
         split: Option<String>,
     },
+}
+
+#[derive(clap::Args)]
+struct DetectTrainArgs {
+    /// The run config JSON (model, optimizer, sources, batch, epochs, seed, flip).
+    #[arg(long)]
+    config: PathBuf,
+    /// The run folder (checkpoints/, metrics.jsonl, curves, model.safetensors, labels.json).
+    #[arg(long)]
+    out: PathBuf,
+    /// Continue from the newest checkpoint of --out.
+    #[arg(long)]
+    resume: bool,
+    /// Total steps (overrides the config's steps / epochs).
+    #[arg(long, value_parser = positive_u64)]
+    steps: Option<u64>,
+    /// Checkpoint every N steps (and after the last).
+    #[arg(long, default_value_t = 500, value_parser = positive_u64)]
+    save_every: u64,
+    /// Checkpoints kept.
+    #[arg(long, default_value_t = 3, value_parser = positive)]
+    keep: usize,
+    /// Data loading threads, 0 to 256 (0: load on the training thread).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(0..=256))]
+    workers: u16,
+    #[arg(long, value_enum)]
+    backend: Option<Backend>,
 }
 
 #[derive(clap::Args)]
@@ -639,6 +669,19 @@ fn main() {
                 instagen::pipeline::finetune::run(k, &o)
             })
             .map(|r| print!("{r}")),
+        Cmd::Detect(DetectCmd::Train(a)) => backend_kind(a.backend).and_then(|k| {
+            let o = instagen::pipeline::detect::train::TrainOptions {
+                config: a.config,
+                out: a.out,
+                resume: a.resume,
+                steps: a.steps,
+                save_every: a.save_every,
+                keep: a.keep,
+                workers: a.workers as usize,
+                progress: true,
+            };
+            instagen::with_backend!(k, |mk| instagen::pipeline::detect::train::run(&o, mk)).map(|r| print!("{r}"))
+        }),
         Cmd::Detect(DetectCmd::Infer(a)) => backend_kind(a.backend).and_then(|k| {
             let o = a.options();
             instagen::with_backend!(k, |mk| instagen::pipeline::detect::infer::infer(&o, mk))

@@ -4,3 +4,4 @@
 pub mod config;
 pub mod data;
 pub mod infer;
+pub mod train;
