@@ -3,10 +3,10 @@
 # coco128 images, `instagen detect train`, then `instagen detect eval` on the same images; prints the loss curve
 # (every 10th step) and the COCO summary (AP50 is the second line). Goal: AP50 > 0.8.
 #
-# usage: tools/overfit_detect.sh [STEPS=160] [OUT=/tmp/overfit_detect] [INSTAGEN=target/release/instagen]
+# usage: tools/overfit_detect.sh [STEPS=240] [OUT=/tmp/overfit_detect] [INSTAGEN=target/release/instagen]
 # Needs ../shared/data/coco128 (or COCO128=dir). python3 (standard library only) picks the 8 images.
 set -euo pipefail
-STEPS=${1:-160}
+STEPS=${1:-240}
 OUT=${2:-/tmp/overfit_detect}
 BIN=${3:-target/release/instagen}
 DATA=${COCO128:-$(cd "$(dirname "$0")/.." && pwd)/../shared/data/coco128}
