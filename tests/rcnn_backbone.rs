@@ -42,44 +42,11 @@ fn key_list(v: &Value) -> Vec<(String, Vec<usize>)> {
         .collect()
 }
 
-fn fnv1a64(s: &str) -> u64 {
-    let mut h = 0xCBF2_9CE4_8422_2325u64;
-    for b in s.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01B3);
-    }
-    h
-}
+use common::rcnn_gen::uniform;
 
-/// The script's generator: u in [-1, 1) for element i of `key`.
-fn uniform(key: &str, i: u64) -> f64 {
-    let mut z = fnv1a64(key).wrapping_add(i).wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    (z >> 40) as f64 / (1u64 << 23) as f64 - 1.0
-}
-
-/// The script's value of tensor `key` (f64 formula rounded to f32 once).
+/// The script's value of tensor `key` (the shared key-function generator at gain 1).
 fn value(key: &str, shape: &[usize]) -> HostTensor {
-    let n: usize = shape.iter().product();
-    let last = key.rsplit('.').next().unwrap();
-    let v: Vec<f32> = (0..n as u64)
-        .map(|i| {
-            let u = uniform(key, i);
-            let x = if shape.len() == 4 {
-                (6.0 / (shape[1] * shape[2] * shape[3]) as f64).sqrt() * u
-            } else if last == "running_var" {
-                1.0 + 0.5 * u
-            } else if last == "weight" {
-                1.0 + 0.25 * u
-            } else {
-                0.1 * u
-            };
-            x as f32
-        })
-        .collect();
-    HostTensor::from_f32(shape, DType::F32, &v).unwrap()
+    common::rcnn_gen::value(key, shape, 1.0)
 }
 
 fn images(shape: &[usize]) -> HostTensor {
