@@ -93,6 +93,9 @@ pub struct InferReport {
 
 /// Runs the detector on every image of `opts.data` and writes the COCO results to `opts.out`.
 pub fn infer<B: Backend>(opts: &InferOptions, backend: impl Fn() -> Result<B> + 'static) -> Result<(InferReport, Dataset, Vec<Detection>)> {
+    if !(0.0..=1.0).contains(&opts.score_thresh) {
+        return Err(Error::Mismatch { what: "--score-thresh".into(), msg: format!("{} is not a score in [0, 1]", opts.score_thresh) });
+    }
     let file = WeightFile::open(&opts.weights)?;
     let mut cfg = config_from_weights(&file)?;
     cfg.backbone.caffe_stride = opts.caffe_stride;
