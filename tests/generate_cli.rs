@@ -242,3 +242,62 @@ fn a_full_disk_is_a_clear_error_and_a_rerun_completes() {
     assert_same_files(&out, &reference);
     let _ = std::fs::remove_dir_all(&f.root);
 }
+
+/// The boxes of `generate` equal what `ground infer` finds on the generated folder with the same head and feature
+/// SD (which recomputes the t=1 features from the saved latents): without `--features-sd` (the sampler's own last
+/// call) and with a feature SD whose UNet differs from the sampler's (then the pixels stay, the boxes change).
+#[test]
+fn boxes_equal_ground_infer_on_the_saved_latents() {
+    let Some(f) = fixture("infer") else { return };
+    // A second SD: the same folder with every UNet weight scaled by 0.9.
+    let sd2 = common::sd::assemble_at(&f.root.join("sd2")).unwrap();
+    let up = sd2.join("unet/diffusion_pytorch_model.safetensors");
+    let w = instagen::params::ParamStore::load_safetensors(&up).unwrap();
+    let mut w2 = instagen::params::ParamStore::new();
+    for (k, t) in w.iter() {
+        let v: Vec<f32> = t.to_f32().iter().map(|x| x * 0.9).collect();
+        w2.insert(k, instagen::tensor::HostTensor::from_f32(&t.shape, t.dtype, &v).unwrap());
+    }
+    w2.save_safetensors(&up).unwrap();
+
+    let plain = f.root.join("plain");
+    let tapped = f.root.join("tapped");
+    run_ok(f.generate(&plain, &["--batch", "2"]));
+    let mut c = f.generate(&tapped, &["--batch", "2"]);
+    c.arg("--features-sd").arg(&sd2);
+    run_ok(c);
+    let mut differ = 0;
+    for i in 0..8 {
+        let (a, b) = (record(&plain, i), record(&tapped, i));
+        assert_eq!(std::fs::read(plain.join(&a.file_name)).unwrap(), std::fs::read(tapped.join(&b.file_name)).unwrap(), "the sampler is the same");
+        differ += usize::from(a.boxes != b.boxes);
+    }
+    assert!(differ > 0, "another feature UNet must change the boxes");
+
+    for (dir, feature_sd) in [(&plain, &f.sd), (&tapped, &sd2)] {
+        let dets = f.root.join("infer.json");
+        let mut c = bin();
+        c.args(["ground", "infer", "--score-thresh", "0", "--batch", "3", "--backend", "cpu"]);
+        c.arg("--head").arg(&f.head).arg("--sd").arg(feature_sd).arg("--dataset").arg(dir).arg("--out").arg(&dets);
+        run_ok(c);
+        let got: Vec<serde_json::Value> = serde_json::from_slice(&std::fs::read(&dets).unwrap()).unwrap();
+        let mut k = 0;
+        for i in 0..8u64 {
+            let r = record(dir, i);
+            for b in &r.boxes {
+                let d = &got[k];
+                k += 1;
+                assert_eq!(d["image_id"].as_u64(), Some(i + 1));
+                let cat = r.categories.iter().position(|c| c == &b.category).unwrap();
+                let names = ["person", "dog", "cat", "hot dog"];
+                assert_eq!(names[d["category_id"].as_u64().unwrap() as usize - 1], r.categories[cat]);
+                assert!((d["score"].as_f64().unwrap() - b.score as f64).abs() < 1e-6, "{d} vs {b:?}");
+                for (x, y) in d["bbox"].as_array().unwrap().iter().zip(b.bbox) {
+                    assert!((x.as_f64().unwrap() - y as f64).abs() < 1e-4, "{d} vs {b:?}");
+                }
+            }
+        }
+        assert_eq!(k, got.len(), "ground infer finds the records' boxes and no others ({})", dir.display());
+    }
+    let _ = std::fs::remove_dir_all(&f.root);
+}
