@@ -168,7 +168,7 @@ fn compare_runs(a: &Path, b: &Path, n: u64) -> (f32, u8, bool, bool) {
 /// Batch independence at batch 1 vs 3 (with a padded last batch), as docs/DESIGN.md "Generation" records: on
 /// `cpu` and `cpu-reference` the latents move in the last bits with the batch (measured up to 1.6e-5; pixels equal
 /// here, box coordinates differ in the last digits), so the bound is checked; `emu` is bitwise independent (the
-/// ignored test below: minutes, as the emulator runs the UNet slowly). At batch 1 every backend is independent of
+/// ignored test below: about a minute, as the emulator runs the UNet slowly). At batch 1 every backend is independent of
 /// sharding by construction (an image is computed alone), and restarts are exact at any batch (fixed batches, see
 /// run.rs).
 #[test]
@@ -190,7 +190,7 @@ fn batch_independence_per_backend() {
     let _ = std::fs::remove_dir_all(&f.root);
 }
 
-/// `emu` gives bitwise the same files at batch 1 and batch 2 (about 2 minutes on a loaded 2-core machine).
+/// `emu` gives bitwise the same files at batch 1 and batch 2 (67 s on the shared 2-core machine at load ~9).
 #[test]
 #[ignore]
 fn emu_is_batch_independent() {
