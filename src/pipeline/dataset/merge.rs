@@ -268,8 +268,14 @@ fn check_no_strays(s: &ShardDir) -> Result<()> {
 }
 
 /// `src` to `dst` through a temporary name: a hard link where the file system allows, else a copy. Returns
-/// whether it linked.
+/// whether it linked. A `dst` that is already a link to `src` stays (renaming a link over another link of the
+/// same file does nothing and would leave the temporary name behind).
 fn link_or_copy(src: &Path, dst: &Path) -> Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    if id(dst).is_some() && id(dst) == id(src) {
+        return Ok(true);
+    }
     let tmp = temp_path(dst);
     let linked = std::fs::hard_link(src, &tmp).is_ok();
     let result = (|| {
