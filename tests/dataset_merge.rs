@@ -16,9 +16,10 @@ use std::process::Command;
 use instagen::params::ParamStore;
 use instagen::pipeline::dataset::export::{self, DataYaml, ExportFormat, ExportOptions};
 use instagen::pipeline::dataset::merge::{merge, MergeOptions};
-use instagen::pipeline::dataset::{
-    image_name, instances_json, latent_name, record_name, Manifest, Record, RecordBox, Shard, FORMAT, INSTANCES, MANIFEST,
+use instagen::pipeline::generate::folder::{
+    image_name, instances_json, latent_name, record_name, Manifest, Record, RecordBox, FORMAT, INSTANCES, MANIFEST,
 };
+use instagen::pipeline::generate::Shard;
 use instagen::tensor::{DType, HostTensor};
 
 const W: u32 = 32;
@@ -41,7 +42,7 @@ fn manifest(shard: Shard) -> Manifest {
         format: FORMAT.into(),
         command: format!("instagen generate ... --shard {}/{}", shard.index, shard.count),
         instagen_version: env!("CARGO_PKG_VERSION").into(),
-        settings: settings.as_object().unwrap().clone(),
+        settings,
         total_images: TOTAL,
         shard,
         merged_from: None,
@@ -57,10 +58,10 @@ fn record(k: u64) -> Record {
     };
     let mut boxes = Vec::new();
     if k % 3 != 2 {
-        boxes.push(RecordBox { category: cats[0].clone(), bbox: [0.0, 0.0, W as f64, H as f64 / 2.0], score: 0.9 - k as f64 * 0.01 });
+        boxes.push(RecordBox { category: cats[0].clone(), bbox: [0.0, 0.0, W as f32, H as f32 / 2.0], score: 0.9 - k as f32 * 0.01 });
     }
     if k % 2 == 1 {
-        boxes.push(RecordBox { category: cats[1].clone(), bbox: [3.25 + k as f64, 4.5, 10.0, 19.5], score: 0.45 });
+        boxes.push(RecordBox { category: cats[1].clone(), bbox: [3.25 + k as f32, 4.5, 10.0, 19.5], score: 0.45 });
     }
     let prompt = format!("a photograph of {}", cats.join(" and "));
     Record { index: k, file_name: image_name(k, "png"), width: W, height: H, prompt, categories: cats, seed: 1_000_000_007 * k, latent: Some(latent_name(k)), boxes }
@@ -87,13 +88,13 @@ fn write_folder(dir: &Path, shard: Shard) {
         std::fs::create_dir_all(dir.join(sub)).unwrap();
     }
     let m = manifest(shard);
-    std::fs::write(dir.join(MANIFEST), serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    m.save(dir).unwrap();
     let mut records = Vec::new();
-    for k in m.indices() {
+    for k in m.shard.indices(TOTAL) {
         let r = record(k);
         std::fs::write(dir.join(&r.file_name), png(k, W, H)).unwrap();
         save_latent(&dir.join(r.latent.as_ref().unwrap()), &[(H / 8) as usize, (W / 8) as usize, 4], k);
-        std::fs::write(dir.join(record_name(k)), serde_json::to_vec(&r).unwrap()).unwrap();
+        std::fs::write(dir.join(record_name(k)), r.to_bytes()).unwrap();
         records.push(r);
     }
     std::fs::write(dir.join(INSTANCES), instances_json(&m, &records).unwrap()).unwrap();
@@ -158,7 +159,7 @@ fn four_shards_merge_into_the_unsharded_folder() {
         assert_eq!((r.linked, a.ino()), (2 * TOTAL, b.ino()));
     }
     // The merged manifest.
-    let m = Manifest::read(&out).unwrap();
+    let m = Manifest::load(&out).unwrap();
     assert_eq!((m.shard, m.total_images), (Shard { index: 0, count: 1 }, TOTAL));
     assert_eq!(m.settings, manifest(Shard { index: 0, count: 1 }).settings);
     let from: Vec<PathBuf> = shards.iter().map(|s| s.canonicalize().unwrap()).collect();
@@ -181,11 +182,11 @@ fn four_shards_merge_into_the_unsharded_folder() {
     }
     std::fs::remove_file(out.join(image_name(9, "png"))).unwrap();
     std::fs::remove_file(out.join(INSTANCES)).unwrap();
-    std::fs::write(out.join("images/.00000004.png.tmp-1-0"), b"half").unwrap();
+    std::fs::write(out.join("images/.00000004.png.tmp-999999999-0"), b"half").unwrap();
     let resumed = merge(&opts(&shards, &out)).unwrap();
     assert_eq!((resumed.resumed, resumed.linked + resumed.copied), (TOTAL - 3, 6));
     assert_same_dataset(&out, &one);
-    assert!(!out.join("images/.00000004.png.tmp-1-0").exists());
+    assert!(!out.join("images/.00000004.png.tmp-999999999-0").exists());
 
     // The same through the command line.
     let cli_out = root.join("cli");
@@ -193,7 +194,7 @@ fn four_shards_merge_into_the_unsharded_folder() {
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success() && text.contains("merged 4 shards: 10 images"), "{text}{}", String::from_utf8_lossy(&o.stderr));
     assert_same_dataset(&cli_out, &one);
-    assert!(Manifest::read(&cli_out).unwrap().command.contains(" merge "));
+    assert!(Manifest::load(&cli_out).unwrap().command.contains(" merge "));
     std::fs::remove_dir_all(&root).ok();
 }
 
@@ -231,12 +232,12 @@ fn hostile_shards_are_refused_naming_folder_and_file() {
     let other = root.join("other");
     write_folder(&other, Shard { index: 2, count: 4 });
     edit_manifest(&other, &|v| v["settings"]["steps"] = 50.into());
-    merge_err(&root, &[shards[0].clone(), shards[1].clone(), other.clone(), shards[3].clone()], &["different settings", "steps: 3 vs 50", &other.display().to_string()]);
+    merge_err(&root, &[shards[0].clone(), shards[1].clone(), other.clone(), shards[3].clone()], &["different settings", "steps: 3 -> 50", &other.display().to_string()]);
     edit_manifest(&other, &|v| {
         v["settings"]["steps"] = 3.into();
         v["total_images"] = 12.into();
     });
-    merge_err(&root, &[shards[0].clone(), shards[1].clone(), other.clone(), shards[3].clone()], &["total_images 10 vs 12"]);
+    merge_err(&root, &[shards[0].clone(), shards[1].clone(), other.clone(), shards[3].clone()], &["total_images: 10 -> 12"]);
     edit_manifest(&other, &|v| v["format"] = "something-else".into());
     merge_err(&root, &[shards[0].clone(), other.clone()], &["field format", "generate.json"]);
     std::fs::remove_file(other.join(MANIFEST)).unwrap();
@@ -259,7 +260,7 @@ fn hostile_shards_are_refused_naming_folder_and_file() {
         (0, Box::new(|d: &Path| save_latent(&d.join(latent_name(8)), &[6, 8, 4], 8)), vec!["latents/00000008.safetensors", "image 0's is [3, 4, 4]"]),
         (0, Box::new(|d: &Path| std::fs::write(d.join(latent_name(0)), b"not a safetensors file").unwrap()), vec!["latents/00000000.safetensors"]),
         (1, Box::new(|d: &Path| std::fs::write(d.join(record_name(2)), serde_json::to_vec(&record(2)).unwrap()).unwrap()), vec!["records/00000002.json", "does not belong to this folder's shard 1/4"]),
-        (1, Box::new(|d: &Path| std::fs::write(d.join(record_name(1)), serde_json::to_vec(&record(5)).unwrap()).unwrap()), vec!["records/00000001.json", "field index is 5"]),
+        (1, Box::new(|d: &Path| std::fs::write(d.join(record_name(1)), serde_json::to_vec(&record(5)).unwrap()).unwrap()), vec!["records/00000001.json", "field index 5"]),
         (2, Box::new(|d: &Path| std::fs::write(d.join(record_name(2)), b"{\"index\": 2,").unwrap()), vec!["records/00000002.json"]),
         (2, Box::new(|d: &Path| {
             let mut r = record(6);
@@ -350,7 +351,7 @@ fn yolo_export_of_a_merged_folder() {
                 .iter()
                 .map(|b| {
                     let c = CATS.iter().position(|n| *n == b.category).unwrap();
-                    let [x, y, w, h] = b.bbox;
+                    let [x, y, w, h] = b.bbox.map(f64::from);
                     export::yolo_line(c, [x, y, x + w, y + h], W, H).unwrap()
                 })
                 .collect();

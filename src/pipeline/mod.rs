@@ -8,6 +8,7 @@ pub mod dataset;
 pub mod detect;
 pub mod eval;
 pub mod finetune;
+pub mod generate;
 pub mod ground;
 pub mod kernels;
 pub mod selfcheck;

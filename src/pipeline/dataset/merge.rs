@@ -8,7 +8,7 @@
 //! shape for every image, the image side an equal whole multiple of the latent side), and no stray record of an
 //! index the shard does not own. Then images and latents are hard-linked (copied across file systems), records
 //! copied, each through a temporary name and a rename, the record last, and `instances.json` is rebuilt with
-//! [`super::instances_json`]. The manifest, written first, records `merged_from` (the canonical shard folders in
+//! [`instances_json`] (the function `generate` uses). The manifest, written first, records `merged_from` (the canonical shard folders in
 //! shard order), so a rerun on an earlier merge of the same shards resumes (and is a no-op once complete); any
 //! other non-empty `--out` is refused.
 
@@ -16,8 +16,12 @@ use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
-use super::{image_name, index_of, latent_name, read_record, record_name, Manifest, Record, Shard, IMAGES, LATENTS, MANIFEST, RECORDS};
 use crate::error::{Error, Result};
+use crate::pipeline::generate::folder::{
+    image_name, instances_json, latent_name, read_records, record_name, remove_stale_temps, Manifest, Record, FORMAT, IMAGES, INSTANCES,
+    LATENTS, MANIFEST, RECORDS,
+};
+use crate::pipeline::generate::Shard;
 use crate::util::files::{canonical, temp_path, write_atomic};
 
 /// What `instagen merge` does.
@@ -70,30 +74,58 @@ struct ShardDir {
     manifest: Manifest,
 }
 
+/// The run's category names (`settings.categories`): a non-empty list of distinct names.
+fn categories(m: &Manifest) -> std::result::Result<Vec<String>, String> {
+    let names: Vec<String> = m
+        .settings
+        .get("categories")
+        .and_then(|c| serde_json::from_value(c.clone()).ok())
+        .ok_or("field settings.categories is missing or not a list of names")?;
+    if names.is_empty() {
+        return Err("field settings.categories is empty".into());
+    }
+    if let Some((i, n)) = names.iter().enumerate().find(|(i, n)| names[..*i].contains(n)) {
+        return Err(format!("field settings.categories[{i}]: {n:?} appears twice"));
+    }
+    Ok(names)
+}
+
+/// `dir/generate.json`, checked beyond what `generate` checks on its own folder: a shard index below the count,
+/// the run's categories and seed.
+fn read_manifest(dir: &Path) -> Result<Manifest> {
+    if !dir.is_dir() {
+        let what = if dir.exists() { "is not a folder" } else { "does not exist" };
+        return Err(invalid(dir, format!("{what} (want a shard folder written by `instagen generate`)")));
+    }
+    let m = Manifest::load(dir)?;
+    let path = dir.join(MANIFEST);
+    if m.shard.count == 0 || m.shard.index >= m.shard.count {
+        return Err(invalid(&path, format!("field shard is {}, want i/n with i < n", m.shard)));
+    }
+    categories(&m).map_err(|e| invalid(&path, e))?;
+    if m.settings.get("seed").and_then(|s| s.as_u64()).is_none() {
+        return Err(invalid(&path, "field settings.seed is missing or not a whole number"));
+    }
+    Ok(m)
+}
+
 /// Reads and cross-checks the shard manifests; returns them in shard order.
 fn read_shards(dirs: &[PathBuf]) -> Result<Vec<ShardDir>> {
     if dirs.is_empty() {
         return Err(Error::Other("merge: no shard folders given".into()));
     }
-    let mut shards: Vec<ShardDir> = dirs.iter().map(|d| Ok(ShardDir { dir: d.clone(), manifest: Manifest::read(d)? })).collect::<Result<_>>()?;
+    let mut shards: Vec<ShardDir> = dirs.iter().map(|d| Ok(ShardDir { dir: d.clone(), manifest: read_manifest(d)? })).collect::<Result<_>>()?;
     shards.sort_by_key(|s| s.manifest.shard.index);
     let first = &shards[0];
     let (m0, d0) = (&first.manifest, first.dir.display());
     for s in &shards[1..] {
         let (m, d) = (&s.manifest, s.dir.display());
-        let keys = m0.differing_settings(m);
-        if !keys.is_empty() {
-            let show = |m: &Manifest, k: &str| m.settings.get(k).map_or("(absent)".to_string(), |v| v.to_string());
-            let diffs: Vec<String> = keys.iter().map(|k| format!("{k}: {} vs {}", show(m0, k), show(m, k))).collect();
+        // Settings and total_images must agree; the shards differ in `shard` by design (its count is checked below).
+        let diffs: Vec<String> = m0.differences(m).into_iter().filter(|l| !l.starts_with("shard:")).collect();
+        if !diffs.is_empty() {
             return Err(Error::Other(format!(
-                "shard folders {d0} and {d} were made with different settings ({MANIFEST}: {}); they are not shards of one run",
+                "shard folders {d0} and {d} were made with different settings ({MANIFEST}, {d0} -> {d}: {}); they are not shards of one run",
                 diffs.join("; ")
-            )));
-        }
-        if m.total_images != m0.total_images {
-            return Err(Error::Other(format!(
-                "shard folders {d0} and {d}: total_images {} vs {} in {MANIFEST}; they are not shards of one run",
-                m0.total_images, m.total_images
             )));
         }
         if m.shard.count != m0.shard.count {
@@ -134,7 +166,7 @@ fn read_shards(dirs: &[PathBuf]) -> Result<Vec<ShardDir>> {
 fn merged_manifest(shards: &[ShardDir], command: &str) -> Manifest {
     let m0 = &shards[0].manifest;
     Manifest {
-        format: super::FORMAT.into(),
+        format: FORMAT.into(),
         command: command.into(),
         instagen_version: env!("CARGO_PKG_VERSION").into(),
         settings: m0.settings.clone(),
@@ -164,13 +196,13 @@ fn check_out(out: &Path, shards: &[ShardDir], want: &Manifest) -> Result<bool> {
         return Ok(false);
     }
     let refuse = |why: String| invalid(out, format!("--out is not empty and is not an earlier merge of these shards ({why}); give a new folder"));
-    let old = Manifest::read(out).map_err(|e| refuse(e.to_string()))?;
+    let old = Manifest::load(out).map_err(|e| refuse(e.to_string()))?;
     if old.merged_from != want.merged_from {
         return Err(refuse(format!("it was merged from {:?}", old.merged_from.unwrap_or_default())));
     }
-    let keys = old.differing_settings(want);
-    if !keys.is_empty() || old.total_images != want.total_images || old.shard != want.shard {
-        return Err(refuse(format!("its settings differ in: {}", keys.join(", "))));
+    let diffs = old.differences(want);
+    if !diffs.is_empty() {
+        return Err(refuse(format!("its manifest differs: {}", diffs.join("; "))));
     }
     Ok(true)
 }
@@ -213,58 +245,104 @@ fn check_latent(path: &Path, width: u32, height: u32) -> Result<[usize; 3]> {
     Ok(shape)
 }
 
-/// One checked image of a shard.
+/// Checks the record of global index `index` (file `path`) against the run: its file names (of its index, the
+/// run's `format` and `latents`), a non-empty size, prompt categories of the run, each box of a prompt category,
+/// finite, non-empty and inside the image, with a score in [0, 1], in descending score order.
+fn check_record(r: &Record, path: &Path, m: &Manifest, categories: &[String]) -> Result<()> {
+    let bad = |msg: String| Err(invalid(path, msg));
+    let k = r.index;
+    let ext = m.settings.get("format").and_then(|f| f.as_str());
+    let exts: &[&str] = match ext {
+        Some(e) => &[e],
+        None => &["png", "jpg"],
+    };
+    if !exts.iter().any(|e| r.file_name == image_name(k, e)) {
+        return bad(format!("field file_name is {:?}, want {:?} (the run's format)", r.file_name, image_name(k, exts[0])));
+    }
+    let latents = m.settings.get("latents").and_then(|l| l.as_bool());
+    match (&r.latent, latents) {
+        (Some(l), _) if *l != latent_name(k) => return bad(format!("field latent is {l:?}, want {:?}", latent_name(k))),
+        (Some(_), Some(false)) => return bad("field latent is set; the run's settings.latents is false (want null)".into()),
+        (None, Some(true)) => return bad(format!("field latent is null; the run's settings.latents is true (want {:?})", latent_name(k))),
+        _ => {}
+    }
+    if r.width == 0 || r.height == 0 {
+        return bad(format!("fields width x height are {} x {} (want > 0)", r.width, r.height));
+    }
+    if r.categories.is_empty() {
+        return bad("field categories is empty (an image names at least one category)".into());
+    }
+    if let Some(c) = r.categories.iter().find(|c| !categories.contains(c)) {
+        return bad(format!("field categories: {c:?} is not a category of the run ({})", categories.join(", ")));
+    }
+    const EPS: f64 = 1e-3;
+    let (w, h) = (r.width as f64, r.height as f64);
+    for (i, b) in r.boxes.iter().enumerate() {
+        let what = format!("boxes[{i}]");
+        if !r.categories.contains(&b.category) {
+            return bad(format!("{what}: field category {:?} is not one of the prompt's categories {:?}", b.category, r.categories));
+        }
+        let [x, y, bw, bh] = b.bbox.map(f64::from);
+        if b.bbox.iter().any(|v| !v.is_finite()) || bw <= 0.0 || bh <= 0.0 {
+            return bad(format!("{what}: field bbox {:?} is not finite with width and height > 0", b.bbox));
+        }
+        if x < -EPS || y < -EPS || x + bw > w + EPS || y + bh > h + EPS {
+            return bad(format!("{what}: field bbox {:?} reaches outside the {}x{} image", b.bbox, r.width, r.height));
+        }
+        if !(0.0..=1.0).contains(&b.score) {
+            return bad(format!("{what}: field score {} is not in [0, 1]", b.score));
+        }
+        if i > 0 && b.score > r.boxes[i - 1].score {
+            return bad(format!("{what}: field score {} is above the previous box's {} (boxes are in descending score order)", b.score, r.boxes[i - 1].score));
+        }
+    }
+    Ok(())
+}
+
+/// The records of a shard folder, checked: each of an index the shard owns ([`check_record`]), and one for every
+/// owned index (a missing one is an image not finished).
+fn shard_records(s: &ShardDir, categories: &[String]) -> Result<Vec<Record>> {
+    let m = &s.manifest;
+    let records = read_records(&s.dir, m.total_images)?;
+    let mut next = m.shard.indices(m.total_images);
+    for r in &records {
+        let path = s.dir.join(record_name(r.index));
+        if !m.shard.owns(r.index) {
+            return Err(invalid(&path, format!("image {} does not belong to this folder's shard {} of {} images", r.index, m.shard, m.total_images)));
+        }
+        check_record(r, &path, m, categories)?;
+        // Records come sorted and owned, so the first owned index not seen yet is missing.
+        let want = next.next();
+        if want != Some(r.index) {
+            return Err(missing(&s.dir, want.expect("fewer owned indices than owned records")));
+        }
+    }
+    match next.next() {
+        Some(k) => Err(missing(&s.dir, k)),
+        None => Ok(records),
+    }
+}
+
+fn missing(dir: &Path, k: u64) -> Error {
+    invalid(&dir.join(record_name(k)), format!("is missing: image {k} is not finished (rerun the `instagen generate` that made {})", dir.display()))
+}
+
+/// One record whose files are checked.
 struct Checked {
     record: Record,
-    bytes: Vec<u8>,
+    /// Its shard folder.
+    dir: PathBuf,
     latent_shape: Option<[usize; 3]>,
 }
 
-/// Checks global image `k` of shard folder `dir`.
-fn check_index(dir: &Path, k: u64, m: &Manifest, categories: &[String]) -> Result<Checked> {
-    let (record, bytes) = read_record(dir, k, categories)?;
-    let rpath = dir.join(record_name(k));
-    if let Some(Some(ext)) = m.settings.get("format").map(|f| f.as_str()) {
-        if record.file_name != image_name(k, ext) {
-            return Err(invalid(&rpath, format!("field file_name is {:?}; the run writes {ext} ({:?})", record.file_name, image_name(k, ext))));
-        }
-    }
-    if let Some(Some(latents)) = m.settings.get("latents").map(|f| f.as_bool()) {
-        if record.latent.is_some() != latents {
-            let want = if latents { format!("{:?}", latent_name(k)) } else { "null".into() };
-            return Err(invalid(&rpath, format!("field latent is {:?}; the run's settings.latents is {latents} (want {want})", record.latent)));
-        }
-    }
+/// Checks the image and latent files of a record of shard folder `dir`.
+fn check_files(dir: &Path, record: Record) -> Result<Checked> {
     check_image(&dir.join(&record.file_name), record.width, record.height)?;
     let latent_shape = match &record.latent {
         Some(l) => Some(check_latent(&dir.join(l), record.width, record.height)?),
         None => None,
     };
-    Ok(Checked { record, bytes, latent_shape })
-}
-
-/// Records in `dir/records` of indices the shard does not own (a folder of another run or shard mixed in).
-fn check_no_strays(s: &ShardDir) -> Result<()> {
-    let rec = s.dir.join(RECORDS);
-    let entries = match std::fs::read_dir(&rec) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Error::io(&rec, e)),
-    };
-    for e in entries {
-        let e = e.map_err(|e| Error::io(&rec, e))?;
-        let name = e.file_name().to_string_lossy().into_owned();
-        if let Some(k) = index_of(&name).filter(|_| name.ends_with(".json")) {
-            if !s.manifest.owns(k) {
-                let m = &s.manifest;
-                return Err(invalid(
-                    &e.path(),
-                    format!("image {k} does not belong to this folder's shard {}/{} of {} images", m.shard.index, m.shard.count, m.total_images),
-                ));
-            }
-        }
-    }
-    Ok(())
+    Ok(Checked { record, dir: dir.to_path_buf(), latent_shape })
 }
 
 /// `src` to `dst` through a temporary name: a hard link where the file system allows, else a copy. Returns
@@ -292,22 +370,11 @@ fn link_or_copy(src: &Path, dst: &Path) -> Result<bool> {
     Ok(linked)
 }
 
-/// Removes the temporary files (`.NAME.tmp-...`) an interrupted merge left in `dir`.
-fn remove_temps(dir: &Path) -> Result<()> {
-    for e in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
-        let e = e.map_err(|e| Error::io(dir, e))?;
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') && name.contains(".tmp-") {
-            std::fs::remove_file(e.path()).map_err(|err| Error::io(e.path(), err))?;
-        }
-    }
-    Ok(())
-}
-
 /// Whether image `k` of an earlier run of this merge is complete in `out`: its record equal to the shard's
 /// (written last, after its image and latent).
 fn already_merged(out: &Path, c: &Checked) -> bool {
-    std::fs::read(out.join(record_name(c.record.index))).is_ok_and(|b| b == c.bytes)
+    let name = record_name(c.record.index);
+    std::fs::read(out.join(&name)).is_ok_and(|b| std::fs::read(c.dir.join(&name)).is_ok_and(|s| s == b))
         && out.join(&c.record.file_name).is_file()
         && c.record.latent.as_ref().is_none_or(|l| out.join(l).is_file())
 }
@@ -317,35 +384,27 @@ pub fn merge(o: &MergeOptions) -> Result<MergeReport> {
     let shards = read_shards(&o.shards)?;
     let manifest = merged_manifest(&shards, &o.command);
     let resume = check_out(&o.out, &shards, &manifest)?;
-    let categories = manifest.categories().map_err(|e| invalid(&shards[0].dir.join(MANIFEST), e))?;
-    let n = shards.len() as u64;
+    let categories = categories(&manifest).map_err(|e| invalid(&shards[0].dir.join(MANIFEST), e))?;
 
-    // Check everything before writing anything.
+    // Check everything before writing anything: the records of each shard, then every image and latent.
+    let mut todo: Vec<(&Path, Record)> = Vec::with_capacity(manifest.total_images as usize);
     for s in &shards {
-        check_no_strays(s)?;
+        todo.extend(shard_records(s, &categories)?.into_iter().map(|r| (s.dir.as_path(), r)));
     }
-    let checked: Vec<Result<Checked>> = (0..manifest.total_images)
-        .into_par_iter()
-        .map(|k| {
-            let s = &shards[(k % n) as usize];
-            check_index(&s.dir, k, &s.manifest, &categories)
-        })
-        .collect();
+    todo.sort_by_key(|(_, r)| r.index);
+    let checked: Vec<Result<Checked>> = todo.into_par_iter().map(|(dir, r)| check_files(dir, r)).collect();
     let checked: Vec<Checked> = checked.into_iter().collect::<Result<_>>()?;
     let mut first_latent: Option<(u64, [usize; 3])> = None;
     for c in &checked {
-        if let Some(shape) = c.latent_shape {
-            match first_latent {
-                None => first_latent = Some((c.record.index, shape)),
-                Some((k0, s0)) if s0 != shape => {
-                    let s = &shards[(c.record.index % n) as usize];
-                    return Err(invalid(
-                        &s.dir.join(latent_name(c.record.index)),
-                        format!("tensor 'latent' is {shape:?}; image {k0}'s is {s0:?} (one run has one latent shape)"),
-                    ));
-                }
-                Some(_) => {}
+        match (c.latent_shape, first_latent) {
+            (Some(shape), None) => first_latent = Some((c.record.index, shape)),
+            (Some(shape), Some((k0, s0))) if s0 != shape => {
+                return Err(invalid(
+                    &c.dir.join(latent_name(c.record.index)),
+                    format!("tensor 'latent' is {shape:?}; image {k0}'s is {s0:?} (one run has one latent shape)"),
+                ));
             }
+            _ => {}
         }
     }
 
@@ -354,12 +413,11 @@ pub fn merge(o: &MergeOptions) -> Result<MergeReport> {
     for sub in [IMAGES, LATENTS, RECORDS] {
         let d = out.join(sub);
         std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
-        remove_temps(&d)?;
+        remove_stale_temps(&d)?;
     }
-    remove_temps(out)?;
+    remove_stale_temps(out)?;
     if !resume {
-        let bytes = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Other(format!("{MANIFEST}: {e}")))?;
-        write_atomic(&out.join(MANIFEST), &bytes).map_err(|e| Error::io(out.join(MANIFEST), e))?;
+        manifest.save(out)?;
     }
     let mut report = MergeReport { out: out.clone(), shards: shards.len(), images: manifest.total_images, ..MergeReport::default() };
     for c in &checked {
@@ -369,20 +427,99 @@ pub fn merge(o: &MergeOptions) -> Result<MergeReport> {
             report.resumed += 1;
             continue;
         }
-        let src = &shards[(r.index % n) as usize].dir;
         for f in std::iter::once(&r.file_name).chain(r.latent.as_ref()) {
-            if link_or_copy(&src.join(f), &out.join(f))? {
+            if link_or_copy(&c.dir.join(f), &out.join(f))? {
                 report.linked += 1;
             } else {
                 report.copied += 1;
             }
         }
-        let dst = out.join(record_name(r.index));
-        write_atomic(&dst, &c.bytes).map_err(|e| Error::io(&dst, e))?;
+        let (src, dst) = (c.dir.join(record_name(r.index)), out.join(record_name(r.index)));
+        let bytes = crate::util::files::read_input(&src, None).map_err(|e| Error::io(&src, e))?;
+        write_atomic(&dst, &bytes).map_err(|e| Error::io(&dst, e))?;
     }
     let records: Vec<Record> = checked.into_iter().map(|c| c.record).collect();
-    let instances = super::instances_json(&manifest, &records)?;
-    let path = out.join(super::INSTANCES);
+    let instances = instances_json(&manifest, &records)?;
+    let path = out.join(INSTANCES);
     write_atomic(&path, &instances).map_err(|e| Error::io(&path, e))?;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::generate::RecordBox;
+
+    fn manifest(latents: bool) -> Manifest {
+        Manifest {
+            format: FORMAT.into(),
+            command: "instagen generate".into(),
+            instagen_version: env!("CARGO_PKG_VERSION").into(),
+            settings: serde_json::json!({"categories": ["star", "moon", "sun"], "seed": 7, "format": "png", "latents": latents}),
+            total_images: 10,
+            shard: Shard { index: 0, count: 2 },
+            merged_from: None,
+        }
+    }
+
+    fn record(index: u64, boxes: Vec<RecordBox>) -> Record {
+        Record {
+            index,
+            file_name: image_name(index, "png"),
+            width: 32,
+            height: 24,
+            prompt: "a photograph of star and moon".into(),
+            categories: vec!["star".into(), "moon".into()],
+            seed: 1 << 40,
+            latent: Some(latent_name(index)),
+            boxes,
+        }
+    }
+
+    fn bx(c: &str, bbox: [f32; 4], score: f32) -> RecordBox {
+        RecordBox { category: c.into(), bbox, score }
+    }
+
+    #[test]
+    fn record_checks_name_the_field() {
+        let m = manifest(true);
+        let cats = categories(&m).unwrap();
+        let p = Path::new("shard/records/00000004.json");
+        let good = record(4, vec![bx("moon", [0.0, 0.0, 32.0, 24.0], 0.9), bx("star", [31.0, 23.0, 1.0, 1.0], 0.5)]);
+        check_record(&good, p, &m, &cats).unwrap();
+        let cases: Vec<(Record, &str)> = vec![
+            (Record { file_name: "images/4.png".into(), ..record(4, vec![]) }, "field file_name"),
+            (Record { file_name: image_name(4, "jpg"), ..record(4, vec![]) }, "the run's format"),
+            (Record { latent: Some("x.safetensors".into()), ..record(4, vec![]) }, "field latent"),
+            (Record { latent: None, ..record(4, vec![]) }, "settings.latents is true"),
+            (Record { width: 0, ..record(4, vec![]) }, "width x height"),
+            (Record { categories: vec![], ..record(4, vec![]) }, "field categories is empty"),
+            (Record { categories: vec!["comet".into()], ..record(4, vec![]) }, "\"comet\" is not a category"),
+            (record(4, vec![bx("sun", [0.0, 0.0, 1.0, 1.0], 0.5)]), "not one of the prompt's categories"),
+            (record(4, vec![bx("star", [0.0, 0.0, 0.0, 1.0], 0.5)]), "width and height > 0"),
+            (record(4, vec![bx("star", [0.0, 0.0, f32::NAN, 1.0], 0.5)]), "not finite"),
+            (record(4, vec![bx("star", [30.0, 0.0, 3.0, 1.0], 0.5)]), "outside the 32x24 image"),
+            (record(4, vec![bx("star", [0.0, -1.0, 3.0, 1.0], 0.5)]), "outside"),
+            (record(4, vec![bx("star", [0.0, 0.0, 3.0, 1.0], 1.5)]), "score 1.5 is not in [0, 1]"),
+            (record(4, vec![bx("star", [0.0, 0.0, 3.0, 1.0], 0.2), bx("moon", [0.0, 0.0, 3.0, 1.0], 0.3)]), "descending"),
+        ];
+        for (r, want) in cases {
+            let e = check_record(&r, p, &m, &cats).unwrap_err().to_string();
+            assert!(e.contains(want) && e.contains("shard/records/00000004.json"), "want {want:?} in: {e}");
+        }
+        let e = check_record(&good, p, &manifest(false), &cats).unwrap_err().to_string();
+        assert!(e.contains("settings.latents is false"), "{e}");
+    }
+
+    #[test]
+    fn settings_categories_are_checked() {
+        let mut m = manifest(true);
+        assert_eq!(categories(&m).unwrap(), vec!["star", "moon", "sun"]);
+        m.settings["categories"] = serde_json::json!([]);
+        assert!(categories(&m).unwrap_err().contains("empty"));
+        m.settings["categories"] = serde_json::json!(["a", "b", "a"]);
+        assert!(categories(&m).unwrap_err().contains("categories[2]: \"a\" appears twice"));
+        m.settings["categories"] = serde_json::json!("a,b");
+        assert!(categories(&m).unwrap_err().contains("not a list of names"));
+    }
 }
