@@ -8,7 +8,12 @@
 //!   inconsistent record, two shards with one index, different settings, a missing shard, `--out` a file or a
 //!   foreign folder: errors naming the shard folder and file, nothing written;
 //! - the YOLO export of the merged folder (labels, splits, `data.yaml`), checked in Rust and, when python3 with
-//!   PyYAML is present, by tools/check_yaml.py (which also checks the Kubernetes files; else SKIP).
+//!   PyYAML is present, by tools/check_yaml.py (which also checks the Kubernetes files; else SKIP);
+//! - the real thing: four `instagen generate` shards (`--shard i/4`, a 1-based Slurm array task, a Kubernetes
+//!   indexed-job index) on the small random-weight SD folder, merged == one unsharded run, image for image (skips
+//!   without the CLIP vocabulary data).
+
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -424,4 +429,57 @@ fn scheduler_examples_parse() {
         assert!(!ok && text.contains("parallelism"), "{text}");
         std::fs::remove_file(&bad).ok();
     }
+}
+
+/// The scheduler variables `instagen generate` reads, removed so the test's own environment cannot leak in.
+const SHARD_VARS: [&str; 6] =
+    ["SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_MAX", "SLURM_ARRAY_TASK_STEP", "JOB_COMPLETION_INDEX"];
+
+#[test]
+fn four_generate_shards_merge_into_one_run() {
+    use common::generate::{fixture, run_ok};
+    let Some(f) = fixture("merge") else { return };
+    let clean = |mut c: Command| {
+        for v in SHARD_VARS {
+            c.env_remove(v);
+        }
+        c
+    };
+    // Batch 1 everywhere (the default): the cpu backend is not bitwise batch-independent (at --batch 3 the
+    // unsharded run's latents and scores differ in the last bits), and shards batch other images together.
+    let one = f.root.join("one");
+    run_ok(clean(f.generate(&one, &[])));
+    let shard = |i: usize| f.root.join(format!("shard-{i}"));
+    // Shards 0 and 3 by flag, shard 1 as task 2 of a Slurm array 1-4, shard 2 as a Kubernetes indexed-job pod.
+    for i in [0, 3] {
+        run_ok(clean(f.generate(&shard(i), &["--shard", &format!("{i}/4")])));
+    }
+    let mut c = clean(f.generate(&shard(1), &[]));
+    c.envs([("SLURM_ARRAY_TASK_ID", "2"), ("SLURM_ARRAY_TASK_MIN", "1"), ("SLURM_ARRAY_TASK_MAX", "4"), ("SLURM_ARRAY_TASK_COUNT", "4")]);
+    run_ok(c);
+    let mut c = clean(f.generate(&shard(2), &["--shards", "4"]));
+    c.env("JOB_COMPLETION_INDEX", "2");
+    run_ok(c);
+    for i in 0..4 {
+        assert_eq!(Manifest::load(&shard(i)).unwrap().shard, Shard { index: i as u64, count: 4 });
+    }
+
+    let merged = f.root.join("merged");
+    let mut c = Command::new(env!("CARGO_BIN_EXE_instagen"));
+    c.arg("merge").args([shard(3), shard(1), shard(0), shard(2)]).arg("--out").arg(&merged);
+    let text = run_ok(c);
+    let (m1, mm) = (Manifest::load(&one).unwrap(), Manifest::load(&merged).unwrap());
+    assert!(text.contains(&format!("merged 4 shards: {} images", m1.total_images)), "{text}");
+    assert_eq!((&mm.settings, mm.total_images, mm.shard), (&m1.settings, m1.total_images, Shard { index: 0, count: 1 }));
+    // Image for image: instances.json byte-equal, every image, latent and record identical.
+    assert_eq!(std::fs::read(merged.join(INSTANCES)).unwrap(), std::fs::read(one.join(INSTANCES)).unwrap(), "instances.json differs");
+    for sub in ["images", "latents", "records"] {
+        let (a, b) = (files(&merged, sub), files(&one, sub));
+        assert_eq!(a.len() as u64, m1.total_images, "{sub}");
+        assert!(a == b, "{sub} of the merge differ from the unsharded run's");
+    }
+    let set = instagen::pipeline::ground::GroundSet::open_dir(&merged).unwrap();
+    assert_eq!(set.images.len() as u64, m1.total_images);
+    println!("{} images, {} boxes: merged == unsharded", set.images.len(), set.coco.annotations.len());
+    std::fs::remove_dir_all(&f.root).ok();
 }
