@@ -239,7 +239,7 @@ fn check_latent(path: &Path, width: u32, height: u32) -> Result<[usize; 3]> {
         return Err(invalid(path, format!("tensor 'latent' is {}, want f32", t.dtype)));
     }
     let (h, w) = (shape[0] as u32, shape[1] as u32);
-    if width % w != 0 || height % h != 0 || width / w != height / h {
+    if !width.is_multiple_of(w) || !height.is_multiple_of(h) || width / w != height / h {
         return Err(invalid(path, format!("tensor 'latent' is {h}x{w}, not the {width}x{height} image scaled down by one whole factor")));
     }
     Ok(shape)
