@@ -737,6 +737,7 @@ fn main() {
                 BenchKind::Cpu => None,
                 _ if torch.is_some() || json.is_some() => Some("--torch and --json apply to bench cpu only"),
                 BenchKind::Generate if config == "sd-v1" => Some("bench generate needs --config SD_DIR (a diffusers folder)"),
+                BenchKind::Generate => None,
                 _ if head.is_some() || steps.is_some() => Some("--head and --steps apply to bench generate only"),
                 _ => None,
             };
