@@ -19,7 +19,8 @@ use crate::tensor::DType;
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
     pub sd: PathBuf,
-    /// A head folder; `None`: a random head of the paper's sizes for `sd` (`ground init --config default`).
+    /// A head folder; `None`: a random head of the paper's sizes for `sd` (`ground init --config default`), or
+    /// the tiny config for a model with fewer image tokens than the paper's 900 queries.
     pub head: Option<PathBuf>,
     pub batch: usize,
     pub steps: usize,
@@ -48,8 +49,12 @@ fn bench_with<B: Backend>(mk: impl Fn() -> Result<B>, kind: BackendKind, o: &Ben
         let head = match &o.head {
             Some(h) => h.clone(),
             None => {
-                let h = tmp.join("head");
-                crate::pipeline::ground::init("default", &o.sd, &h, 0)?;
+                // The paper's sizes, or the tiny config when the model has fewer image tokens than its queries.
+                let (cfg, levels, _) = crate::pipeline::ground::head::config_for("default", &o.sd)?;
+                let tokens: usize = levels.iter().map(|l| l.shape[0] * l.shape[1]).sum();
+                let spec = if tokens >= cfg.queries { "default" } else { "tiny" };
+                let h = tmp.join(format!("random-{spec}-head"));
+                crate::pipeline::ground::init(spec, &o.sd, &h, 0)?;
                 h
             }
         };

@@ -3,15 +3,14 @@
 //! Per image the text tokens are its prompt categories (restricted to `--categories` when given); the head's last
 //! decoder layer scores every (query, token) pair with `sigmoid(logit)`. Post-processing: the `top_k` best pairs,
 //! those with score >= `score_thresh`, class-wise NMS at `nms` IoU; boxes go from normalised cxcywh to pixel
-//! `[x, y, w, h]` clipped to the image, categories to the dataset's ids. An image none of whose categories is
-//! asked for gets no detection.
+//! `[x, y, w, h]` clipped to the image, categories to the dataset's ids ([`PostProcess`], which `instagen generate`
+//! shares). An image none of whose categories is asked for gets no detection.
 
 use std::path::PathBuf;
 
 use super::dataset::{GroundImage, GroundSet};
 use super::head::Head;
 use super::train::{cxcywh_to_xyxy, nms_per_class, Inputs};
-
 use crate::backend::{Backend, BackendKind};
 use crate::detection::coco::{self, Detection};
 use crate::error::{Error, Result};
