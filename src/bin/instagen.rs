@@ -355,9 +355,53 @@ enum Cmd {
     #[command(subcommand)]
     Ground(GroundCmd),
 
+    /// Merge the shard folders of one sharded `instagen generate` run into one dataset folder (every manifest,
+    /// record, image and latent checked first; files hard-linked where possible; resumable).
+    Merge {
+        /// The shard folders (all shards of the run, any order).
+        #[arg(required = true)]
+        shards: Vec<PathBuf>,
+        /// The merged dataset folder (new, empty, or an earlier merge of the same shards).
+        #[arg(long)]
+        out: PathBuf,
+    },
+
+    /// Write a dataset folder (its instances.json) in another layout: `--format yolo` for Ultralytics.
+    Export {
+        /// The dataset folder (written by `instagen generate` or `instagen merge`).
+        dataset: PathBuf,
+        #[arg(long, value_enum)]
+        format: ExportFormat,
+        /// The new folder to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// The fraction of images in the validation split, in [0, 1) (0: validate on the training images).
+        #[arg(long, default_value_t = 0.1, value_parser = fraction)]
+        val_fraction: f64,
+        /// Seeds the choice of validation images.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+
     /// Category names in, a detection dataset out: SD images with the grounding head's boxes, written to a
     /// crash-safe, resumable, shardable dataset folder (generate.json, images/, latents/, records/, instances.json).
     Generate(GenerateArgs),
+}
+
+/// The layouts `instagen export` writes.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ExportFormat {
+    /// Ultralytics YOLO: data.yaml, images/{train,val}, labels/{train,val} (`class cx cy w h`, normalised).
+    Yolo,
+}
+
+/// A number in [0, 1).
+fn fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..1.0).contains(&v) => Ok(v),
+        Ok(v) => Err(format!("{v} is not in [0, 1)")),
+        Err(e) => Err(format!("not a number ({e})")),
+    }
 }
 
 /// Image file format of `generate`.
@@ -794,6 +838,18 @@ fn main() {
             instagen::with_backend!(k, |mk| instagen::pipeline::detect::infer::eval(&o, split.as_deref(), mk)).map(|s| print!("{s}"))
         }),
         Cmd::Ground(g) => ground(g),
+        Cmd::Merge { shards, out } => {
+            let command = std::env::args().collect::<Vec<_>>().join(" ");
+            instagen::pipeline::dataset::merge::merge(&instagen::pipeline::dataset::merge::MergeOptions { shards, out, command })
+                .map(|r| print!("{r}"))
+        }
+        Cmd::Export { dataset, format, out, val_fraction, seed } => {
+            use instagen::pipeline::dataset::export;
+            let format = match format {
+                ExportFormat::Yolo => export::ExportFormat::Yolo,
+            };
+            export::export(&export::ExportOptions { dataset, format, out, val_fraction, seed }).map(|r| print!("{r}"))
+        }
         Cmd::Generate(a) => generate(a),
     };
     if let Err(e) = result {

@@ -4,6 +4,7 @@
 
 pub mod bench_cpu;
 pub mod checks;
+pub mod dataset;
 pub mod detect;
 pub mod eval;
 pub mod finetune;
