@@ -155,6 +155,7 @@ fn sheets_browser_and_card_of_a_generated_folder() {
     }
 
     // Rerun on a smaller dataset: the second sheet and the extra thumbnails go.
+    std::fs::remove_file(dir.join("generate.json")).unwrap();
     make_dataset(&dir, 10, false);
     let r = views::write_views(&dir, &o).unwrap();
     assert_eq!((r.images, r.sheets.len()), (10, 1));
