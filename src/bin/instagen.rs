@@ -386,6 +386,10 @@ enum Cmd {
     /// Category names in, a detection dataset out: SD images with the grounding head's boxes, written to a
     /// crash-safe, resumable, shardable dataset folder (generate.json, images/, latents/, records/, instances.json).
     Generate(GenerateArgs),
+
+    /// (Re)write what people look at in a dataset folder: contact sheets (contact/), the static browser
+    /// (index.html + thumbs/) and the dataset card (card.md + card/); or check a browser screenshot.
+    Views(ViewsArgs),
 }
 
 /// The layouts `instagen export` writes.
@@ -478,6 +482,37 @@ struct GenerateArgs {
     /// Storage dtype of the SD graphs (the head runs in f32).
     #[arg(long, value_enum, default_value_t = Dtype::F32)]
     dtype: Dtype,
+}
+
+#[derive(clap::Args)]
+struct ViewsArgs {
+    /// The dataset folder (outputs go here; its instances.json and generate.json are read).
+    dataset: PathBuf,
+    /// Read this COCO instances file instead of DATASET/instances.json (e.g. real COCO data).
+    #[arg(long)]
+    instances: Option<PathBuf>,
+    /// The folder the images' file_names are relative to [default: DATASET].
+    #[arg(long)]
+    images: Option<PathBuf>,
+    /// Contact-sheet cell side in pixels, 32 to 1024.
+    #[arg(long, default_value_t = 192, value_parser = clap::value_parser!(u32).range(32..=1024))]
+    cell: u32,
+    /// Thumbnail side in pixels, 32 to 1024.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(32..=1024))]
+    thumb: u32,
+    /// Browser images per page.
+    #[arg(long, default_value_t = 96, value_parser = positive, allow_hyphen_values = true)]
+    page: usize,
+    /// Skip (and count) invalid records of the instances file instead of failing.
+    #[arg(long)]
+    lenient: bool,
+    /// Write nothing: check this screenshot of DATASET/index.html against --layout (see
+    /// tools/browser_screenshot.sh); exits non-zero when the boxes are not visible.
+    #[arg(long, requires = "layout")]
+    check_screenshot: Option<PathBuf>,
+    /// With --check-screenshot: the --dump-dom of index.html#layout taken at the same window size.
+    #[arg(long, requires = "check_screenshot")]
+    layout: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -851,6 +886,7 @@ fn main() {
             export::export(&export::ExportOptions { dataset, format, out, val_fraction, seed }).map(|r| print!("{r}"))
         }
         Cmd::Generate(a) => generate(a),
+        Cmd::Views(a) => views(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");
@@ -889,6 +925,17 @@ fn generate(a: GenerateArgs) -> instagen::Result<()> {
         progress: true,
     };
     generate::run(kind, &o).map(|r| print!("{r}"))
+}
+
+fn views(a: ViewsArgs) -> instagen::Result<()> {
+    use instagen::pipeline::views;
+    if let (Some(png), Some(layout)) = (&a.check_screenshot, &a.layout) {
+        let r = views::screenshot::check(png, layout)?;
+        print!("{r}");
+        return if r.passed() { Ok(()) } else { Err(instagen::Error::Other("the screenshot does not show the boxes".into())) };
+    }
+    let o = views::ViewOptions { instances: a.instances, images: a.images, cell: a.cell, thumb: a.thumb, page: a.page, lenient: a.lenient };
+    views::write_views(&a.dataset, &o).map(|r| print!("{r}"))
 }
 
 fn ground(cmd: GroundCmd) -> instagen::Result<()> {

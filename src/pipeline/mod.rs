@@ -1,6 +1,7 @@
 //! The InstaGen stages: the engine self-check, the kernel parity suite / benches, text to images (`sample`),
 //! COCO evaluation (`eval`), the checks on what a run is given (`checks`), model-bench timing (`timing`) and
 //! `instagen bench cpu` (`bench_cpu`: our CPU time next to PyTorch's).
+//! `views`: the contact sheets, browser and card of a dataset folder.
 
 pub mod bench_cpu;
 pub mod checks;
@@ -14,4 +15,5 @@ pub mod kernels;
 pub mod selfcheck;
 pub mod sample;
 pub mod timing;
+pub mod views;
 pub mod txt2img;

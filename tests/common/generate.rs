@@ -72,13 +72,17 @@ impl GenFixture {
     }
 }
 
-/// Every file under `dir` (relative path -> bytes); `generate.json` without its `command` (which names the folder).
+/// Every file under `dir` (relative path -> bytes) but the views (`instagen::pipeline::views::OUTPUTS`: derived,
+/// and the card names the folder); `generate.json` without its `command` (which names the folder).
 pub fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     let mut out = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).unwrap() {
             let p = e.unwrap().path();
+            if d == dir && instagen::pipeline::views::OUTPUTS.iter().any(|o| p.file_name().is_some_and(|n| n == *o)) {
+                continue;
+            }
             if p.is_dir() {
                 stack.push(p);
                 continue;

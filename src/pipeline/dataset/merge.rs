@@ -46,6 +46,8 @@ pub struct MergeReport {
     pub copied: u64,
     /// Images already merged by an earlier, interrupted run of the same merge.
     pub resumed: u64,
+    /// The contact sheets, browser and card written at the end.
+    pub views: crate::pipeline::views::ViewsReport,
 }
 
 impl std::fmt::Display for MergeReport {
@@ -60,7 +62,8 @@ impl std::fmt::Display for MergeReport {
             self.linked,
             self.copied,
             self.resumed
-        )
+        )?;
+        write!(f, "{}", self.views)
     }
 }
 
@@ -442,6 +445,7 @@ pub fn merge(o: &MergeOptions) -> Result<MergeReport> {
     let instances = instances_json(&manifest, &records)?;
     let path = out.join(INSTANCES);
     write_atomic(&path, &instances).map_err(|e| Error::io(&path, e))?;
+    report.views = crate::pipeline::views::write_views(out, &crate::pipeline::views::ViewOptions::default())?;
     Ok(report)
 }
 

@@ -85,6 +85,8 @@ pub struct GenerateReport {
     pub boxes: u64,
     pub seconds: f64,
     pub times: PartTimes,
+    /// The contact sheets, browser and card written at the end.
+    pub views: crate::pipeline::views::ViewsReport,
 }
 
 impl std::fmt::Display for GenerateReport {
@@ -108,7 +110,8 @@ impl std::fmt::Display for GenerateReport {
                 100.0 * t.write / t.total().max(1e-12)
             )?;
         }
-        writeln!(f, "wrote {}", self.out.join(folder::INSTANCES).display())
+        writeln!(f, "wrote {}", self.out.join(folder::INSTANCES).display())?;
+        write!(f, "{}", self.views)
     }
 }
 
@@ -365,6 +368,8 @@ pub fn run_with<B: Backend>(mk: impl Fn() -> Result<B>, backend: &str, o: &Gener
     let bytes = instances_json(&manifest, &records)?;
     let ip = o.out.join(folder::INSTANCES);
     crate::util::files::write_atomic(&ip, &bytes).map_err(|e| write_err("instances.json".into(), &ip, e))?;
+    let seconds = if generated > 0 { gen_start.elapsed().as_secs_f64() } else { start.elapsed().as_secs_f64() };
+    let views = crate::pipeline::views::write_views(&o.out, &crate::pipeline::views::ViewOptions::default())?;
     Ok(GenerateReport {
         out: o.out.clone(),
         shard: o.shard,
@@ -373,7 +378,8 @@ pub fn run_with<B: Backend>(mk: impl Fn() -> Result<B>, backend: &str, o: &Gener
         generated,
         already_done,
         boxes: records.iter().map(|r| r.boxes.len() as u64).sum(),
-        seconds: if generated > 0 { gen_start.elapsed().as_secs_f64() } else { start.elapsed().as_secs_f64() },
+        seconds,
         times: session.times.clone(),
+        views,
     })
 }
