@@ -346,6 +346,26 @@ enum Cmd {
     /// InstaGen stages 3-4, the grounding head: init, label, train, selftrain, infer.
     #[command(subcommand)]
     Ground(GroundCmd),
+
+    /// The whole pipeline from one TOML config (finetune -> generate base -> detect + label -> ground train ->
+    /// generate novel -> ground selftrain -> generate final -> detect train -> eval), each stage in OUT/NN-name;
+    /// a rerun skips unchanged finished stages and resumes an interrupted one.
+    Run {
+        /// The pipeline config (tools/ovcoco.toml is the paper's OV-COCO run).
+        config: PathBuf,
+        /// The run folder [default: the config's [run] out].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Rerun this stage and every later one (earlier stages must have finished).
+        #[arg(long, conflicts_with = "only")]
+        from: Option<String>,
+        /// Rerun this stage only (the others are left as they are).
+        #[arg(long)]
+        only: Option<String>,
+        /// Print what would run and why; run nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -692,6 +712,10 @@ fn main() {
             instagen::with_backend!(k, |mk| instagen::pipeline::detect::infer::eval(&o, split.as_deref(), mk)).map(|s| print!("{s}"))
         }),
         Cmd::Ground(g) => ground(g),
+        Cmd::Run { config, out, from, only, dry_run } => {
+            let a = instagen::pipeline::run::RunArgs { config, out, options: instagen::pipeline::run::RunOptions { from, only, dry_run } };
+            instagen::pipeline::run::run(&a).map(|r| print!("{r}"))
+        }
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

@@ -10,6 +10,7 @@ pub mod finetune;
 pub mod ground;
 pub mod kernels;
 pub mod selfcheck;
+pub mod run;
 pub mod sample;
 pub mod timing;
 pub mod txt2img;
