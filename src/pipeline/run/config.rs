@@ -124,9 +124,12 @@ pub struct GenerateStage {
     pub given: Option<PathBuf>,
     #[serde(default)]
     pub args: Vec<String>,
-    /// The categories to generate (default: base for generate_base, novel for generate_novel, base + novel for
+    /// The categories to generate (default: base for generate_base, base + novel for generate_novel and
     /// generate_final).
     pub categories: Option<Vec<String>>,
+    /// `--novel`: the categories that come first in each prompt, the others drawn from `categories` (default:
+    /// `[run] novel` for generate_novel, the OV-COCO novel set; none for the other two).
+    pub novel: Option<Vec<String>>,
     pub images_per_category: Option<u64>,
     pub per_prompt: Option<u64>,
     pub batch: Option<u64>,
@@ -135,6 +138,7 @@ pub struct GenerateStage {
     pub score: Option<f64>,
     pub seed: Option<u64>,
     pub format: Option<String>,
+    pub dtype: Option<String>,
 }
 
 /// `instagen detect train` (the labeller on the real base data, or the final detector on real + synthetic data).

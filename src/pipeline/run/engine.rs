@@ -129,6 +129,13 @@ pub struct Stage {
     pub steps: Vec<Step>,
 }
 
+impl std::fmt::Debug for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let steps: Vec<String> = self.steps.iter().map(Step::describe).collect();
+        f.debug_struct("Stage").field("name", &self.name).field("dir", &self.dir).field("inputs", &self.inputs).field("steps", &steps).finish()
+    }
+}
+
 /// Runs the commands of [`StepKind::Exec`]: a subprocess of the current executable in production, a fake in
 /// the unit tests.
 pub trait Executor {
@@ -383,8 +390,8 @@ impl std::fmt::Display for RunReport {
     }
 }
 
-/// Runs `stages` in order (see the module doc); `say` gets a line as each stage starts.
-pub fn run_stages(stages: &[Stage], exec: &mut dyn Executor, opts: &RunOptions, say: &mut dyn FnMut(&str)) -> Result<RunReport> {
+/// The positions of `--from` and `--only` in `stages` (an unknown name is an error listing the stages).
+pub fn forced(stages: &[Stage], opts: &RunOptions) -> Result<(Option<usize>, Option<usize>)> {
     let index = |name: &Option<String>, flag: &str| -> Result<Option<usize>> {
         match name {
             None => Ok(None),
@@ -400,8 +407,12 @@ pub fn run_stages(stages: &[Stage], exec: &mut dyn Executor, opts: &RunOptions, 
     if opts.from.is_some() && opts.only.is_some() {
         return Err(Error::Other("--from and --only cannot be given together".into()));
     }
-    let from = index(&opts.from, "--from")?;
-    let only = index(&opts.only, "--only")?;
+    Ok((index(&opts.from, "--from")?, index(&opts.only, "--only")?))
+}
+
+/// Runs `stages` in order (see the module doc); `say` gets a line as each stage starts.
+pub fn run_stages(stages: &[Stage], exec: &mut dyn Executor, opts: &RunOptions, say: &mut dyn FnMut(&str)) -> Result<RunReport> {
+    let (from, only) = forced(stages, opts)?;
     let mut report = RunReport { actions: Vec::new(), dry_run: opts.dry_run };
     // Stages that run (or would run) in this call: their downstream stages see a new `done`.
     let mut ran: Vec<&str> = Vec::new();

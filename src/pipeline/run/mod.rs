@@ -32,6 +32,7 @@ pub fn run(a: &RunArgs) -> Result<RunReport> {
         return Err(Error::Other(format!("{}: the run folder is not a folder", out.display())));
     }
     let stages = stages::build(&cfg, &out)?;
+    engine::forced(&stages, &a.options)?;
     if !a.options.dry_run {
         std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
         let text = crate::util::files::read_text(&a.config, Some(crate::util::files::CONFIG_MAX_BYTES)).map_err(|e| Error::io(&a.config, e))?;

@@ -10,7 +10,7 @@
 //! | `03-labeller` | `detect train` on the real base boxes | `run/model.safetensors`, `run/labels.json` |
 //! | `04-label` | `detect infer` on `data/`, ids mapped by name, `ground label` | `labels.json` |
 //! | `05-ground-train` | `ground train` | `run/` (`run/head`) |
-//! | `06-generate-novel` | `generate` novel categories with the trained head | `data/` |
+//! | `06-generate-novel` | `generate` base + novel, `--novel` novel (OV-COCO: a novel category first in each prompt), with the trained head | `data/` |
 //! | `07-selftrain` | `ground selftrain` | `run/head` |
 //! | `08-generate-final` | `generate` base + novel with the self-trained head | `data/` |
 //! | `09-detect` | `detect train` on the final images (+ the real base boxes) | `run/model.safetensors` |
@@ -22,7 +22,6 @@
 //! data lacks get new ids above its largest).
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
@@ -248,7 +247,8 @@ fn detect_train_cmd(t: &DetectTrainStage, run: &RunSection, config: &Path, out: 
         .0)
 }
 
-fn generate_cmd(g: &GenerateStage, run: &RunSection, sd: &Path, features_sd: &Path, head: &Path, cats: &[String], out: &Path, table: &str) -> Result<Vec<String>> {
+#[allow(clippy::too_many_arguments)]
+fn generate_cmd(g: &GenerateStage, run: &RunSection, sd: &Path, features_sd: &Path, head: &Path, cats: &[String], novel: Option<&[String]>, out: &Path, table: &str) -> Result<Vec<String>> {
     let n = g.images_per_category.ok_or_else(|| Error::Other(format!("stage {}: [{table}] images_per_category is required", table.replace('_', "-"))))?;
     let mut c = Cmd::new(&["generate"]).path("--sd", sd)?;
     if sd != features_sd {
@@ -256,6 +256,7 @@ fn generate_cmd(g: &GenerateStage, run: &RunSection, sd: &Path, features_sd: &Pa
     }
     Ok(c.path("--head", head)?
         .arg("--categories", cats.join(","))
+        .opt("--novel", &novel.map(|n| n.join(",")))
         .arg("--images-per-category", n)
         .path("--out", out)?
         .arg("--seed", g.seed.unwrap_or(run.seed))
@@ -265,6 +266,7 @@ fn generate_cmd(g: &GenerateStage, run: &RunSection, sd: &Path, features_sd: &Pa
         .opt("--guidance", &g.guidance)
         .opt("--score", &g.score)
         .opt("--format", &g.format)
+        .opt("--dtype", &g.dtype)
         .backend(run)
         .extra(&g.args)
         .0)
@@ -352,7 +354,7 @@ pub fn build(cfg: &PipelineConfig, out: &Path) -> Result<Vec<Stage>> {
     };
 
     // A generate stage: sampler + original SD + a head.
-    let generate = |stages: &mut Vec<Stage>, add: &mut dyn FnMut(&mut Vec<Stage>, usize, Value, Vec<Input>, Vec<Step>), i: usize, g: &GenerateStage, table: &str, head: Option<&Product>, head_from: &str, default_cats: &[String]| -> Result<Option<Product>> {
+    let generate = |stages: &mut Vec<Stage>, add: &mut dyn FnMut(&mut Vec<Stage>, usize, Value, Vec<Input>, Vec<Step>), i: usize, g: &GenerateStage, table: &str, head: Option<&Product>, head_from: &str, default_cats: &[String], default_novel: Option<&[String]>| -> Result<Option<Product>> {
         if let Some(p) = &g.given {
             return Ok(Some(given(p, table)));
         }
@@ -367,13 +369,17 @@ pub fn build(cfg: &PipelineConfig, out: &Path) -> Result<Vec<Stage>> {
         if cats.is_empty() {
             return Err(Error::Other(format!("stage {}: no categories to generate (set [{table}] categories, or [run] novel)", NAMES[i])));
         }
-        let cmd = generate_cmd(g, run, &sampler.path, &run.sd, &head.path, &cats, &dir(i).join("data"), table)?;
+        let novel = g.novel.as_deref().or(default_novel);
+        if novel.is_some_and(|n| n.is_empty()) {
+            return Err(Error::Other(format!("stage {}: [run] novel is empty (disable the stage: [{table}] enabled = false)", NAMES[i])));
+        }
+        let cmd = generate_cmd(g, run, &sampler.path, &run.sd, &head.path, &cats, novel, &dir(i).join("data"), table)?;
         add(stages, i, config_value(g), vec![sampler.input.clone(), sd.clone(), head.input.clone()], vec![Step::exec(cmd, false)]);
         Ok(Some(Product { path: dir(i).join("data"), input: Input::Stage(NAMES[i].into()) }))
     };
 
     // 02 generate-base.
-    let gen_base = generate(&mut stages, &mut add, 2, &cfg.generate_base, "generate_base", head0.as_ref(), NAMES[1], &run.base)?;
+    let gen_base = generate(&mut stages, &mut add, 2, &cfg.generate_base, "generate_base", head0.as_ref(), NAMES[1], &run.base, None)?;
 
     // 03 labeller: weights (+ labels) and the file naming its ids.
     let l = &cfg.labeller;
@@ -415,7 +421,7 @@ pub fn build(cfg: &PipelineConfig, out: &Path) -> Result<Vec<Stage>> {
     let labels = if let Some(p) = &lb.given {
         Some(given(p, "label"))
     } else if lb.enabled {
-        let gen = need(&gen_base, NAMES[4], NAMES[2])?;
+        let gd = need(&gen_base, NAMES[4], NAMES[2])?;
         let (weights, lmap, linput) = labeller.clone().ok_or_else(|| Error::Other(format!(
             "stage {} needs a labelling detector: enable [labeller] (trained on [data] train_*) or give one as [labeller] use = PATH", NAMES[4]
         )))?;
@@ -427,8 +433,8 @@ pub fn build(cfg: &PipelineConfig, out: &Path) -> Result<Vec<Stage>> {
             infer = infer.path("--labels", m)?;
         }
         let infer = infer
-            .path("--data", &gen.path.join("instances.json"))?
-            .path("--images", &gen.path)?
+            .path("--data", &gd.path.join("instances.json"))?
+            .path("--images", &gd.path)?
             .path("--out", &raw)?
             .opt("--score-thresh", &lb.score_thresh)
             .opt("--min-size", &lb.min_size)
@@ -436,19 +442,19 @@ pub fn build(cfg: &PipelineConfig, out: &Path) -> Result<Vec<Stage>> {
             .backend(run)
             .extra(&lb.infer_args)
             .0;
-        let (raw2, dets2, names2, inst2) = (raw.clone(), dets.clone(), names.clone(), gen.path.join("instances.json"));
+        let (raw2, dets2, names2, inst2) = (raw.clone(), dets.clone(), names.clone(), gd.path.join("instances.json"));
         let remap = Step::internal(format!("detections_raw.json: category ids of {} -> the dataset's by name -> detections.json", names.display()), move |log| {
             let (kept, dropped) = remap_results(&raw2, &names2, &inst2, &dets2)?;
             writeln!(log, "{kept} detections kept, {dropped} of categories the dataset lacks dropped").map_err(|e| Error::io(&dets2, e))
         });
         let label = Cmd::new(&["ground", "label"])
-            .path("--dataset", &gen.path)?
+            .path("--dataset", &gd.path)?
             .path("--detections", &dets)?
             .opt("--alpha", &lb.alpha)
             .path("--out", &d.join("labels.json"))?
             .extra(&lb.args)
             .0;
-        let inputs = vec![gen.input.clone(), linput, external(&names, "[labeller] names or [data] train_instances")];
+        let inputs = vec![gd.input.clone(), linput, external(&names, "[labeller] names or [data] train_instances")];
         add(&mut stages, 4, config_value(lb), inputs, vec![Step::exec(infer, false), remap, Step::exec(label, false)]);
         Some(Product { path: d.join("labels.json"), input: Input::Stage(NAMES[4].into()) })
     } else {
@@ -491,7 +497,7 @@ pub fn build(cfg: &PipelineConfig, out: &Path) -> Result<Vec<Stage>> {
     let head1 = gt_run.as_ref().map(|r| Product { path: r.path.join("head"), input: r.input.clone() });
 
     // 06 generate-novel.
-    let gen_novel = generate(&mut stages, &mut add, 6, &cfg.generate_novel, "generate_novel", head1.as_ref(), NAMES[5], &run.novel)?;
+    let gen_novel = generate(&mut stages, &mut add, 6, &cfg.generate_novel, "generate_novel", head1.as_ref(), NAMES[5], &novel_all, Some(&run.novel))?;
 
     // 07 selftrain -> a head.
     let st = &cfg.selftrain;
@@ -525,14 +531,14 @@ pub fn build(cfg: &PipelineConfig, out: &Path) -> Result<Vec<Stage>> {
 
     // 08 generate-final.
     let head_from = if st.enabled || st.given.is_some() { NAMES[7] } else { NAMES[5] };
-    let gen_final = generate(&mut stages, &mut add, 8, &cfg.generate_final, "generate_final", head2.as_ref(), head_from, &novel_all)?;
+    let gen_final = generate(&mut stages, &mut add, 8, &cfg.generate_final, "generate_final", head2.as_ref(), head_from, &novel_all, None)?;
 
     // 09 detect.
     let dt = &cfg.detect;
     let detector = if let Some(p) = &dt.given {
         Some(given(p, "detect"))
     } else if dt.enabled {
-        let gen = need(&gen_final, NAMES[9], NAMES[8])?;
+        let gd = need(&gen_final, NAMES[9], NAMES[8])?;
         let real = match (dt.real, &cfg.data.train_instances, &cfg.data.train_images) {
             (Some(false), _, _) | (None, None, _) => None,
             (_, Some(i), Some(m)) => Some((i.clone(), m.clone())),
@@ -545,7 +551,7 @@ pub fn build(cfg: &PipelineConfig, out: &Path) -> Result<Vec<Stage>> {
         };
         let d = dir(9);
         let (syn, conf) = (d.join("synthetic.json"), d.join("detector.json"));
-        let (gen_dir, real2, base, seed, t, syn2, conf2) = (gen.path.clone(), real.clone(), run.base.clone(), run.seed, dt.clone(), syn.clone(), conf.clone());
+        let (gen_dir, real2, base, seed, t, syn2, conf2) = (gd.path.clone(), real.clone(), run.base.clone(), run.seed, dt.clone(), syn.clone(), conf.clone());
         let real_base = d.join("real_base.json");
         let prep = Step::internal("the final dataset's instances with the real category ids -> synthetic.json; real_base.json; detector.json", move |log| {
             synthetic_instances(&gen_dir.join("instances.json"), real2.as_ref().map(|r| r.0.as_path()), &syn2)?;
@@ -562,7 +568,7 @@ pub fn build(cfg: &PipelineConfig, out: &Path) -> Result<Vec<Stage>> {
             write_json(&conf2, &detector_config(&t, seed, sources))
         });
         let cmd = detect_train_cmd(dt, run, &conf, &d.join("run"))?;
-        let mut inputs = vec![gen.input.clone()];
+        let mut inputs = vec![gd.input.clone()];
         if let Some((i, m)) = &real {
             inputs.push(external(i, "[data] train_instances"));
             inputs.push(external(m, "[data] train_images"));
@@ -628,7 +634,7 @@ mod tests {
         assert_eq!(st[2].dir, out.join("02-generate-base"));
         let g = cmd(&st, "generate-base", 0);
         assert!(g.contains("--sd /o/00-finetune/run/model --features-sd /m/sd --head /o/01-head-init/head --categories person,dog --images-per-category 2 --out /o/02-generate-base/data --seed 42"), "{g}");
-        assert!(cmd(&st, "generate-novel", 0).contains("--head /o/05-ground-train/run/head --categories cat "));
+        assert!(cmd(&st, "generate-novel", 0).contains("--head /o/05-ground-train/run/head --categories person,dog,cat --novel cat "));
         assert!(cmd(&st, "generate-final", 0).contains("--head /o/07-selftrain/run/head --categories person,dog,cat "));
         assert!(cmd(&st, "label", 0).contains("detect infer --weights /o/03-labeller/run/model.safetensors --labels /o/03-labeller/run/labels.json --data /o/02-generate-base/data/instances.json"));
         assert!(cmd(&st, "label", 2).contains("ground label --dataset /o/02-generate-base/data --detections /o/04-label/detections.json"));
