@@ -54,6 +54,8 @@ enum BenchKind {
     /// Fixed CPU cases (SD / fixture UNet, CLIP, VAE, attention, convolution): our time next to PyTorch's,
     /// measured in the same run with the same threads, and the ratio.
     Cpu,
+    /// `instagen generate` on a diffusers folder (`--config SD_DIR`): images/s with boxes and the time split.
+    Generate,
 }
 
 /// `--backend` given, else INSTAGEN_BACKEND, else cuda when a GPU is found, else cpu.
@@ -275,6 +277,12 @@ enum Cmd {
         /// `bench cpu`: also write the results here as JSON.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// `bench generate`: a head folder [default: a random head of the paper's sizes].
+        #[arg(long)]
+        head: Option<PathBuf>,
+        /// `bench generate`: DDIM steps [default: 50].
+        #[arg(long, value_parser = positive, allow_hyphen_values = true)]
+        steps: Option<usize>,
     },
 
     /// COCO box evaluation (as pycocotools): prints the 12-line table, optionally the open-vocabulary split's
@@ -366,6 +374,85 @@ enum Cmd {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Category names in, a detection dataset out: SD images with the grounding head's boxes, written to a
+    /// crash-safe, resumable, shardable dataset folder (generate.json, images/, latents/, records/, instances.json).
+    Generate(GenerateArgs),
+}
+
+/// Image file format of `generate`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ImageFormat {
+    Png,
+    Jpg,
+}
+
+#[derive(clap::Args)]
+struct GenerateArgs {
+    /// The sampling SD (a diffusers folder; a fine-tuned one from `instagen finetune`).
+    #[arg(long)]
+    sd: PathBuf,
+    /// A grounding head folder (`instagen ground init|train`), for the feature SD's t=1 feature shapes.
+    #[arg(long)]
+    head: PathBuf,
+    /// Category names, comma separated, or a FILE: text (one per line, # comments), a JSON array of names or a COCO
+    /// file.
+    #[arg(long)]
+    categories: String,
+    /// Images per category: each (novel) category is the first of this many prompts.
+    #[arg(long, value_parser = positive_u64)]
+    images_per_category: u64,
+    /// The dataset folder (created; a rerun of the same command continues it).
+    #[arg(long)]
+    out: PathBuf,
+    /// The SD whose UNet gives the t=1 features (the ORIGINAL SD when --sd is fine-tuned) [default: --sd].
+    #[arg(long)]
+    features_sd: Option<PathBuf>,
+    /// OV-COCO novel mixing: these categories (a subset of --categories, list or FILE) are each prompt's first;
+    /// the others come from all of --categories.
+    #[arg(long)]
+    novel: Option<String>,
+    /// Most categories per prompt (half the prompts name one, half 2..K).
+    #[arg(long, default_value_t = 2, value_parser = positive)]
+    per_prompt: usize,
+    /// Images per batch (>= 1).
+    #[arg(long, default_value_t = 1, value_parser = positive, allow_hyphen_values = true)]
+    batch: usize,
+    /// DDIM steps (>= 1).
+    #[arg(long, default_value_t = 50, value_parser = positive, allow_hyphen_values = true)]
+    steps: usize,
+    /// Classifier-free guidance scale, in [0, 100].
+    #[arg(long, default_value_t = 5.0, value_parser = finite, allow_hyphen_values = true)]
+    guidance: f32,
+    /// Boxes with score >= this are kept, in [0, 1].
+    #[arg(long, default_value_t = 0.4, value_parser = finite, allow_hyphen_values = true)]
+    score: f32,
+    /// Class-wise NMS IoU, in (0, 1].
+    #[arg(long, default_value_t = 0.5, value_parser = finite, allow_hyphen_values = true)]
+    nms: f32,
+    /// Best (query, category) pairs per image before the score threshold.
+    #[arg(long, default_value_t = 100, value_parser = positive)]
+    top_k: usize,
+    /// Run seed: image i's seed is a function of (seed, i).
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// This process's shard, i/n (0 <= i < n) [default: from SLURM_ARRAY_TASK_ID/COUNT/MIN, or JOB_COMPLETION_INDEX
+    /// with --shards, else 0/1].
+    #[arg(long)]
+    shard: Option<String>,
+    /// Shard count for a Kubernetes indexed job (JOB_COMPLETION_INDEX).
+    #[arg(long, value_parser = positive_u64)]
+    shards: Option<u64>,
+    #[arg(long, value_enum, default_value_t = ImageFormat::Png)]
+    format: ImageFormat,
+    /// Do not save the t=1 latents (the grounding stages then encode the images instead).
+    #[arg(long)]
+    no_latents: bool,
+    /// Default: INSTAGEN_BACKEND, else cuda if a GPU is found, else cpu.
+    #[arg(long, value_enum)]
+    backend: Option<Backend>,
+    /// Storage dtype of the SD graphs (the head runs in f32).
+    #[arg(long, value_enum, default_value_t = Dtype::F32)]
+    dtype: Dtype,
 }
 
 #[derive(Subcommand)]
@@ -612,7 +699,7 @@ fn main() {
             });
             backend_kind(backend).and_then(|k| instagen::pipeline::kernels::parity(k, &filter, seed)).map(|s| print!("{s}"))
         }
-        Cmd::Bench { what, backend, filter, min_seconds, config, batch, dtype: d, latent, threads, torch, json } => {
+        Cmd::Bench { what, backend, filter, min_seconds, config, batch, dtype: d, latent, threads, torch, json, head, steps } => {
             use instagen::pipeline::{bench_cpu, kernels, sample, txt2img};
             let model_flags = config.is_some() || batch.is_some() || d.is_some() || latent.is_some();
             let (config, batch, d) = (config.unwrap_or_else(|| "sd-v1".into()), batch.unwrap_or(1), dtype(d.unwrap_or(Dtype::F32)));
@@ -624,6 +711,8 @@ fn main() {
                 BenchKind::Cpu if model_flags => Some("--config, --batch, --dtype and --latent do not apply to bench cpu (its cases are fixed)"),
                 BenchKind::Cpu => None,
                 _ if torch.is_some() || json.is_some() => Some("--torch and --json apply to bench cpu only"),
+                BenchKind::Generate if config == "sd-v1" => Some("bench generate needs --config SD_DIR (a diffusers folder)"),
+                _ if head.is_some() || steps.is_some() => Some("--head and --steps apply to bench generate only"),
                 _ => None,
             };
             match usage {
@@ -640,6 +729,17 @@ fn main() {
                     instagen::pipeline::finetune::bench::bench_train_unet(k, &config, batch, latent, d, min_seconds).map(|r| r.text)
                 }
                 BenchKind::Exec => kernels::bench_exec(k, min_seconds),
+                BenchKind::Generate => {
+                    let o = instagen::pipeline::generate::bench::BenchOptions {
+                        sd: PathBuf::from(&config),
+                        head: head.clone(),
+                        batch,
+                        steps: steps.unwrap_or(50),
+                        dtype: d,
+                        min_seconds,
+                    };
+                    instagen::pipeline::generate::bench::bench(k, &o)
+                }
                 BenchKind::Cpu => {
                     let torch = bench_cpu::torch_python(torch);
                     bench_cpu::run(&bench_cpu::CpuBenchOptions { kind: k, filter: filter.clone(), min_seconds, torch, json })
@@ -716,11 +816,45 @@ fn main() {
             let a = instagen::pipeline::run::RunArgs { config, out, options: instagen::pipeline::run::RunOptions { from, only, dry_run } };
             instagen::pipeline::run::run(&a).map(|r| print!("{r}"))
         }
+        Cmd::Generate(a) => generate(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");
         std::process::exit(1);
     }
+}
+
+fn generate(a: GenerateArgs) -> instagen::Result<()> {
+    use instagen::pipeline::generate::{self, plan, shard};
+    let kind = backend_kind(a.backend)?;
+    let shard = shard::resolve(a.shard.as_deref(), a.shards, |k| std::env::var(k).ok())?;
+    let o = generate::GenerateOptions {
+        sd: a.sd,
+        features_sd: a.features_sd,
+        head: a.head,
+        categories: plan::read_categories(&a.categories, "--categories")?,
+        novel: a.novel.as_deref().map(|n| plan::read_categories(n, "--novel")).transpose()?,
+        images_per_category: a.images_per_category,
+        per_prompt: a.per_prompt,
+        batch: a.batch,
+        steps: a.steps,
+        guidance: a.guidance,
+        score: a.score,
+        nms: a.nms,
+        top_k: a.top_k,
+        seed: a.seed,
+        shard,
+        format: match a.format {
+            ImageFormat::Png => generate::ImageFormat::Png,
+            ImageFormat::Jpg => generate::ImageFormat::Jpg,
+        },
+        latents: !a.no_latents,
+        dtype: dtype(a.dtype),
+        out: a.out,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        progress: true,
+    };
+    generate::run(kind, &o).map(|r| print!("{r}"))
 }
 
 fn ground(cmd: GroundCmd) -> instagen::Result<()> {

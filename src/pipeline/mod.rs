@@ -7,6 +7,7 @@ pub mod checks;
 pub mod detect;
 pub mod eval;
 pub mod finetune;
+pub mod generate;
 pub mod ground;
 pub mod kernels;
 pub mod selfcheck;

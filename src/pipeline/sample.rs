@@ -71,82 +71,140 @@ pub fn sample<B: Backend>(
     uncond: &HostTensor,
     cond: &HostTensor,
     opts: &SampleOptions,
-    mut progress: impl FnMut(usize, usize),
+    progress: impl FnMut(usize, usize),
 ) -> Result<SampleOutput> {
     let bad = |msg: String| Error::Mismatch { what: "sample".into(), msg };
     if cond.shape.len() != 3 || uncond.shape.len() != 3 || uncond.shape[1..] != cond.shape[1..] {
         return Err(bad(format!("contexts must be [N, T, D] and [1 or N, T, D]; got uncond {:?}, cond {:?}", uncond.shape, cond.shape)));
     }
-    let (n, t, d) = (cond.shape[0], cond.shape[1], cond.shape[2]);
-    if uncond.shape[0] != 1 && uncond.shape[0] != n {
-        return Err(bad(format!("uncond batch {} must be 1 or {n}", uncond.shape[0])));
-    }
-    if uncond.dtype != opts.dtype || cond.dtype != opts.dtype {
-        return Err(bad(format!("contexts must be {} (got {} and {})", opts.dtype, uncond.dtype, cond.dtype)));
-    }
+    let n = cond.shape[0];
     checks::check_guidance(opts.guidance)?;
     let rows = n.checked_mul(2).ok_or_else(|| bad(format!("batch {n} overflows")))?;
     let culprit = format!("batch {n} of {}x{} latents", opts.height, opts.width);
     checks::check_unet_fits(cfg, rows, opts.height, opts.dtype, backend.memory_available()?, &culprit)?;
-    let shape = UNetShape {
-        batch: rows,
-        height: opts.height,
-        width: opts.width,
-        context_len: t,
-        dtype: opts.dtype,
-        features: opts.capture_features,
-        taps: false,
-    };
-    let ug = unet::build(cfg, &shape)?;
-    let plan = Plan::new(&ug.graph);
-    let plan_text = plan.summary();
-    let mut ex = Executor::with_plan(backend, ug.graph.clone(), plan, weights).map_err(|e| e.building(format!("UNet graph ({culprit})")))?;
-
-    // Context [uncond x N; cond], fixed for the whole run.
-    let row = t * d * opts.dtype.size();
-    let mut ctx = Vec::with_capacity(2 * n * row);
-    for i in 0..n {
-        let j = if uncond.shape[0] == 1 { 0 } else { i };
-        ctx.extend_from_slice(&uncond.data[j * row..(j + 1) * row]);
-    }
-    ctx.extend_from_slice(&cond.data);
-    let context = HostTensor::from_bytes(&[2 * n, t, d], opts.dtype, ctx)?;
-
+    let mut sampler = Sampler::new(backend, cfg, weights, n, opts.height, opts.width, cond.shape[1], opts.dtype, opts.capture_features)
+        .map_err(|e| e.building(format!("UNet graph ({culprit})")))?;
     sched.set_timesteps(opts.steps)?;
-    let timesteps = sched.timesteps().to_vec();
     let (h, w) = (opts.height, opts.width);
-    let mut latents = match &opts.init_latents {
-        Some(v) if v.len() == n * h * w * 4 => v.iter().map(|x| x * sched.init_noise_sigma()).collect(),
+    let init = match &opts.init_latents {
+        Some(v) if v.len() == n * h * w * 4 => v.clone(),
         Some(v) => return Err(bad(format!("init_latents has {} values, want {n}x{h}x{w}x4", v.len()))),
-        None => initial_latents(opts.seed, n, h, w, sched.init_noise_sigma()),
+        None => GaussianNoise::new(opts.seed).sample(n * h * w * 4, 1.0),
     };
-    let len = latents.len();
-    let mut features = Vec::new();
-    for (i, &ts) in timesteps.iter().enumerate() {
-        let model_in = sched.scale_model_input(&latents, ts);
-        let doubled: Vec<f32> = model_in.iter().chain(model_in.iter()).copied().collect();
-        let sample = HostTensor::from_f32(&[2 * n, h, w, 4], opts.dtype, &doubled)?;
-        let tt = HostTensor::from_f32(&[2 * n], DType::F32, &vec![ts as f32; 2 * n])?;
-        ex.run(&[("sample", &sample), ("timestep", &tt), ("context", &context)])?;
-        let eps = ex.get(ug.nodes.out)?.to_f32();
-        let step = || format!("step {}/{} (t={ts})", i + 1, timesteps.len());
-        checks::check_finite(&eps, || format!("UNet output at {}", step()))?;
-        let guided = classifier_free_guidance(&eps[..len], &eps[len..], opts.guidance)?;
-        latents = sched.step(&guided, ts, &latents, 0.0, None)?.prev_sample;
-        checks::check_finite(&latents, || format!("latents after {}", step()))?;
-        if i + 1 == timesteps.len() {
-            for (name, id) in &ug.features {
-                features.push((name.clone(), ex.get(*id)?));
-            }
-        }
-        progress(i + 1, timesteps.len());
+    let run = sampler.run(&sched, uncond, cond, &init, opts.guidance, progress)?;
+    Ok(SampleOutput { latents: run.latents, features: run.features, plan: sampler.plan.clone(), timesteps: sched.timesteps().to_vec() })
+}
+
+/// What one [`Sampler::run`] gives.
+#[derive(Clone, Debug)]
+pub struct SamplerRun {
+    /// The final latents `[N, h, w, 4]` (NHWC, f32).
+    pub latents: HostTensor,
+    /// The latents fed to the last step's UNet call (t = 1 for SD's schedules), `[N, h, w, 4]` f32.
+    pub last_input: HostTensor,
+    /// `(name, [N, h, w, C])` feature levels of the last step's call, when the sampler captures them.
+    pub features: Vec<(String, HostTensor)>,
+}
+
+/// The UNet graph of one batch shape, built and loaded once, run for any number of DDIM loops.
+pub struct Sampler<B: Backend> {
+    ex: Executor<B>,
+    out: crate::graph::NodeId,
+    features: Vec<(String, crate::graph::NodeId)>,
+    n: usize,
+    h: usize,
+    w: usize,
+    context: [usize; 2],
+    dtype: DType,
+    /// The memory plan of the UNet graph (`planned X MiB (naive Y MiB)`).
+    pub plan: String,
+}
+
+impl<B: Backend> Sampler<B> {
+    /// The UNet at batch `2 n` (`[uncond; cond]`), `h x w` latents and `t` context tokens, in `dtype`; with
+    /// `features` the t=1 feature levels are outputs too.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(backend: B, cfg: &UNetConfig, weights: &ParamStore, n: usize, h: usize, w: usize, t: usize, dtype: DType, features: bool) -> Result<Self> {
+        let shape = UNetShape { batch: 2 * n, height: h, width: w, context_len: t, dtype, features, taps: false };
+        let ug = unet::build(cfg, &shape)?;
+        let plan = Plan::new(&ug.graph);
+        let plan_text = plan.summary();
+        let ex = Executor::with_plan(backend, ug.graph.clone(), plan, weights)?;
+        Ok(Sampler { ex, out: ug.nodes.out, features: ug.features, n, h, w, context: [t, cfg.cross_attention_dim], dtype, plan: plan_text })
     }
-    Ok(SampleOutput {
-        latents: HostTensor::from_f32(&[n, h, w, 4], DType::F32, &latents)?,
-        features,
-        plan: plan_text,
-        timesteps,
-    })
+
+    /// The batch (images per run).
+    pub fn batch(&self) -> usize {
+        self.n
+    }
+
+    /// One guided DDIM loop over `sched`'s timesteps (set by the caller) from `init` (`[N, h, w, 4]` standard
+    /// normal values, scaled here by `init_noise_sigma`). Contexts as [`sample`].
+    pub fn run(
+        &mut self,
+        sched: &DdimScheduler,
+        uncond: &HostTensor,
+        cond: &HostTensor,
+        init: &[f32],
+        guidance: f32,
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<SamplerRun> {
+        let bad = |msg: String| Error::Mismatch { what: "sample".into(), msg };
+        let (n, h, w) = (self.n, self.h, self.w);
+        let [t, d] = self.context;
+        if cond.shape != [n, t, d] || (uncond.shape != [1, t, d] && uncond.shape != [n, t, d]) {
+            return Err(bad(format!("contexts must be [{n}, {t}, {d}] and [1 or {n}, {t}, {d}]; got uncond {:?}, cond {:?}", uncond.shape, cond.shape)));
+        }
+        if uncond.dtype != self.dtype || cond.dtype != self.dtype {
+            return Err(bad(format!("contexts must be {} (got {} and {})", self.dtype, uncond.dtype, cond.dtype)));
+        }
+        if init.len() != n * h * w * 4 {
+            return Err(bad(format!("initial latents have {} values, want {n}x{h}x{w}x4", init.len())));
+        }
+        // Context [uncond x N; cond], fixed for the whole loop.
+        let row = t * d * self.dtype.size();
+        let mut ctx = Vec::with_capacity(2 * n * row);
+        for i in 0..n {
+            let j = if uncond.shape[0] == 1 { 0 } else { i };
+            ctx.extend_from_slice(&uncond.data[j * row..(j + 1) * row]);
+        }
+        ctx.extend_from_slice(&cond.data);
+        let context = HostTensor::from_bytes(&[2 * n, t, d], self.dtype, ctx)?;
+        let timesteps = sched.timesteps().to_vec();
+        if timesteps.is_empty() {
+            return Err(bad("the scheduler has no timesteps (set_timesteps first)".into()));
+        }
+        let sigma = sched.init_noise_sigma();
+        let mut latents: Vec<f32> = init.iter().map(|x| x * sigma).collect();
+        let len = latents.len();
+        let mut features = Vec::new();
+        let mut last_input = Vec::new();
+        for (i, &ts) in timesteps.iter().enumerate() {
+            let model_in = sched.scale_model_input(&latents, ts);
+            let doubled: Vec<f32> = model_in.iter().chain(model_in.iter()).copied().collect();
+            let sample = HostTensor::from_f32(&[2 * n, h, w, 4], self.dtype, &doubled)?;
+            let tt = HostTensor::from_f32(&[2 * n], DType::F32, &vec![ts as f32; 2 * n])?;
+            self.ex.run(&[("sample", &sample), ("timestep", &tt), ("context", &context)])?;
+            let eps = self.ex.get(self.out)?.to_f32();
+            let step = || format!("step {}/{} (t={ts})", i + 1, timesteps.len());
+            checks::check_finite(&eps, || format!("UNet output at {}", step()))?;
+            let guided = classifier_free_guidance(&eps[..len], &eps[len..], guidance)?;
+            if i + 1 == timesteps.len() {
+                last_input = latents.clone();
+                for (name, id) in &self.features {
+                    features.push((name.clone(), self.ex.get(*id)?));
+                }
+            }
+            latents = sched.step(&guided, ts, &latents, 0.0, None)?.prev_sample;
+            checks::check_finite(&latents, || format!("latents after {}", step()))?;
+            progress(i + 1, timesteps.len());
+        }
+        Ok(SamplerRun {
+            latents: HostTensor::from_f32(&[n, h, w, 4], DType::F32, &latents)?,
+            last_input: HostTensor::from_f32(&[n, h, w, 4], DType::F32, &last_input)?,
+            features,
+        })
+    }
 }
 
 /// Weights for a UNet config directory: `diffusion_pytorch_model.safetensors` (or its `.fp16` variant) cast to

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod generate;
 pub mod rcnn_gen;
 pub mod sd;
 

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use super::dataset::{GroundImage, GroundSet};
 use super::head::Head;
 use super::train::{cxcywh_to_xyxy, nms_per_class, Inputs};
+
 use crate::backend::{Backend, BackendKind};
 use crate::detection::coco::{self, Detection};
 use crate::error::{Error, Result};
@@ -89,27 +90,9 @@ pub fn infer_with<B: Backend>(mk: impl Fn() -> Result<B>, o: &InferOptions) -> R
             let (q, tt) = (p.logits.shape[1], p.logits.shape[2]);
             let logits = p.logits.to_f32();
             let boxes = p.boxes.to_f32();
+            let post = PostProcess { top_k: o.top_k, score: o.score_thresh, nms: o.nms };
             for (j, (im, cats)) in chunk.iter().enumerate() {
-                let (w, h) = (im.width as f32, im.height as f32);
-                // (query, token) pairs of real tokens, scored.
-                let mut pairs: Vec<(f32, usize, usize)> = Vec::new();
-                for k in 0..q {
-                    for (tok, _) in cats.iter().enumerate() {
-                        let s = 1.0 / (1.0 + (-logits[(j * q + k) * tt + tok]).exp());
-                        pairs.push((s, k, tok));
-                    }
-                }
-                let scores: Vec<f32> = pairs.iter().map(|p| p.0).collect();
-                let top = crate::boxes::topk_row(&scores, o.top_k.min(pairs.len()));
-                let cand: Vec<([f32; 4], usize, f32)> = top
-                    .iter()
-                    .map(|&i| pairs[i])
-                    .filter(|&(s, _, _)| s >= o.score_thresh)
-                    .map(|(s, k, tok)| (cxcywh_to_xyxy(&boxes[(j * q + k) * 4..(j * q + k) * 4 + 4], w, h), tok, s))
-                    .filter(|(b, _, _)| b[2] > b[0] && b[3] > b[1])
-                    .collect();
-                for c in nms_per_class(&cand, o.nms)? {
-                    let (b, tok, s) = cand[c];
+                for (b, tok, s) in post.image(&logits, &boxes, (q, tt), j, cats.len(), (im.width as f32, im.height as f32))? {
                     dets.push(Detection {
                         image_id: im.id,
                         category_id: cats[tok],
@@ -125,6 +108,40 @@ pub fn infer_with<B: Backend>(mk: impl Fn() -> Result<B>, o: &InferOptions) -> R
     }
     coco::save_results(&o.out, &dets)?;
     Ok(InferReport { out: o.out.clone(), images: set.images.len(), detections: dets.len() })
+}
+
+/// The head's post-processing of one image (`ground infer` and `generate`): the `top_k` best (query, token) pairs
+/// by `sigmoid(logit)` over the image's real tokens, those with score >= `score`, boxes from normalised cxcywh to
+/// pixel xyxy clipped to the image, empty ones dropped, class-wise NMS at IoU `nms` (classes = tokens).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PostProcess {
+    pub top_k: usize,
+    pub score: f32,
+    pub nms: f32,
+}
+
+impl PostProcess {
+    /// Image `j` of a prediction (`logits` `[B, Q, T]`, `boxes` `[B, Q, 4]` as f32 values, `(Q, T)`), whose first
+    /// `tokens` text tokens are real, in a `(w, h)` image: `(xyxy, token, score)`, best first.
+    pub fn image(&self, logits: &[f32], boxes: &[f32], (q, tt): (usize, usize), j: usize, tokens: usize, (w, h): (f32, f32)) -> Result<Vec<([f32; 4], usize, f32)>> {
+        let mut pairs: Vec<(f32, usize, usize)> = Vec::with_capacity(q * tokens);
+        for k in 0..q {
+            for tok in 0..tokens {
+                let s = 1.0 / (1.0 + (-logits[(j * q + k) * tt + tok]).exp());
+                pairs.push((s, k, tok));
+            }
+        }
+        let scores: Vec<f32> = pairs.iter().map(|p| p.0).collect();
+        let top = crate::boxes::topk_row(&scores, self.top_k.min(pairs.len()));
+        let cand: Vec<([f32; 4], usize, f32)> = top
+            .iter()
+            .map(|&i| pairs[i])
+            .filter(|&(s, _, _)| s >= self.score)
+            .map(|(s, k, tok)| (cxcywh_to_xyxy(&boxes[(j * q + k) * 4..(j * q + k) * 4 + 4], w, h), tok, s))
+            .filter(|(b, _, _)| b[2] > b[0] && b[3] > b[1])
+            .collect();
+        Ok(nms_per_class(&cand, self.nms)?.into_iter().map(|c| cand[c]).collect())
+    }
 }
 
 /// A comma list of names for the CLI (`None` for an absent flag; `Some(empty)` for an empty list).
