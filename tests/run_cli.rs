@@ -152,9 +152,10 @@ fn run(cfg: &Path, out: &Path, extra: &[&str]) -> (bool, String, String) {
     (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
 }
 
-/// The report line of each stage: its action word.
+/// The report line of each stage: its action word (the report is the end of stdout, after the stages' output).
 fn actions(stdout: &str) -> Vec<(String, String)> {
-    stdout
+    let start = stdout.rfind("stages:\n").or_else(|| stdout.rfind("plan (dry run")).unwrap_or_else(|| panic!("no report in {stdout}"));
+    stdout[start..]
         .lines()
         .filter_map(|l| {
             let mut w = l.split_whitespace();
