@@ -174,7 +174,20 @@ impl Executor for Subprocess {
         use std::process::{Command, Stdio};
         let file = std::fs::OpenOptions::new().create(true).append(true).open(log).map_err(|e| Error::io(log, e))?;
         let file = Arc::new(Mutex::new(file));
-        let mut child = Command::new(&self.exe)
+        let mut cmd = Command::new(&self.exe);
+        // The stage dies with this process (a `kill -9` of `instagen run` must not leave a stage writing into its
+        // folder while a rerun resumes it).
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -410,6 +423,20 @@ pub fn forced(stages: &[Stage], opts: &RunOptions) -> Result<(Option<usize>, Opt
     Ok((index(&opts.from, "--from")?, index(&opts.only, "--only")?))
 }
 
+/// An exclusive lock on `OUT/run.lock` for this process's life: two `instagen run`s on one folder would race.
+pub struct RunLock(#[allow(dead_code)] std::fs::File);
+
+pub fn lock_run_dir(out: &Path) -> Result<RunLock> {
+    use std::os::unix::io::AsRawFd;
+    let p = out.join("run.lock");
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&p).map_err(io_err(&p))?;
+    // SAFETY: flock on a file descriptor this function owns.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(Error::Other(format!("{}: another `instagen run` is working in {} (its lock is held)", p.display(), out.display())));
+    }
+    Ok(RunLock(f))
+}
+
 /// Runs `stages` in order (see the module doc); `say` gets a line as each stage starts.
 pub fn run_stages(stages: &[Stage], exec: &mut dyn Executor, opts: &RunOptions, say: &mut dyn FnMut(&str)) -> Result<RunReport> {
     let (from, only) = forced(stages, opts)?;
@@ -577,6 +604,18 @@ mod tests {
         std::fs::write(st[0].dir.join("precious"), "x").unwrap();
         let e = go(&st, &mut fake, &o).unwrap_err().to_string();
         assert!(e.contains("not a stage folder") && st[0].dir.join("precious").is_file(), "{e}");
+        let _ = std::fs::remove_dir_all(root);
+    }
+
+    #[test]
+    fn one_run_per_folder() {
+        let root = std::env::temp_dir().join(format!("instagen_run_lock_{}", std::process::id()));
+        std::fs::create_dir_all(&root).unwrap();
+        let held = lock_run_dir(&root).unwrap();
+        let e = lock_run_dir(&root).err().unwrap().to_string();
+        assert!(e.contains("another `instagen run`") && e.contains("run.lock"), "{e}");
+        drop(held);
+        lock_run_dir(&root).unwrap();
         let _ = std::fs::remove_dir_all(root);
     }
 

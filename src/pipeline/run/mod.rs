@@ -33,8 +33,10 @@ pub fn run(a: &RunArgs) -> Result<RunReport> {
     }
     let stages = stages::build(&cfg, &out)?;
     engine::forced(&stages, &a.options)?;
+    let mut _lock = None;
     if !a.options.dry_run {
         std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+        _lock = Some(engine::lock_run_dir(&out)?);
         let text = crate::util::files::read_text(&a.config, Some(crate::util::files::CONFIG_MAX_BYTES)).map_err(|e| Error::io(&a.config, e))?;
         let copy = out.join("pipeline.toml");
         crate::util::files::write_atomic(&copy, text.as_bytes()).map_err(|e| Error::io(&copy, e))?;
