@@ -1,6 +1,7 @@
 //! `instagen run PIPELINE.toml` end to end on the CPU: every stage once on tiny random models (the small SD folder
 //! of tests/common/sd.rs, a `tiny` grounding head, a ResNet-18 detector at short side 64) and a few "real" images
-//! written here; a rerun skips every stage; a changed option reruns its stage and the stages downstream only.
+//! written here; a rerun skips every stage; a changed option reruns its stage and the stages downstream only; an
+//! interrupted stage resumes.
 //! Skips without the CLIP vocabulary data (fails with INSTAGEN_REQUIRE_DATA=1).
 
 mod common;
@@ -54,7 +55,7 @@ fn real_data(dir: &Path) -> (PathBuf, PathBuf) {
     (inst, imgs)
 }
 
-fn config(sd: &Path, inst: &Path, imgs: &Path, selftrain_steps: u32) -> String {
+fn config(sd: &Path, inst: &Path, imgs: &Path, final_score: &str) -> String {
     format!(
         r#"
 [run]
@@ -117,13 +118,13 @@ batch = 2
 
 [selftrain]
 beta = 0.0
-steps = {selftrain_steps}
+steps = 2
 save_every = 1
 
 [generate_final]
 images_per_category = 1
 steps = 2
-score = 0.0
+score = {final_score}
 
 [detect]
 depth = 18
@@ -175,7 +176,7 @@ fn a_small_pipeline_runs_end_to_end_then_skips_then_reruns_downstream() {
     let d = tmp("e2e");
     let (inst, imgs) = real_data(&d);
     let cfg = d.join("pipeline.toml");
-    std::fs::write(&cfg, config(&sd, &inst, &imgs, 2)).unwrap();
+    std::fs::write(&cfg, config(&sd, &inst, &imgs, "0.0")).unwrap();
     let out = d.join("out");
     let t0 = std::time::Instant::now();
     let (ok, so, se) = run(&cfg, &out, &[]);
@@ -214,8 +215,8 @@ fn a_small_pipeline_runs_end_to_end_then_skips_then_reruns_downstream() {
     assert!(actions(&so).iter().all(|(_, w)| w == "skip"), "{so}");
     assert_eq!(done(&out), done1);
 
-    // One option of selftrain changed: selftrain and its downstream stages rerun; the rest is skipped.
-    std::fs::write(&cfg, config(&sd, &inst, &imgs, 1)).unwrap();
+    // One option of generate-final changed: it and its downstream stages (detect, eval) rerun; the rest is skipped.
+    std::fs::write(&cfg, config(&sd, &inst, &imgs, "0.01")).unwrap();
     let (ok, so, se) = run(&cfg, &out, &["--dry-run"]);
     assert!(ok, "{so}\n{se}");
     let plan = actions(&so);
@@ -225,10 +226,21 @@ fn a_small_pipeline_runs_end_to_end_then_skips_then_reruns_downstream() {
     assert_eq!(plan, a, "the dry run's plan is what ran");
     let done2 = done(&out);
     for (i, (name, w)) in a.iter().enumerate() {
-        let downstream = i >= 7;
+        let downstream = i >= 8;
         assert_eq!(w, if downstream { "run" } else { "skip" }, "{name}: {so}");
         assert_eq!(done2[i] != done1[i], downstream, "{name}'s done marker");
     }
+
+    // detect interrupted (its stage.json written, no done): it resumes from its checkpoint, eval reruns.
+    std::fs::remove_file(out.join("09-detect/done")).unwrap();
+    let (ok, so, se) = run(&cfg, &out, &[]);
+    assert!(ok, "{so}\n{se}");
+    let a = actions(&so);
+    for (i, (name, w)) in a.iter().enumerate() {
+        assert_eq!(w, match i { 9 => "resume", 10 => "run", _ => "skip" }, "{name}: {so}");
+    }
+    let log = std::fs::read_to_string(out.join("09-detect/log.txt")).unwrap();
+    assert!(log.contains("resume: instagen detect train") && log.contains("resumed from step 2"), "{log}");
     let _ = std::fs::remove_dir_all(&d);
     let _ = std::fs::remove_dir_all(&sd);
 }
@@ -241,7 +253,7 @@ fn bad_configs_are_named() {
     let out = d.join("out");
     let sd = d.join("sd");
     std::fs::create_dir_all(&sd).unwrap();
-    let good = config(&sd, &inst, &imgs, 2);
+    let good = config(&sd, &inst, &imgs, "0.0");
     // An unknown key: named with its table and line.
     std::fs::write(&cfg, good.replace("[selftrain]\n", "[selftrain]\nbeta_ = 3\n")).unwrap();
     let (ok, _, e) = run(&cfg, &out, &[]);
