@@ -6,6 +6,11 @@
 //! - Every stage table has `enabled` (default true), `use` (a path: the stage's output is given from outside and
 //!   the stage does not run) and `args` (extra flags appended to the stage's command line). The other keys map to
 //!   the stage command's flags; a key left out leaves the command's default.
+//! - What `use` names per stage: finetune a diffusers folder; head_init a head folder; generate_* a dataset folder
+//!   (with instances.json); labeller a detector (a torchvision-layout .safetensors, or a folder with
+//!   model.safetensors [+ labels.json]) with `names` a COCO file naming its category ids; label a grounding labels
+//!   file; ground_train a `ground train` run folder (head/ and the student snapshot selftrain starts from);
+//!   selftrain a head folder; detect a folder with model.safetensors [+ labels.json].
 
 use std::path::{Path, PathBuf};
 
