@@ -284,8 +284,9 @@ pub fn build(cfg: &PipelineConfig, out: &Path) -> Result<Vec<Stage>> {
     let sd = external(&run.sd, "[run] sd");
     let sd_product = Product { path: run.sd.clone(), input: sd.clone() };
     let novel_all: Vec<String> = run.base.iter().chain(&run.novel).cloned().collect();
-    let run_json = config_value(run);
-    let stage_config = |table: Value| json!({"run": run_json.clone(), "stage": table});
+    // A stage's recorded config is its table; what it takes from [run] and [data] is in its command lines and
+    // inputs (the labeller and detect stages, whose in-process steps use more, add it to their table's record).
+    let stage_config = |table: Value| json!({"stage": table});
     let mut add = |stages: &mut Vec<Stage>, i: usize, table: Value, inputs: Vec<Input>, steps: Vec<Step>| {
         let mut seen = Vec::new();
         let inputs = inputs
@@ -410,7 +411,8 @@ pub fn build(cfg: &PipelineConfig, out: &Path) -> Result<Vec<Stage>> {
             writeln!(log, "{} base categories kept", ids.len()).map_err(|e| Error::io(&real2, e))
         });
         let cmd = detect_train_cmd(l, run, &conf, &d.join("run"))?;
-        add(&mut stages, 3, config_value(l), vec![external(inst, "[data] train_instances"), external(imgs, "[data] train_images")], vec![prep, Step::exec(cmd, true)]);
+        let rec = json!({"table": config_value(l), "base": run.base, "seed": run.seed, "train_instances": inst, "train_images": imgs});
+        add(&mut stages, 3, rec, vec![external(inst, "[data] train_instances"), external(imgs, "[data] train_images")], vec![prep, Step::exec(cmd, true)]);
         Some((d.join("run/model.safetensors"), Some(d.join("run/labels.json")), Input::Stage(NAMES[3].into())))
     } else {
         None
@@ -573,7 +575,8 @@ pub fn build(cfg: &PipelineConfig, out: &Path) -> Result<Vec<Stage>> {
             inputs.push(external(i, "[data] train_instances"));
             inputs.push(external(m, "[data] train_images"));
         }
-        add(&mut stages, 9, config_value(dt), inputs, vec![prep, Step::exec(cmd, true)]);
+        let rec = json!({"table": config_value(dt), "base": run.base, "seed": run.seed, "real": real});
+        add(&mut stages, 9, rec, inputs, vec![prep, Step::exec(cmd, true)]);
         Some(Product { path: d.join("run"), input: Input::Stage(NAMES[9].into()) })
     } else {
         None
@@ -645,6 +648,28 @@ mod tests {
         let ins = |n: &str| format!("{:?}", st.iter().find(|s| s.name == n).unwrap().inputs);
         assert!(ins("selftrain").contains("ground-train") && ins("selftrain").contains("generate-novel"), "{}", ins("selftrain"));
         assert!(ins("generate-base").contains("finetune") && ins("generate-base").contains("/m/sd") && ins("generate-base").contains("head-init"));
+    }
+
+    #[test]
+    fn a_stage_records_only_what_it_uses() {
+        let record = |c: &PipelineConfig| {
+            build(c, Path::new("/o")).unwrap().iter().map(|s| format!("{:?} {}", s.steps.iter().map(Step::describe).collect::<Vec<_>>(), s.config)).collect::<Vec<_>>()
+        };
+        let a = record(&cfg(""));
+        // The val data is eval's alone.
+        let mut c = cfg("");
+        c.data.val_instances = Some("/d/val2.json".into());
+        let b = record(&c);
+        assert_eq!(a[..10], b[..10]);
+        assert_ne!(a[10], b[10]);
+        // The base list reaches finetune (its command), the labeller and detect (their records).
+        let mut c = cfg("");
+        c.run.base = vec!["person".into(), "dog".into(), "cow".into()];
+        let b = record(&c);
+        for i in [0, 3, 9] {
+            assert_ne!(a[i], b[i], "{}", NAMES[i]);
+        }
+        assert_eq!(a[1], b[1], "head-init does not use the base list");
     }
 
     #[test]
