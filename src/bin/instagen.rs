@@ -383,6 +383,26 @@ enum Cmd {
         seed: u64,
     },
 
+    /// The whole pipeline from one TOML config (finetune -> generate base -> detect + label -> ground train ->
+    /// generate novel -> ground selftrain -> generate final -> detect train -> eval), each stage in OUT/NN-name;
+    /// a rerun skips unchanged finished stages and resumes an interrupted one.
+    Run {
+        /// The pipeline config (tools/ovcoco.toml is the paper's OV-COCO run).
+        config: PathBuf,
+        /// The run folder [default: the config's [run] out].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Rerun this stage and every later one (earlier stages must have finished).
+        #[arg(long, conflicts_with = "only")]
+        from: Option<String>,
+        /// Rerun this stage only (the others are left as they are).
+        #[arg(long)]
+        only: Option<String>,
+        /// Print what would run and why; run nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+
     /// Category names in, a detection dataset out: SD images with the grounding head's boxes, written to a
     /// crash-safe, resumable, shardable dataset folder (generate.json, images/, latents/, records/, instances.json).
     Generate(GenerateArgs),
@@ -884,6 +904,10 @@ fn main() {
                 ExportFormat::Yolo => export::ExportFormat::Yolo,
             };
             export::export(&export::ExportOptions { dataset, format, out, val_fraction, seed }).map(|r| print!("{r}"))
+        }
+        Cmd::Run { config, out, from, only, dry_run } => {
+            let a = instagen::pipeline::run::RunArgs { config, out, options: instagen::pipeline::run::RunOptions { from, only, dry_run } };
+            instagen::pipeline::run::run(&a).map(|r| print!("{r}"))
         }
         Cmd::Generate(a) => generate(a),
         Cmd::Views(a) => views(a),

@@ -13,6 +13,7 @@ pub mod generate;
 pub mod ground;
 pub mod kernels;
 pub mod selfcheck;
+pub mod run;
 pub mod sample;
 pub mod timing;
 pub mod views;
