@@ -632,7 +632,7 @@ mod tests {
         };
         let s = r.to_string();
         let row = s.lines().find(|l| l.starts_with("r18-fpn-320.train")).unwrap().split_whitespace().take(11).collect::<Vec<_>>().join(" ");
-        assert_eq!(row, "r18-fpn-320.train 4.00 s 0.500 3 2.00 s 1.000 5 2.00");
+        assert_eq!(row, "r18-fpn-320.train 4.00 s 0.500 3 2.00 s 1.000 5 2.00 ResNet-18-FPN");
         assert!(s.contains("Conv2d") && s.contains("host (outside ops)"), "{s}");
         let j = r.to_json();
         assert_eq!(j["cases"][0]["ratio"].as_f64(), Some(2.0));
