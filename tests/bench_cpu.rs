@@ -155,7 +155,7 @@ fn bad_input_is_a_clean_error() {
     // Flags that do not apply.
     fails_naming(&base(&["--backend", "emu"]), &["not a CPU backend", "cpu-reference"]);
     fails_naming(&base(&["--batch", "4"]), &["--batch", "bench cpu"]);
-    fails_naming(&instagen(&["bench", "unet", "--config", "fixture", "--torch", "python3"]), &["--torch", "bench cpu only"]);
+    fails_naming(&instagen(&["bench", "unet", "--config", "fixture", "--torch", "python3"]), &["--torch", "bench cpu and bench detect only"]);
     fails_naming(&instagen(&["bench", "cpu", "--filter", CASE, "--threads", "0"]), &["--threads"]);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -316,31 +316,3 @@ fn trainable_layers_follow_torchvision() {
     let err = backbone::build_backbone(&mut g, &cfg0, x).unwrap_err().to_string();
     assert!(err.contains("multiples of 32"), "{err}");
 }
-
-/// Not a check: the time of a ResNet-50-FPN forward on one 800x1344 image (the padded 800x1333) on the CPU
-/// backend, for `instagen bench detect` planning. `cargo test --release --test rcnn_backbone -- --ignored
-/// --nocapture` (or the test profile, which optimises the crate at opt-level 2).
-#[test]
-#[ignore]
-fn resnet50_fpn_forward_time_800x1344() {
-    let cfg = BackboneConfig::default();
-    let image = [1, 800, 1344, 3];
-    let (g, _, f) = build(&cfg, &image);
-    let store = backbone::init_params(&g, 0).unwrap();
-    let x = images(&image);
-    let prof = instagen::pipeline::finetune::bench::Profiled::new(CpuBackend);
-    let mut ex = Executor::new(prof.clone(), g.clone(), &store).unwrap();
-    let mut times = Vec::new();
-    for _ in 0..3 {
-        prof.reset();
-        let t = std::time::Instant::now();
-        ex.run(&[("images", &x)]).unwrap();
-        times.push(t.elapsed().as_secs_f64());
-    }
-    let p2 = ex.get(f.levels[0]).unwrap().to_f32();
-    assert!(p2.iter().all(|v| v.is_finite()));
-    for (kind, secs, calls) in prof.report() {
-        println!("  {kind:<24} {secs:8.3} s  {calls:5} calls");
-    }
-    println!("ResNet-50-FPN forward, 1 x 800 x 1344, cpu backend, {} threads: {times:.3?} s (first is warm-up)", rayon::current_num_threads());
-}

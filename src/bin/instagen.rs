@@ -56,6 +56,9 @@ enum BenchKind {
     Cpu,
     /// `instagen generate` on a diffusers folder (`--config SD_DIR`): images/s with boxes and the time split.
     Generate,
+    /// Faster R-CNN inference and training images/s (ResNet-18/50-FPN at short side 320, ResNet-50-FPN at
+    /// 800x1333): ours next to torchvision's on the CPU in the same run, and the ratio.
+    Detect,
 }
 
 /// `--backend` given, else INSTAGEN_BACKEND, else cuda when a GPU is found, else cpu.
@@ -270,11 +273,12 @@ enum Cmd {
         /// RAYON_NUM_THREADS, else every CPU].
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024), allow_hyphen_values = true)]
         threads: Option<u16>,
-        /// `bench cpu`: a Python with torch, diffusers and transformers, to time PyTorch in the same run
+        /// `bench cpu` / `bench detect`: a Python with torch, diffusers and transformers (torchvision and
+        /// safetensors for detect), to time PyTorch in the same run
         /// [default: INSTAGEN_TORCH_PYTHON].
         #[arg(long)]
         torch: Option<PathBuf>,
-        /// `bench cpu`: also write the results here as JSON.
+        /// `bench cpu` / `bench detect`: also write the results here as JSON.
         #[arg(long)]
         json: Option<PathBuf>,
         /// `bench generate`: a head folder [default: a random head of the paper's sizes].
@@ -782,18 +786,23 @@ fn main() {
         Cmd::Bench { what, backend, filter, min_seconds, config, batch, dtype: d, latent, threads, torch, json, head, steps } => {
             use instagen::pipeline::{bench_cpu, kernels, sample, txt2img};
             let model_flags = config.is_some() || batch.is_some() || d.is_some() || latent.is_some();
+            let shape_flags = config.is_some() || batch.is_some() || latent.is_some();
             let (config, batch, d) = (config.unwrap_or_else(|| "sd-v1".into()), batch.unwrap_or(1), dtype(d.unwrap_or(Dtype::F32)));
             let kind = match (what, backend) {
-                (BenchKind::Cpu, None) => Ok(BackendKind::Cpu),
+                (BenchKind::Cpu | BenchKind::Detect, None) => Ok(BackendKind::Cpu),
                 _ => backend_kind(backend),
             };
             let usage = match what {
                 BenchKind::Cpu if model_flags => Some("--config, --batch, --dtype and --latent do not apply to bench cpu (its cases are fixed)"),
-                BenchKind::Cpu => None,
-                _ if torch.is_some() || json.is_some() => Some("--torch and --json apply to bench cpu only"),
+                BenchKind::Detect if shape_flags => {
+                    Some("--config, --batch and --latent do not apply to bench detect (its cases are fixed)")
+                }
+                _ if !matches!(what, BenchKind::Generate) && (head.is_some() || steps.is_some()) => {
+                    Some("--head and --steps apply to bench generate only")
+                }
+                BenchKind::Cpu | BenchKind::Detect => None,
+                _ if torch.is_some() || json.is_some() => Some("--torch and --json apply to bench cpu and bench detect only"),
                 BenchKind::Generate if config == "sd-v1" => Some("bench generate needs --config SD_DIR (a diffusers folder)"),
-                BenchKind::Generate => None,
-                _ if head.is_some() || steps.is_some() => Some("--head and --steps apply to bench generate only"),
                 _ => None,
             };
             match usage {
@@ -825,6 +834,17 @@ fn main() {
                     let torch = bench_cpu::torch_python(torch);
                     bench_cpu::run(&bench_cpu::CpuBenchOptions { kind: k, filter: filter.clone(), min_seconds, torch, json })
                         .map(|r| r.to_string())
+                }
+                BenchKind::Detect => {
+                    let o = instagen::pipeline::bench_detect::DetectBenchOptions {
+                        kind: k,
+                        filter: filter.clone(),
+                        min_seconds,
+                        dtype: d,
+                        torch: bench_cpu::torch_python(torch),
+                        json,
+                    };
+                    instagen::pipeline::bench_detect::run(&o).map(|r| r.to_string())
                 }
             })
             .map(|s| print!("{s}"))

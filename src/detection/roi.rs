@@ -67,9 +67,10 @@ fn level_of(scale: f32) -> Result<i32> {
 impl MultiScaleRoiAlign {
     /// Pools `rois` [K, 5] from `feats` (finest first, NHWC, the same N and C) whose scales relative to the
     /// input image are `scales` (powers of two, halving level to level, e.g. 1/4, 1/8, 1/16, 1/32) ->
-    /// [K, out_h, out_w, C]. The graph is static: every level aligns every RoI and a one-hot mask of the
-    /// assigned level selects the result (L times the work of torchvision's gather/scatter, no data-dependent
-    /// shapes). Differentiable w.r.t. the features.
+    /// [K, out_h, out_w, C]. The graph is static: level l aligns a copy of the RoIs in which those assigned to
+    /// another level have batch index -1 (RoI Align skips them and writes zeros, forward and backward), and the
+    /// L results are summed, so each RoI is sampled on its own level alone, as torchvision's gather/scatter,
+    /// without data-dependent shapes. Differentiable w.r.t. the features.
     pub fn apply(&self, g: &mut Graph, feats: &[NodeId], scales: &[f32], rois: NodeId) -> Result<NodeId> {
         if feats.is_empty() || feats.len() != scales.len() {
             return Err(Error::graph(
@@ -81,7 +82,7 @@ impl MultiScaleRoiAlign {
         if (k_max - k_min) as usize + 1 != feats.len() {
             return Err(Error::graph("multi_scale_roi_align", format!("scales {scales:?} are not consecutive levels")));
         }
-        let align = |g: &mut Graph, f: NodeId, s: f32| {
+        let align = |g: &mut Graph, f: NodeId, s: f32, rois: NodeId| {
             let op = Op::RoiAlign {
                 out_h: self.out_h,
                 out_w: self.out_w,
@@ -92,7 +93,7 @@ impl MultiScaleRoiAlign {
             g.push(op, &[f, rois])
         };
         if feats.len() == 1 {
-            return align(g, feats[0], scales[0]);
+            return align(g, feats[0], scales[0], rois);
         }
         let op = Op::FpnLevels {
             k_min,
@@ -103,15 +104,20 @@ impl MultiScaleRoiAlign {
         };
         let levels = g.push(op, &[rois])?;
         let k = g.shape(rois)[0];
+        let levels = g.cast(levels, DType::F32)?;
+        let levels = g.reshape(levels, &[k, 1])?;
+        let batch_index = g.slice(rois, 1, 0, 1)?; // (K, 1)
+        let boxes = g.slice(rois, 1, 1, 5)?; // (K, 4)
+        let batch_plus_one = g.affine(batch_index, 1.0, 1.0)?;
         let mut out = None;
         for (l, (&f, &s)) in feats.iter().zip(scales).enumerate() {
-            let dt = g.dtype(f);
-            let y = align(g, f, s)?;
-            let lv = g.cast(levels, dt)?;
-            let want = g.fill(l as f32, &[1], dt);
-            let mask = g.binary(BinaryOp::Eq, lv, want)?;
-            let mask = g.reshape(mask, &[k, 1, 1, 1])?;
-            let y = g.mul(y, mask)?;
+            // batch index where the RoI's level is l, else -1: mask * (b + 1) - 1, exact for small integers.
+            let want = g.fill(l as f32, &[1], DType::F32);
+            let mask = g.binary(BinaryOp::Eq, levels, want)?;
+            let b = g.mul(mask, batch_plus_one)?;
+            let b = g.affine(b, 1.0, -1.0)?;
+            let level_rois = g.concat(&[b, boxes], 1)?;
+            let y = align(g, f, s, level_rois)?;
             out = Some(match out {
                 None => y,
                 Some(acc) => g.add(acc, y)?,

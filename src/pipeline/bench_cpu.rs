@@ -107,7 +107,7 @@ impl Machine {
 }
 
 /// The 1-minute load average (Linux), for the report: the figures are noisy when it exceeds the threads.
-fn load_average() -> Option<f64> {
+pub(crate) fn load_average() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
 }
 
@@ -155,7 +155,7 @@ fn backend_label(kind: BackendKind) -> &'static str {
 }
 
 /// Seconds in a readable unit.
-fn fmt_secs(s: f64) -> String {
+pub(crate) fn fmt_secs(s: f64) -> String {
     if s >= 1.0 {
         format!("{s:.2} s")
     } else if s >= 1e-3 {
@@ -418,9 +418,26 @@ fn torch_case(python: &Path, case: &str, threads: usize, min_seconds: f64) -> Re
         crate::pipeline::sample::FIXTURE_UNET_CONFIG.into(),
     ];
     let shown = format!("{} - --cases {case} --threads {threads} --min-seconds {min_seconds} (tools/bench_cpu_torch.py on stdin)", python.display());
+    let (stdout, stderr) = run_peer(python, TORCH_SCRIPT, &args, threads, &shown)?;
+    let fail = |msg: String| Error::Other(format!("the PyTorch side `{shown}`: {msg}"));
+    let (timings, info) = parse_torch_output(&stdout).map_err(|m| fail(format!("{m}; its stderr ends:\n{}", stderr_tail(&stderr))))?;
+    let info = TorchInfo { python: python.display().to_string(), ..info.ok_or_else(|| fail("printed no {\"torch\": ...} line".into()))? };
+    let t = timings.iter().find(|(n, _)| n == case).map(|p| p.1).ok_or_else(|| fail(format!("printed no result for case {case}")))?;
+    Ok((t, info))
+}
+
+/// The last 15 lines of a peer's stderr.
+pub(crate) fn stderr_tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+/// Runs `python ARGS` with `script` on stdin and `threads` OpenMP/MKL threads; its (stdout, stderr) when it
+/// exits 0, else an error naming `shown` with the end of its stderr.
+pub(crate) fn run_peer(python: &Path, script: &str, args: &[String], threads: usize, shown: &str) -> Result<(String, String)> {
     let fail = |msg: String| Error::Other(format!("the PyTorch side `{shown}`: {msg}"));
     let mut child = Command::new(python)
-        .args(&args)
+        .args(args)
         .env("OMP_NUM_THREADS", threads.to_string())
         .env("MKL_NUM_THREADS", threads.to_string())
         .stdin(Stdio::piped())
@@ -430,22 +447,14 @@ fn torch_case(python: &Path, case: &str, threads: usize, min_seconds: f64) -> Re
         .map_err(|e| fail(format!("could not start {} ({e}); --torch / INSTAGEN_TORCH_PYTHON must name a Python", python.display())))?;
     if let Some(mut stdin) = child.stdin.take() {
         // A peer that exits without reading its stdin is judged by its exit status and output below.
-        let _ = stdin.write_all(TORCH_SCRIPT.as_bytes());
+        let _ = stdin.write_all(script.as_bytes());
     }
     let out = child.wait_with_output().map_err(|e| fail(format!("could not wait for it ({e})")))?;
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let tail = |s: &str| -> String {
-        let lines: Vec<&str> = s.lines().collect();
-        lines[lines.len().saturating_sub(15)..].join("\n")
-    };
     if !out.status.success() {
-        return Err(fail(format!("failed ({}); its stderr ends:\n{}", out.status, tail(&stderr))));
+        return Err(fail(format!("failed ({}); its stderr ends:\n{}", out.status, stderr_tail(&stderr))));
     }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let (timings, info) = parse_torch_output(&stdout).map_err(|m| fail(format!("{m}; its stderr ends:\n{}", tail(&stderr))))?;
-    let info = TorchInfo { python: python.display().to_string(), ..info.ok_or_else(|| fail("printed no {\"torch\": ...} line".into()))? };
-    let t = timings.iter().find(|(n, _)| n == case).map(|p| p.1).ok_or_else(|| fail(format!("printed no result for case {case}")))?;
-    Ok((t, info))
+    Ok((String::from_utf8_lossy(&out.stdout).into_owned(), stderr.into_owned()))
 }
 
 /// The script's stdout: every non-empty line a JSON object, either `{"torch": VERSION, "threads": N}` or

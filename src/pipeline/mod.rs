@@ -1,9 +1,11 @@
 //! The InstaGen stages: the engine self-check, the kernel parity suite / benches, text to images (`sample`),
 //! COCO evaluation (`eval`), the checks on what a run is given (`checks`), model-bench timing (`timing`) and
-//! `instagen bench cpu` (`bench_cpu`: our CPU time next to PyTorch's).
+//! `instagen bench cpu` (`bench_cpu`: our CPU time next to PyTorch's), `instagen bench detect` (`bench_detect`:
+//! Faster R-CNN images/s next to torchvision's).
 //! `views`: the contact sheets, browser and card of a dataset folder.
 
 pub mod bench_cpu;
+pub mod bench_detect;
 pub mod checks;
 pub mod dataset;
 pub mod detect;

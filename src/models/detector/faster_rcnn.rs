@@ -57,8 +57,17 @@ pub struct EvalGraph {
 
 /// Builds the eval graph for `batch` images padded to `padded` (h, w).
 pub fn build_eval_graph(cfg: &FasterRcnnConfig, batch: usize, padded: (usize, usize)) -> Result<EvalGraph> {
+    build_eval_graph_as(cfg, batch, padded, DType::F32)
+}
+
+/// [`build_eval_graph`] with parameters and activations stored as `dtype` (the f32 images are cast once; the
+/// heads' outputs come back in f32).
+pub fn build_eval_graph_as(cfg: &FasterRcnnConfig, batch: usize, padded: (usize, usize), dtype: DType) -> Result<EvalGraph> {
     let mut g = Graph::new();
-    let x = g.input(IMAGES, &[batch, padded.0, padded.1, 3], DType::F32)?;
+    let mut x = g.input(IMAGES, &[batch, padded.0, padded.1, 3], DType::F32)?;
+    if dtype != DType::F32 {
+        x = g.cast(x, dtype)?;
+    }
     let feats = backbone::build_backbone(&mut g, &cfg.backbone, x)?;
     let rpn = rpn_head(&mut g, &cfg.rpn, &feats.levels)?;
     g.mark_stage_output(rpn.objectness);
@@ -78,12 +87,21 @@ pub struct FasterRcnn<B: Backend> {
     /// Makes a backend for each new graph (`with_backend!`'s constructor).
     backend: Box<dyn Fn() -> Result<B>>,
     cache: HashMap<(usize, usize, usize), (EvalGraph, Executor<B>)>,
+    /// Storage dtype of the graphs (the parameters must have it).
+    dtype: DType,
 }
 
 impl<B: Backend> FasterRcnn<B> {
     pub fn new(cfg: FasterRcnnConfig, store: ParamStore, backend: impl Fn() -> Result<B> + 'static) -> Result<Self> {
         cfg.validate()?;
-        Ok(FasterRcnn { cfg, store, backend: Box::new(backend), cache: HashMap::new() })
+        Ok(FasterRcnn { cfg, store, backend: Box::new(backend), cache: HashMap::new(), dtype: DType::F32 })
+    }
+
+    /// Graphs stored as `dtype` (f16 / bf16 on a GPU); the parameters given to `new` must have that dtype.
+    pub fn with_dtype(mut self, dtype: DType) -> Self {
+        self.dtype = dtype;
+        self.cache.clear();
+        self
     }
 
     /// The parameters (for saving).
@@ -99,7 +117,7 @@ impl<B: Backend> FasterRcnn<B> {
         }
         let key = (shape[0], shape[1], shape[2]);
         if !self.cache.contains_key(&key) {
-            let eg = build_eval_graph(&self.cfg, key.0, (key.1, key.2))?;
+            let eg = build_eval_graph_as(&self.cfg, key.0, (key.1, key.2), self.dtype)?;
             let ex = Executor::new((self.backend)()?, eg.g.clone(), &self.store)?;
             self.cache.insert(key, (eg, ex));
         }
