@@ -202,3 +202,24 @@ fn scenes_vary_and_use_every_category() {
     assert!(counts[1..].iter().all(|&c| c > 10), "objects per scene: {counts:?}");
     assert!(seen.iter().all(|&c| c > 15), "objects per category: {seen:?}");
 }
+
+#[test]
+fn cli_makes_a_world_and_rejects_bad_flags() {
+    let out = tmp("cli");
+    let run = |args: &[&str]| std::process::Command::new(env!("CARGO_BIN_EXE_instagen")).args(args).output().unwrap();
+    let o = run(&["world", "make", "--out", out.to_str().unwrap(), "--seed", "5", "--counts", "corpus=3,train=2,val=2"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let info = WorldInfo::load(&out).unwrap();
+    assert_eq!((info.seed, info.counts), (5, Counts { corpus: 3, train: 2, val: 2 }));
+    assert!(out.join("val/000002.png").is_file());
+    let o = run(&["world", "make", "--out", out.join("x").to_str().unwrap(), "--seed", "5", "--novel", "moon,blob"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("--novel") && err.contains("\"blob\""), "{err}");
+    let sheet = out.join("sheet.png");
+    let o = run(&["world", "sheet", "--out", sheet.to_str().unwrap(), "--per-category", "2", "--categories", "star,moon"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let img = image::open(&sheet).unwrap();
+    assert_eq!((img.width(), img.height()), (2 * 64 + 2, 2 * 64 + 2));
+    std::fs::remove_dir_all(out).unwrap();
+}

@@ -368,7 +368,7 @@ enum WorldCmd {
         #[arg(long)]
         counts: Option<String>,
     },
-    /// A contact sheet (PNG): one row per category, scenes whose bottom object is of that category.
+    /// A contact sheet (PNG): one row per category, scenes with an uncovered object of that category.
     Sheet {
         /// The PNG to write.
         #[arg(long)]

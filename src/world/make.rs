@@ -366,8 +366,8 @@ pub fn make(o: &WorldOptions) -> Result<WorldReport> {
     Ok(WorldReport { out: o.out.clone(), info, seconds: start.elapsed().as_secs_f64() })
 }
 
-/// A contact sheet: one row per category of `o`, `per_row` scenes whose first (bottom) object is that category,
-/// with a 2-pixel gap; with `boxes`, that object's box outlined in white (black on light backgrounds). The scenes
+/// A contact sheet: one row per category of `o`, `per_row` scenes whose first object is that category (not
+/// covered by the others), with a 2-pixel gap; with `boxes`, that object's box outlined in white (black on light backgrounds). The scenes
 /// come from their own generators (seed, row, column), not from a split.
 pub fn contact_sheet(o: &WorldOptions, per_row: usize, boxes: bool) -> Result<image::RgbImage> {
     o.check()?;

@@ -323,7 +323,7 @@ fn raster(o: &Object, size: usize) -> (Vec<u32>, usize) {
 
 impl Scene {
     /// Draws a scene of `size` pixels over `shapes` (the category list); `first` forces the first object's
-    /// category (the contact sheet uses it).
+    /// category and keeps the later objects off it (the contact sheet shows it whole).
     pub fn sample(rng: &mut Rng, size: usize, shapes: &[Shape], first: Option<usize>) -> Scene {
         assert!(!shapes.is_empty() && shapes.len() < BG as usize);
         let background = Background::sample(rng, size);
@@ -355,7 +355,8 @@ impl Scene {
                         *l += 1;
                     }
                 }
-                let hides = (0..objects.len()).any(|j| ((visible[j] - lost[j]) as f32) < MIN_VISIBLE * total[j] as f32);
+                let hides = (0..objects.len()).any(|j| ((visible[j] - lost[j]) as f32) < MIN_VISIBLE * total[j] as f32)
+                    || (first.is_some() && lost.first().is_some_and(|&l| l > 0));
                 if hides {
                     continue;
                 }
