@@ -58,7 +58,8 @@ static STAR: LazyLock<Vec<(f32, f32)>> = LazyLock::new(|| {
         .collect()
 });
 
-/// A lightning bolt, top right to bottom left.
+/// A lightning bolt, top right to bottom left. Every vertex is within 1.083 of (0.1, -0.04), so it is drawn
+/// around that point at 0.92 of these coordinates.
 const BOLT: [(f32, f32); 7] = [(0.05, -1.0), (0.6, -1.0), (0.18, -0.18), (0.55, -0.18), (-0.4, 0.92), (-0.06, 0.1), (-0.45, 0.1)];
 
 /// Crossing-number test of a simple polygon.
@@ -134,7 +135,7 @@ impl Shape {
             Shape::Diamond => u.abs() / 0.6 + v.abs() <= 1.0,
             Shape::Cross => (u.abs() <= 0.3 && v.abs() <= 0.92) || (u.abs() <= 0.92 && v.abs() <= 0.3),
             Shape::Star => r2 <= 1.0 && in_polygon(&STAR, u, v),
-            Shape::Bolt => in_polygon(&BOLT, u, v),
+            Shape::Bolt => in_polygon(&BOLT, u / 0.92 + 0.1, v / 0.92 - 0.04),
             Shape::Arrow => {
                 (-0.95..=0.12).contains(&u) && v.abs() <= 0.2 || (0.12..=0.95).contains(&u) && v.abs() <= 0.62 * (0.95 - u) / 0.83
             }
