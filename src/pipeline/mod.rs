@@ -9,6 +9,7 @@ pub mod eval;
 pub mod finetune;
 pub mod ground;
 pub mod kernels;
+pub mod sdtrain;
 pub mod selfcheck;
 pub mod sample;
 pub mod timing;
