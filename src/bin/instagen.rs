@@ -376,6 +376,10 @@ enum SdCmd {
         /// CLIP's bpe_simple_vocab_16e6.txt.gz (the tokenizer's vocabulary and merges).
         #[arg(long, default_value = "../shared/data/clip/bpe_simple_vocab_16e6.txt.gz")]
         vocab: PathBuf,
+        /// Text encoder init: torch (PyTorch's per-layer defaults, nn.Embedding N(0, 1)) or clip (transformers'
+        /// CLIP init, embeddings N(0, 0.02)).
+        #[arg(long, default_value = "torch")]
+        text_init: String,
     },
     /// Cosine similarities of "a photograph of a <name>" between names, under the folder's text encoder.
     TextSims {
@@ -800,7 +804,9 @@ fn main() {
             instagen::with_backend!(k, |mk| instagen::pipeline::detect::infer::eval(&o, split.as_deref(), mk)).map(|s| print!("{s}"))
         }),
         Cmd::Ground(g) => ground(g),
-        Cmd::Sd(SdCmd::Init { config, out, seed, vocab }) => instagen::pipeline::sdtrain::init(&config, &out, seed, &vocab).map(|r| print!("{r}")),
+        Cmd::Sd(SdCmd::Init { config, out, seed, vocab, text_init }) => instagen::pipeline::sdtrain::TextInit::parse(&text_init)
+            .and_then(|t| instagen::pipeline::sdtrain::init(&config, &out, seed, &vocab, t))
+            .map(|r| print!("{r}")),
         Cmd::Sd(SdCmd::TextSims { sd, names, backend }) => {
             backend_kind(backend).and_then(|k| instagen::pipeline::sdtrain::text_sims(k, &sd, &names)).map(|r| print!("{r}"))
         }

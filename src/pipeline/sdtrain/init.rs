@@ -10,13 +10,17 @@
 //! for. `tokenizer/` gets `vocab.json` + `merges.txt` derived from CLIP's `bpe_simple_vocab_16e6.txt.gz` (the
 //! real 49,408-token vocabulary; read from the shared data folder, written into the output folder only).
 //!
-//! Initialisation, per layer type, as the PyTorch classes do it when the Hugging Face libraries construct them:
-//! - UNet and VAE (diffusers applies no init of its own): `nn.Conv2d` / `nn.Linear` weight and bias uniform in
-//!   `±1/sqrt(fan_in)` (`kaiming_uniform_(a=sqrt(5))` and the bias rule; fan_in = in_channels x kh x kw);
-//!   `GroupNorm` / `LayerNorm` weight 1, bias 0.
-//! - CLIP text encoder (transformers' `CLIPPreTrainedModel._init_weights`, factor 1): token and position
-//!   embeddings N(0, 0.02); q/k/v projections N(0, d^-0.5 (2L)^-0.5), out_proj N(0, d^-0.5), fc1 N(0, (2d)^-0.5),
-//!   fc2 N(0, d^-0.5 (2L)^-0.5) with d the width and L the layer count; Linear biases 0; LayerNorm 1 / 0.
+//! Initialisation, per layer type, as the PyTorch classes do it by default:
+//! - `nn.Conv2d` / `nn.Linear` weight and bias uniform in `±1/sqrt(fan_in)` (`kaiming_uniform_(a=sqrt(5))` and the
+//!   bias rule; fan_in = in_channels x kh x kw); `GroupNorm` / `LayerNorm` weight 1, bias 0; `nn.Embedding`
+//!   N(0, 1). diffusers applies no init of its own to the UNet and VAE, so these are what it builds.
+//! - The text encoder takes the same defaults ([`TextInit::Torch`]) unless `--text-init clip` asks for
+//!   transformers' `CLIPPreTrainedModel._init_weights` (factor 1): token and position embeddings N(0, 0.02); q/k/v
+//!   projections N(0, d^-0.5 (2L)^-0.5), out_proj N(0, d^-0.5), fc1 N(0, (2d)^-0.5), fc2 N(0, d^-0.5 (2L)^-0.5)
+//!   with d the width and L the layer count; Linear biases 0; LayerNorm 1 / 0. The encoder stays frozen at its
+//!   init, and with CLIP's 0.02 embeddings the normalised attention and MLP outputs swamp the token identity:
+//!   the world's 12 names then get name-token cosine similarities of 0.96 on average (0.41 with PyTorch's
+//!   defaults; `instagen sd text-sims`).
 //!
 //! Each tensor's values come from a generator seeded by (seed, component, parameter name), so they do not depend
 //! on the order the graphs list them in.
@@ -192,6 +196,8 @@ fn init_component(graphs: &[&Graph], component: &str, rule: InitRule, seed: u64)
         let vals = match rule {
             InitRule::TorchDefault => match kind {
                 _ if is_norm => vec![if kind == "weight" { 1.0 } else { 0.0 }; numel],
+                // nn.Embedding: N(0, 1).
+                "weight" if prefix.ends_with("_embedding") => rng.normal_vec(numel, 1.0),
                 "weight" | "bias" => {
                     let w = weight_shape.ok_or_else(unknown)?;
                     let fan_in: usize = w.iter().skip(1).product::<usize>().max(1);
@@ -220,10 +226,39 @@ fn init_component(graphs: &[&Graph], component: &str, rule: InitRule, seed: u64)
     Ok(store)
 }
 
+/// How the text encoder is initialised.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TextInit {
+    /// PyTorch's per-layer defaults, as for the UNet and VAE (`nn.Embedding` N(0, 1), `nn.Linear` uniform
+    /// `±1/sqrt(fan_in)` weight and bias, `LayerNorm` 1 / 0).
+    Torch,
+    /// transformers' `CLIPPreTrainedModel._init_weights` (embeddings N(0, 0.02), scaled normal projections).
+    Clip,
+}
+
+impl TextInit {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "torch" => Ok(TextInit::Torch),
+            "clip" => Ok(TextInit::Clip),
+            _ => Err(Error::Mismatch { what: "--text-init".into(), msg: format!("'{s}' (torch or clip)") }),
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            TextInit::Torch => "torch",
+            TextInit::Clip => "clip",
+        }
+    }
+}
+
 /// The initialised weights of the three models: (text encoder, VAE, UNet), f32.
-pub fn init_weights(cfg: &SdConfig, seed: u64) -> Result<(ParamStore, ParamStore, ParamStore)> {
+pub fn init_weights(cfg: &SdConfig, seed: u64, text_init: TextInit) -> Result<(ParamStore, ParamStore, ParamStore)> {
     let clip = ClipTextModel::new(cfg.text.clone(), 1, DType::F32)?.build(false)?;
-    let rule = InitRule::Clip { width: cfg.text.hidden_size, layers: cfg.text.num_hidden_layers };
+    let rule = match text_init {
+        TextInit::Torch => InitRule::TorchDefault,
+        TextInit::Clip => InitRule::Clip { width: cfg.text.hidden_size, layers: cfg.text.num_hidden_layers },
+    };
     let text = init_component(&[&clip.graph], "text_encoder", rule, seed)?;
     let vae = Vae::new(cfg.vae.clone(), DType::F32)?;
     let r = cfg.resolution();
@@ -290,13 +325,13 @@ pub fn write_tokenizer(vocab_gz: &Path, dir: &Path) -> Result<()> {
 }
 
 /// Writes the folder `out` (which must not exist or be empty): see the module doc.
-pub fn init(config: &Path, out: &Path, seed: u64, vocab_gz: &Path) -> Result<InitReport> {
+pub fn init(config: &Path, out: &Path, seed: u64, vocab_gz: &Path, text_init: TextInit) -> Result<InitReport> {
     let cfg = SdConfig::from_file(config)?;
     if out.exists() && std::fs::read_dir(out).map_err(|e| io(out, e))?.next().is_some() {
         return Err(Error::io(out, std::io::Error::other("the output folder exists and is not empty")));
     }
     crate::util::files::regular_file_len(vocab_gz).map_err(|e| io(vocab_gz, e))?;
-    let (text, vae, unet_w) = init_weights(&cfg, seed)?;
+    let (text, vae, unet_w) = init_weights(&cfg, seed, text_init)?;
     for sub in ["text_encoder", "vae", "unet", "scheduler", "tokenizer"] {
         std::fs::create_dir_all(out.join(sub)).map_err(|e| io(&out.join(sub), e))?;
     }
@@ -325,7 +360,7 @@ pub fn init(config: &Path, out: &Path, seed: u64, vocab_gz: &Path) -> Result<Ini
         }),
     )?;
     // How the folder was made (the file is ours; the Hugging Face loaders ignore it).
-    write_json(&out.join("instagen.json"), &json!({"made_by": "instagen sd init", "config": config.display().to_string(), "seed": seed}))?;
+    write_json(&out.join("instagen.json"), &json!({"made_by": "instagen sd init", "config": config.display().to_string(), "seed": seed, "text_init": text_init.name()}))?;
     let counts = [("text_encoder", &text), ("vae", &vae), ("unet", &unet_w)]
         .iter()
         .map(|(c, s)| (c.to_string(), s.len(), s.numel()))

@@ -9,6 +9,6 @@ pub mod init;
 pub mod text;
 pub mod vae;
 
-pub use init::{init, InitReport, SdConfig};
+pub use init::{init, InitReport, SdConfig, TextInit};
 pub use text::{text_sims, TextSims};
 pub use vae::{run as vae_train, RecLoss, VaeTrainOptions, VaeTrainReport, VaeTrainer};
