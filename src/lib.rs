@@ -25,6 +25,7 @@ pub mod pipeline;
 pub mod runtime;
 pub mod tensor;
 pub mod util;
+pub mod world;
 
 pub use error::{Error, Result};
 pub use graph::{Graph, NodeId};

@@ -358,6 +358,65 @@ enum Cmd {
     /// AutoencoderKL training: `vae train`.
     #[command(subcommand)]
     Vae(VaeCmd),
+
+    /// The miniature world: procedural shape scenes with exact boxes and captions (make, sheet).
+    #[command(subcommand)]
+    World(WorldCmd),
+}
+
+#[derive(Subcommand)]
+enum WorldCmd {
+    /// Render the captioned corpus, the base-only detection training set and the validation set (COCO JSON +
+    /// PNGs) and OUT/world.json; the same seed and options give the same bytes.
+    Make {
+        /// The world folder (new, or without a world in it).
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, allow_hyphen_values = true)]
+        seed: u64,
+        #[command(flatten)]
+        w: WorldArgs,
+        /// Images per split: corpus=N,train=N,val=N (any of them) [default: corpus=20000,train=4000,val=1000].
+        #[arg(long)]
+        counts: Option<String>,
+    },
+    /// A contact sheet (PNG): one row per category, scenes whose bottom object is of that category.
+    Sheet {
+        /// The PNG to write.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 1, allow_hyphen_values = true)]
+        seed: u64,
+        #[command(flatten)]
+        w: WorldArgs,
+        /// Scenes per category (>= 1).
+        #[arg(long, default_value_t = 6, value_parser = positive, allow_hyphen_values = true)]
+        per_category: usize,
+        /// Outline the box of each row's object.
+        #[arg(long)]
+        boxes: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct WorldArgs {
+    /// Image side in pixels: a multiple of 8 in [32, 512].
+    #[arg(long, default_value_t = 64, allow_hyphen_values = true)]
+    size: usize,
+    /// Comma-separated shape names, in category-id order [default: all twelve].
+    #[arg(long)]
+    categories: Option<String>,
+    /// Comma-separated novel categories (the rest are base) [default: heart,hexagon,moon,bolt].
+    #[arg(long)]
+    novel: Option<String>,
+}
+
+impl WorldArgs {
+    fn options(&self, out: &std::path::Path, seed: u64) -> instagen::Result<instagen::world::WorldOptions> {
+        let mut o = instagen::world::WorldOptions::new(out, seed).with_names(self.categories.as_deref(), self.novel.as_deref())?;
+        o.size = self.size;
+        Ok(o)
+    }
 }
 
 #[derive(Subcommand)]
@@ -830,6 +889,20 @@ fn main() {
             };
             instagen::pipeline::sdtrain::vae_train(k, &o).map(|r| print!("{r}"))
         }),
+        Cmd::World(WorldCmd::Make { out, seed, w, counts }) => w
+            .options(&out, seed)
+            .and_then(|mut o| {
+                if let Some(c) = counts {
+                    o.counts = instagen::world::Counts::parse(&c)?;
+                }
+                instagen::world::make(&o)
+            })
+            .map(|r| print!("{r}")),
+        Cmd::World(WorldCmd::Sheet { out, seed, w, per_category, boxes }) => w
+            .options(&out, seed)
+            .and_then(|o| instagen::world::contact_sheet(&o, per_category, boxes))
+            .and_then(|img| Ok(instagen::detection::coco::write_image(&out, &img)?))
+            .map(|()| println!("contact sheet written to {}", out.display())),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

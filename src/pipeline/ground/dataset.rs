@@ -3,7 +3,8 @@
 //!
 //! A dataset folder `DIR` holds `DIR/instances.json`; image `file_name`s are relative to `DIR`. Per image, besides
 //! COCO's fields:
-//! - `prompt` (string): the generation prompt;
+//! - `prompt` (string): the generation prompt (`caption` when there is no `prompt`: a captioned corpus such as
+//!   `instagen world make`'s);
 //! - `categories` (optional, array of category names): the prompt's categories, in prompt order. Without it they
 //!   are read from the prompt in InstaGen's form `"a photograph of A and B"` (the text after `"a photograph of "`
 //!   split at the word `and`; an optional article `a`/`an` before a name is dropped);
@@ -125,10 +126,12 @@ impl GroundSet {
         let mut index = HashMap::new();
         for (i, im) in coco.images.iter().enumerate() {
             let what = format!("images[{i}] (id {})", im.id);
-            let prompt = match im.extra.get("prompt") {
+            // A captioned corpus (`instagen world make`) has a `caption` where generated images have a `prompt`.
+            let field = if im.extra.contains_key("prompt") || !im.extra.contains_key("caption") { "prompt" } else { "caption" };
+            let prompt = match im.extra.get(field) {
                 Some(serde_json::Value::String(s)) => s.clone(),
-                Some(_) => return Err(invalid(json, format!("{what}: field prompt is not a string"))),
-                None => return Err(invalid(json, format!("{what}: field prompt is missing (the generation prompt)"))),
+                Some(_) => return Err(invalid(json, format!("{what}: field {field} is not a string"))),
+                None => return Err(invalid(json, format!("{what}: field prompt is missing (the generation prompt, or a caption)"))),
             };
             let names: Vec<String> = match im.extra.get("categories") {
                 Some(serde_json::Value::Array(a)) => a
