@@ -70,7 +70,8 @@ pub struct VaeTrainGraph {
     pub loss: NodeId,
     /// Mean reconstruction error per pixel value.
     pub rec: NodeId,
-    /// KL divergence of the posterior to N(0, I), summed over an image's latent, averaged over the batch.
+    /// KL divergence of the posterior to N(0, I) per latent value (nats; summed over an image's latent it is
+    /// LDM's `posterior.kl()`). Logged in this unit so that it shares the loss plot's scale with `rec`.
     pub kl: NodeId,
     /// The reconstruction `[B, R, R, 3]`.
     pub recon: NodeId,
@@ -109,11 +110,10 @@ pub fn build_vae_train_graph(cfg: &VaeConfig, batch: usize, res: usize, rec: Rec
     let k = g.add(m2, var)?;
     let k = g.sub(k, logvar)?;
     let k = g.affine(k, 0.5, -0.5)?; // (B, h, w, l)
-    let kl_mean = g.mean_all(k)?; // () per latent element
+    let kl = g.mean_all(k)?; // () per latent value
     let per_image = (lat * lat * l) as f32;
-    let kl = g.scale(kl_mean, per_image)?; // () summed over an image's latent
     let pixels = (res * res * cfg.in_channels) as f32;
-    let kl_term = g.scale(kl, kl_weight / pixels)?;
+    let kl_term = g.scale(kl, kl_weight * per_image / pixels)?; // kl_weight x (KL summed over the latent) / 3HW
     let loss = g.add(rec_term, kl_term)?; // ()
     for id in [rec_term, kl] {
         g.mark_output(id);
@@ -278,7 +278,7 @@ impl std::fmt::Display for VaeTrainReport {
             writeln!(f, "resumed from step {}", self.resumed_from)?;
         }
         match self.last {
-            Some((l, r, k)) => writeln!(f, "vae train: {} steps on {} images, last loss {l:.6} (rec {r:.6}, kl {k:.3})", self.steps, self.images)?,
+            Some((l, r, k)) => writeln!(f, "vae train: {} steps on {} images, last loss {l:.6} (rec {r:.6}, kl {k:.4} per latent value)", self.steps, self.images)?,
             None => writeln!(f, "vae train: {} steps on {} images", self.steps, self.images)?,
         }
         writeln!(
