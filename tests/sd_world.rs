@@ -327,3 +327,23 @@ fn bad_inputs_are_named() {
         let _ = std::fs::remove_dir_all(d);
     }
 }
+
+/// The real input: a corpus from `instagen world make` trains the VAE and the UNet (one step each).
+#[test]
+fn trains_on_a_world_corpus() {
+    let Some(sd) = init_folder("world_sd", 0) else { return };
+    let world = tmp("world");
+    let mut c = bin();
+    c.args(["world", "make", "--seed", "0", "--counts", "corpus=4,train=1,val=1"]).arg("--out").arg(&world);
+    run_ok(c);
+    let corpus = world.join("corpus");
+    let out = tmp("world_vae");
+    let text = run_ok(vae_train(&sd, &corpus, &out, 1, &[]));
+    assert!(text.contains("1 steps on 4 images"), "{text}");
+    let out2 = tmp("world_unet");
+    let text = run_ok(caption_train(&out.join("model"), &corpus, &out2, 1, &[]));
+    assert!(text.contains("4 captioned images"), "{text}");
+    for d in [sd, world, out, out2] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
