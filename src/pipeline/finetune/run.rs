@@ -98,7 +98,7 @@ impl FinetuneOptions {
 
 /// The dataset of either mode.
 enum FinetuneData {
-    Crops(CropDataset),
+    Crops(Box<CropDataset>),
     Captions(CaptionSet),
 }
 
@@ -240,7 +240,7 @@ pub fn run_with<B: Backend>(mk: impl Fn() -> Result<B>, o: &FinetuneOptions) -> 
                 eprintln!("{summary}");
             }
             let line = summary.to_string().lines().next().unwrap_or_default().to_string();
-            (FinetuneData::Crops(d), line)
+            (FinetuneData::Crops(Box::new(d)), line)
         }
         DataMode::Captions => {
             let d = CaptionSet::open(&o.data, &o.images, o.resolution, true, true)?;
