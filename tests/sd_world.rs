@@ -278,6 +278,11 @@ fn unet_caption_training_resumes_bit_exactly() {
         assert!(bytes(&a.join(f)) == bytes(&b.join(f)), "{f} differs between the whole and the resumed run");
     }
     assert_eq!(losses(&a, "mse"), losses(&b, "mse"));
+    // Caption dropout changes the prompts the UNet sees, so the losses (same seed, same draws) change.
+    let c = tmp("cap_c");
+    run_ok(caption_train(&sd, &data, &c, 2, &["--caption-dropout", "1"]));
+    assert_ne!(losses(&c, "mse")[..2], losses(&a, "mse")[..2]);
+    let _ = std::fs::remove_dir_all(c);
     for d in [sd, data, a, b] {
         let _ = std::fs::remove_dir_all(d);
     }
@@ -297,6 +302,8 @@ fn bad_inputs_are_named() {
     assert!(err.contains("32x32") && err.contains("64x64"), "{err}");
     let err = run_err(caption_train(&sd, &small, &tmp("bad_out3"), 2, &[]));
     assert!(err.contains("32x32") && err.contains("64x64"), "{err}");
+    let err = run_err(caption_train(&sd, &data, &tmp("bad_out6"), 2, &["--caption-dropout", "1.5"]));
+    assert!(err.contains("--caption-dropout") && err.contains("1.5"), "{err}");
     // A batch larger than the data, an unknown reconstruction loss.
     let err = run_err(vae_train(&sd, &data, &tmp("bad_out4"), 2, &["--batch", "9"]));
     assert!(err.contains("--batch"), "{err}");

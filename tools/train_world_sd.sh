@@ -24,7 +24,7 @@ resume() { [ -d "$1/checkpoints" ] && echo --resume || true; }
     --backend cpu $(resume "$OUT/vae")
 [ -f "$OUT/unet/model/unet/config.json" ] || "$BIN" finetune --data-mode captions --weights "$OUT/vae/model" \
     --data "$WORLD/corpus/instances.json" --images "$WORLD/corpus" --resolution 64 --out "$OUT/unet" \
-    --steps "$UNET_STEPS" --batch 8 --lr 2e-4 --ema-decay 0.999 --seed 0 --save-every 500 --backend cpu --dtype f32 \
+    --steps "$UNET_STEPS" --batch 8 --lr 2e-4 --ema-decay 0.999 --caption-dropout 0.1 --seed 0 --save-every 500 --backend cpu --dtype f32 \
     $(resume "$OUT/unet")
 for name in circle square triangle star cross heart arrow hexagon ring moon diamond bolt; do
     "$BIN" sample --weights "$OUT/unet/model" --prompt "a photograph of a $name" --steps 50 --guidance 5 --batch 4 \

@@ -740,6 +740,10 @@ struct FinetuneArgs {
     /// crops (stage 1) or captions (whole images of --resolution with a `caption` field; --categories unused).
     #[arg(long, value_enum, default_value_t = DataModeArg::Crops)]
     data_mode: DataModeArg,
+    /// Captions mode: train this fraction of samples on the empty prompt (classifier-free guidance's
+    /// unconditional branch; SD used 0.1).
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+    caption_dropout: f32,
 }
 
 fn main() {
@@ -836,6 +840,7 @@ fn main() {
                         DataModeArg::Crops => instagen::pipeline::finetune::DataMode::Crops,
                         DataModeArg::Captions => instagen::pipeline::finetune::DataMode::Captions,
                     },
+                    caption_dropout: a.caption_dropout,
                 };
                 instagen::pipeline::finetune::run(k, &o)
             })

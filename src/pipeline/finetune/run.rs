@@ -55,6 +55,8 @@ pub struct FinetuneOptions {
     pub max_grad_norm: Option<f32>,
     /// What a sample is: a detection crop (stage 1) or a whole captioned image (training from scratch).
     pub data_mode: DataMode,
+    /// Captions mode: the probability of training a sample on the empty prompt (0: never).
+    pub caption_dropout: f32,
 }
 
 /// The samples `instagen finetune` trains on.
@@ -91,6 +93,7 @@ impl FinetuneOptions {
         // Only for the newer mode, so crop runs resume from checkpoints written before it existed.
         if self.data_mode == DataMode::Captions {
             v["data_mode"] = serde_json::json!("captions");
+            v["caption_dropout"] = serde_json::json!(self.caption_dropout.to_string());
         }
         v
     }
@@ -221,6 +224,9 @@ fn check(o: &FinetuneOptions) -> Result<()> {
     if o.steps == Some(0) || o.epochs == Some(0) {
         return bad("--steps / --epochs", "must be at least 1".into());
     }
+    if !(0.0..=1.0).contains(&o.caption_dropout) || (o.caption_dropout > 0.0 && o.data_mode != DataMode::Captions) {
+        return bad("--caption-dropout", format!("{} is not a probability in [0, 1] (captions mode only)", o.caption_dropout));
+    }
     Ok(())
 }
 
@@ -243,7 +249,7 @@ pub fn run_with<B: Backend>(mk: impl Fn() -> Result<B>, o: &FinetuneOptions) -> 
             (FinetuneData::Crops(Box::new(d)), line)
         }
         DataMode::Captions => {
-            let d = CaptionSet::open(&o.data, &o.images, o.resolution, true, true)?;
+            let d = CaptionSet::open(&o.data, &o.images, o.resolution, true, true)?.with_caption_dropout(o.caption_dropout)?;
             let line = format!("{} captioned images of {}", d.len(), o.data.display());
             (FinetuneData::Captions(d), line)
         }

@@ -5,6 +5,7 @@
 //! (a draw from the sample's generator; the captions name no left or right). Images must have the models' size
 //! exactly (no resampling: the world is rendered at it); another size is an error naming the file, the record and
 //! both sizes. With `captions`, an image without a string `caption` is an error naming the record and field.
+//! With a caption dropout p, a sample's prompt is the empty one with probability p (`--caption-dropout`).
 //! Samples are [`CropSample`]s with the whole image as the "crop", so stage 1's training step takes them as
 //! they are.
 
@@ -35,6 +36,7 @@ pub struct CaptionSet {
     items: Vec<Item>,
     resolution: usize,
     flip: bool,
+    caption_dropout: f32,
 }
 
 impl CaptionSet {
@@ -64,7 +66,17 @@ impl CaptionSet {
             };
             items.push(Item { id: im.id, path: ds.image_path(root, im), caption });
         }
-        Ok(CaptionSet { json: json.to_path_buf(), items, resolution, flip })
+        Ok(CaptionSet { json: json.to_path_buf(), items, resolution, flip, caption_dropout: 0.0 })
+    }
+
+    /// Replace a sample's caption by the empty prompt with probability `p` (SD's 10% for classifier-free
+    /// guidance's unconditional branch); a draw from the sample's generator after the flip's.
+    pub fn with_caption_dropout(mut self, p: f32) -> Result<Self> {
+        if !(0.0..=1.0).contains(&p) {
+            return Err(Error::Mismatch { what: "--caption-dropout".into(), msg: format!("{p} is not a probability in [0, 1]") });
+        }
+        self.caption_dropout = p;
+        Ok(self)
     }
 
     pub fn resolution(&self) -> usize {
@@ -107,9 +119,10 @@ impl Dataset for CaptionSet {
             image = HostTensor::from_f32(&[r, r, 3], DType::F32, &v)?;
         }
         let it = &self.items[index];
+        let dropped = self.caption_dropout > 0.0 && rng.uniform() < self.caption_dropout;
         Ok(CropSample {
             image,
-            prompt: it.caption.clone(),
+            prompt: if dropped { String::new() } else { it.caption.clone() },
             image_id: it.id,
             annotation_id: 0,
             crop: [0.0, 0.0, r as f64, r as f64],
