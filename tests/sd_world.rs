@@ -354,3 +354,15 @@ fn trains_on_a_world_corpus() {
         let _ = std::fs::remove_dir_all(d);
     }
 }
+
+/// `instagen bench train-vae` times the folder's VAE training step and profiles it per op.
+#[test]
+fn bench_train_vae_runs_on_the_folder() {
+    let Some(sd) = init_folder("bench", 0) else { return };
+    let mut c = bin();
+    c.args(["bench", "train-vae", "--backend", "cpu", "--batch", "1", "--min-seconds", "0"]).arg("--config").arg(sd.join("vae"));
+    let text = run_ok(c);
+    assert!(text.contains("image 64x64, latent 16x16x4") && text.contains("parameters: 954567"), "{text}");
+    assert!(text.contains("s per training step") && text.contains("Conv2dBwdWeight"), "{text}");
+    let _ = std::fs::remove_dir_all(sd);
+}
