@@ -49,6 +49,9 @@ enum BenchKind {
     Vae,
     /// One UNet training step (forward + MSE loss + backward + AdamW), profiled per op on cpu/emu.
     TrainUnet,
+    /// One VAE training step (encoder, sample, decoder, L1 + KL, backward, AdamW) of `--config` (a vae/ folder
+    /// or sd-v1) at its sample_size, profiled per op on cpu/emu.
+    TrainVae,
     /// The executor's cost per node: chains of small elementwise nodes at several sizes.
     Exec,
     /// Fixed CPU cases (SD / fixture UNet, CLIP, VAE, attention, convolution): our time next to PyTorch's,
@@ -415,6 +418,15 @@ enum Cmd {
     /// (index.html + thumbs/) and the dataset card (card.md + card/); or check a browser screenshot.
     Views(ViewsArgs),
 
+    /// The small SD trained from scratch: `sd init` (a diffusers folder with fresh weights from one config),
+    /// `sd text-sims` (how far apart the text encoder puts the captions of different names).
+    #[command(subcommand)]
+    Sd(SdCmd),
+
+    /// AutoencoderKL training: `vae train`.
+    #[command(subcommand)]
+    Vae(VaeCmd),
+
     /// The miniature world: procedural shape scenes with exact boxes and captions (make, sheet).
     #[command(subcommand)]
     World(WorldCmd),
@@ -596,6 +608,98 @@ impl WorldArgs {
         o.size = self.size;
         Ok(o)
     }
+}
+
+#[derive(Subcommand)]
+enum SdCmd {
+    /// Write a complete diffusers SD folder (text_encoder/, vae/, unet/, scheduler/, tokenizer/ with the real
+    /// CLIP vocabulary, model_index.json) with PyTorch-default-like random weights, sized by --config.
+    Init {
+        /// The sizes: {"text_encoder": {...}, "vae": {...}, "unet": {...}, "scheduler": {...}} (configs/world_sd.json).
+        #[arg(long)]
+        config: PathBuf,
+        /// The new folder (must not exist or be empty).
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// CLIP's bpe_simple_vocab_16e6.txt.gz (the tokenizer's vocabulary and merges).
+        #[arg(long, default_value = "../shared/data/clip/bpe_simple_vocab_16e6.txt.gz")]
+        vocab: PathBuf,
+        /// Text encoder init: torch (PyTorch's per-layer defaults, nn.Embedding N(0, 1)) or clip (transformers'
+        /// CLIP init, embeddings N(0, 0.02)).
+        #[arg(long, default_value = "torch")]
+        text_init: String,
+    },
+    /// Cosine similarities of "a photograph of a <name>" between names, under the folder's text encoder.
+    TextSims {
+        /// A diffusers SD folder.
+        #[arg(long)]
+        sd: PathBuf,
+        /// Comma-separated names.
+        #[arg(long, value_delimiter = ',')]
+        names: Vec<String>,
+        #[arg(long, value_enum)]
+        backend: Option<Backend>,
+    },
+}
+
+#[derive(Subcommand)]
+enum VaeCmd {
+    /// Train the VAE of an SD folder on whole images (reconstruction + KL; no GAN, no LPIPS); resumable;
+    /// writes RUN/model (the SD folder with the trained vae/ and its scaling_factor) at the end.
+    Train(VaeTrainArgs),
+}
+
+#[derive(clap::Args)]
+struct VaeTrainArgs {
+    /// The SD diffusers folder whose vae/ is trained (e.g. from `instagen sd init`).
+    #[arg(long)]
+    sd: PathBuf,
+    /// A COCO dataset folder (instances.json + images of the VAE's sample_size), or an instances file.
+    #[arg(long)]
+    data: PathBuf,
+    /// The run folder: checkpoints/, metrics.jsonl, loss.png, lr.png, and model/ at the end.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 1000, value_parser = positive_u64)]
+    steps: u64,
+    #[arg(long, default_value_t = 8, value_parser = positive, allow_hyphen_values = true)]
+    batch: usize,
+    /// AdamW learning rate (constant).
+    #[arg(long, default_value_t = 2e-4, value_parser = positive_f32, allow_hyphen_values = true)]
+    lr: f32,
+    /// Weight of the KL term (LDM's meaning: per image, against the summed reconstruction error).
+    #[arg(long, default_value_t = 1e-6, allow_hyphen_values = true)]
+    kl_weight: f32,
+    /// Reconstruction loss: l1 (LDM's) or mse.
+    #[arg(long, default_value = "l1")]
+    rec_loss: String,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    #[arg(long, default_value_t = 200, value_parser = positive_u64)]
+    save_every: u64,
+    #[arg(long, default_value_t = 3, value_parser = positive)]
+    keep: usize,
+    #[arg(long)]
+    resume: bool,
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(0..=256))]
+    workers: u16,
+    #[arg(long, value_parser = positive_f32)]
+    max_grad_norm: Option<f32>,
+    /// Images whose latents set scaling_factor (1 / their std).
+    #[arg(long, default_value_t = 256, value_parser = positive, allow_hyphen_values = true)]
+    scale_images: usize,
+    #[arg(long, value_enum)]
+    backend: Option<Backend>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum DataModeArg {
+    /// Crops around the boxes of a detection set (InstaGen stage 1).
+    Crops,
+    /// Whole images with a `caption` field (the world corpus), for training from scratch.
+    Captions,
 }
 
 #[derive(Subcommand)]
@@ -824,6 +928,13 @@ struct FinetuneArgs {
     /// Storage dtype of the models; f16/bf16 train with f32 master weights, f16 with dynamic loss scaling.
     #[arg(long, value_enum, default_value_t = Dtype::F32)]
     dtype: Dtype,
+    /// crops (stage 1) or captions (whole images of --resolution with a `caption` field; --categories unused).
+    #[arg(long, value_enum, default_value_t = DataModeArg::Crops)]
+    data_mode: DataModeArg,
+    /// Captions mode: train this fraction of samples on the empty prompt (classifier-free guidance's
+    /// unconditional branch; SD used 0.1).
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+    caption_dropout: f32,
 }
 
 fn main() {
@@ -877,6 +988,7 @@ fn main() {
                 BenchKind::TrainUnet => {
                     instagen::pipeline::finetune::bench::bench_train_unet(k, &config, batch, latent, d, min_seconds).map(|r| r.text)
                 }
+                BenchKind::TrainVae => instagen::pipeline::sdtrain::vae::bench_train_vae(k, &config, batch, min_seconds).map(|r| r.text),
                 BenchKind::Exec => kernels::bench_exec(k, min_seconds),
                 BenchKind::Generate => {
                     let o = instagen::pipeline::generate::bench::BenchOptions {
@@ -945,6 +1057,11 @@ fn main() {
                     lenient: a.lenient,
                     dtype: dtype(a.dtype),
                     max_grad_norm: a.max_grad_norm,
+                    data_mode: match a.data_mode {
+                        DataModeArg::Crops => instagen::pipeline::finetune::DataMode::Crops,
+                        DataModeArg::Captions => instagen::pipeline::finetune::DataMode::Captions,
+                    },
+                    caption_dropout: a.caption_dropout,
                 };
                 instagen::pipeline::finetune::run(k, &o)
             })
@@ -990,6 +1107,32 @@ fn main() {
         }
         Cmd::Generate(a) => generate(a),
         Cmd::Views(a) => views(a),
+        Cmd::Sd(SdCmd::Init { config, out, seed, vocab, text_init }) => instagen::pipeline::sdtrain::TextInit::parse(&text_init)
+            .and_then(|t| instagen::pipeline::sdtrain::init(&config, &out, seed, &vocab, t))
+            .map(|r| print!("{r}")),
+        Cmd::Sd(SdCmd::TextSims { sd, names, backend }) => {
+            backend_kind(backend).and_then(|k| instagen::pipeline::sdtrain::text_sims(k, &sd, &names)).map(|r| print!("{r}"))
+        }
+        Cmd::Vae(VaeCmd::Train(a)) => backend_kind(a.backend).and_then(|k| {
+            let o = instagen::pipeline::sdtrain::VaeTrainOptions {
+                sd: a.sd,
+                data: a.data,
+                out: a.out,
+                steps: a.steps,
+                batch: a.batch,
+                lr: a.lr,
+                kl_weight: a.kl_weight,
+                rec: instagen::pipeline::sdtrain::RecLoss::parse(&a.rec_loss)?,
+                seed: a.seed,
+                save_every: a.save_every,
+                keep: a.keep,
+                resume: a.resume,
+                workers: a.workers as usize,
+                max_grad_norm: a.max_grad_norm,
+                scale_images: a.scale_images,
+            };
+            instagen::pipeline::sdtrain::vae_train(k, &o).map(|r| print!("{r}"))
+        }),
         Cmd::World(WorldCmd::Make { out, seed, w, counts }) => w
             .options(&out, seed)
             .and_then(|mut o| {

@@ -118,6 +118,11 @@ impl Component {
             Component::Unet => "unet",
         }
     }
+    /// The weights file a diffusers folder holds for this component (`model.safetensors` or
+    /// `diffusion_pytorch_model.safetensors`).
+    pub fn file_name(self) -> String {
+        format!("{}.safetensors", self.file_stem())
+    }
     fn file_stem(self) -> &'static str {
         match self {
             Component::TextEncoder => "model",

@@ -14,6 +14,7 @@ pub mod finetune;
 pub mod generate;
 pub mod ground;
 pub mod kernels;
+pub mod sdtrain;
 pub mod selfcheck;
 pub mod run;
 pub mod sample;

@@ -6,7 +6,7 @@ pub mod bench;
 pub mod run;
 pub mod step;
 
-pub use run::{export_model, run, run_with, FinetuneOptions, FinetuneReport};
+pub use run::{export_component, export_model, run, run_with, DataMode, FinetuneOptions, FinetuneReport};
 pub use step::{
     build_train_graph, NoiseSchedule, Stage1Options, Stage1Trainer, StepDraws, StepStats, TrainGraph, TrainShape, UnetTrainer,
 };

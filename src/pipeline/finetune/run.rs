@@ -3,6 +3,8 @@
 //! step is [`Stage1Trainer`] (frozen VAE + CLIP, noise-prediction MSE, AdamW on the UNet, EMA on the device).
 //! At the end `RUN/model/` is a complete diffusers folder with the EMA UNet and the untouched text encoder, VAE,
 //! tokenizer and scheduler of the source, which `instagen sample` loads as it is.
+//! `--data-mode captions` trains on whole captioned images instead (`pipeline::sdtrain::data::CaptionSet`: the
+//! world corpus, training the small SD's UNet from scratch) with the same step, loop and outputs.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,7 +13,9 @@ use std::sync::Arc;
 use crate::backend::{Backend, BackendKind};
 use crate::data::crops::{Categories, CropDataset, CropOptions, CropSample};
 use crate::data::{stack, Batch, Dataset, LoaderConfig};
+use crate::pipeline::sdtrain::data::CaptionSet;
 use crate::error::{Error, Result};
+use crate::models::weights::Component;
 use crate::optim::AdamWConfig;
 use crate::params::ParamStore;
 use crate::runtime::train_loop::{train, LoopConfig, StepOutput, TrainState, TrainTask};
@@ -49,13 +53,28 @@ pub struct FinetuneOptions {
     pub lenient: bool,
     pub dtype: DType,
     pub max_grad_norm: Option<f32>,
+    /// What a sample is: a detection crop (stage 1) or a whole captioned image (training from scratch).
+    pub data_mode: DataMode,
+    /// Captions mode: the probability of training a sample on the empty prompt (0: never).
+    pub caption_dropout: f32,
+}
+
+/// The samples `instagen finetune` trains on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DataMode {
+    /// InstaGen stage 1: crops around the boxes of a COCO detection set, prompts from their category names.
+    #[default]
+    Crops,
+    /// Whole images of the size `--resolution`, prompts from each image's `caption` field
+    /// (`pipeline::sdtrain::data::CaptionSet`: the world corpus); `--categories` does not apply.
+    Captions,
 }
 
 impl FinetuneOptions {
     /// The settings a resumed run must share with the run it continues (the step count, the backend, the
     /// worker count and the checkpoint cadence may change).
     fn fingerprint(&self) -> serde_json::Value {
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "stage": "finetune",
             "weights": self.weights.display().to_string(),
             "data": self.data.display().to_string(),
@@ -70,7 +89,35 @@ impl FinetuneOptions {
             "lenient": self.lenient,
             "dtype": self.dtype.to_string(),
             "max_grad_norm": self.max_grad_norm.map(|m| m.to_string()),
-        })
+        });
+        // Only for the newer mode, so crop runs resume from checkpoints written before it existed.
+        if self.data_mode == DataMode::Captions {
+            v["data_mode"] = serde_json::json!("captions");
+            v["caption_dropout"] = serde_json::json!(self.caption_dropout.to_string());
+        }
+        v
+    }
+}
+
+/// The dataset of either mode.
+enum FinetuneData {
+    Crops(Box<CropDataset>),
+    Captions(CaptionSet),
+}
+
+impl Dataset for FinetuneData {
+    type Item = CropSample;
+    fn len(&self) -> usize {
+        match self {
+            FinetuneData::Crops(d) => d.len(),
+            FinetuneData::Captions(d) => d.len(),
+        }
+    }
+    fn get(&self, index: usize, rng: &mut Rng) -> Result<CropSample> {
+        match self {
+            FinetuneData::Crops(d) => d.get(index, rng),
+            FinetuneData::Captions(d) => d.get(index, rng),
+        }
     }
 }
 
@@ -177,6 +224,9 @@ fn check(o: &FinetuneOptions) -> Result<()> {
     if o.steps == Some(0) || o.epochs == Some(0) {
         return bad("--steps / --epochs", "must be at least 1".into());
     }
+    if !(0.0..=1.0).contains(&o.caption_dropout) || (o.caption_dropout > 0.0 && o.data_mode != DataMode::Captions) {
+        return bad("--caption-dropout", format!("{} is not a probability in [0, 1] (captions mode only)", o.caption_dropout));
+    }
     Ok(())
 }
 
@@ -187,12 +237,24 @@ pub fn run(kind: BackendKind, o: &FinetuneOptions) -> Result<FinetuneReport> {
 
 pub fn run_with<B: Backend>(mk: impl Fn() -> Result<B>, o: &FinetuneOptions) -> Result<FinetuneReport> {
     check(o)?;
-    let crop_opts = CropOptions { resolution: o.resolution, categories: Categories::parse(&o.categories), lenient: o.lenient };
-    let dataset = Arc::new(CropDataset::open(&o.data, &o.images, &crop_opts)?);
-    let summary = dataset.summary();
-    if o.lenient && !summary.is_clean() {
-        eprintln!("{summary}");
-    }
+    let (dataset, summary) = match o.data_mode {
+        DataMode::Crops => {
+            let crop_opts = CropOptions { resolution: o.resolution, categories: Categories::parse(&o.categories), lenient: o.lenient };
+            let d = CropDataset::open(&o.data, &o.images, &crop_opts)?;
+            let summary = d.summary();
+            if o.lenient && !summary.is_clean() {
+                eprintln!("{summary}");
+            }
+            let line = summary.to_string().lines().next().unwrap_or_default().to_string();
+            (FinetuneData::Crops(Box::new(d)), line)
+        }
+        DataMode::Captions => {
+            let d = CaptionSet::open(&o.data, &o.images, o.resolution, true, true)?.with_caption_dropout(o.caption_dropout)?;
+            let line = format!("{} captioned images of {}", d.len(), o.data.display());
+            (FinetuneData::Captions(d), line)
+        }
+    };
+    let dataset = Arc::new(dataset);
     let per_epoch = dataset.len() / o.batch;
     if per_epoch == 0 {
         return Err(Error::Mismatch {
@@ -242,7 +304,7 @@ pub fn run_with<B: Backend>(mk: impl Fn() -> Result<B>, o: &FinetuneOptions) -> 
         steps: report.steps,
         samples: dataset.len(),
         last_loss: report.last.as_ref().and_then(|r| r.losses.get("mse").copied().flatten()),
-        dataset: summary.to_string().lines().next().unwrap_or_default().to_string(),
+        dataset: summary,
         skipped_samples: report.skipped_samples,
     })
 }
@@ -256,22 +318,33 @@ fn io_err(path: &Path, e: std::io::Error) -> Error {
 /// copied untouched (hard-linked where the file system allows). Written to a temporary sibling and renamed, so
 /// `dst` is never half written.
 pub fn export_model(src: &Path, unet: &ParamStore, dst: &Path) -> Result<()> {
+    let cfg = src.join("unet/config.json");
+    let text = crate::util::files::read_text(&cfg, Some(crate::util::files::CONFIG_MAX_BYTES)).map_err(|e| io_err(&cfg, e))?;
+    let config: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Weights { path: cfg.clone(), msg: e.to_string() })?;
+    export_component(src, Component::Unet, unet, &config, dst)
+}
+
+/// [`export_model`] for any component: `dst` is `src` with `component/` replaced by `weights` (diffusers key
+/// names, saved under the component's file name) and `config` as its `config.json`.
+pub fn export_component(src: &Path, component: Component, weights: &ParamStore, config: &serde_json::Value, dst: &Path) -> Result<()> {
+    let sub = component.subfolder();
     let parent = dst.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = dst.file_name().map_or("model".into(), |n| n.to_string_lossy().to_string());
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| io_err(&tmp, e))?;
     }
-    std::fs::create_dir_all(tmp.join("unet")).map_err(|e| io_err(&tmp, e))?;
+    std::fs::create_dir_all(tmp.join(sub)).map_err(|e| io_err(&tmp, e))?;
     for entry in std::fs::read_dir(src).map_err(|e| io_err(src, e))? {
         let entry = entry.map_err(|e| io_err(src, e))?;
-        if entry.file_name() != "unet" {
+        if entry.file_name() != sub {
             copy_tree(&entry.path(), &tmp.join(entry.file_name()))?;
         }
     }
-    let cfg = src.join("unet/config.json");
-    std::fs::copy(&cfg, tmp.join("unet/config.json")).map_err(|e| io_err(&cfg, e))?;
-    unet.save_safetensors(&tmp.join("unet/diffusion_pytorch_model.safetensors"))?;
+    let cfg_path = tmp.join(sub).join("config.json");
+    let text = serde_json::to_string_pretty(config).map_err(|e| Error::Other(format!("{}: {e}", cfg_path.display())))?;
+    std::fs::write(&cfg_path, format!("{text}\n")).map_err(|e| io_err(&cfg_path, e))?;
+    weights.save_safetensors(&tmp.join(sub).join(component.file_name()))?;
     if dst.exists() {
         std::fs::remove_dir_all(dst).map_err(|e| io_err(dst, e))?;
     }
