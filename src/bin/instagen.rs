@@ -418,6 +418,11 @@ enum Cmd {
     /// (index.html + thumbs/) and the dataset card (card.md + card/); or check a browser screenshot.
     Views(ViewsArgs),
 
+    /// The embedded default models (models/world/): `models verify` checks every file against MANIFEST.json,
+    /// `models pack` writes such a folder from trained models.
+    #[command(subcommand)]
+    Models(ModelsCmd),
+
     /// The small SD trained from scratch: `sd init` (a diffusers folder with fresh weights from one config),
     /// `sd text-sims` (how far apart the text encoder puts the captions of different names).
     #[command(subcommand)]
@@ -457,12 +462,14 @@ enum ImageFormat {
 
 #[derive(clap::Args)]
 struct GenerateArgs {
-    /// The sampling SD (a diffusers folder; a fine-tuned one from `instagen finetune`).
+    /// The sampling SD (a diffusers folder; a fine-tuned one from `instagen finetune`) [default: the embedded
+    /// world SD, models/world/sd, checked against its manifest].
     #[arg(long)]
-    sd: PathBuf,
-    /// A grounding head folder (`instagen ground init|train`), for the feature SD's t=1 feature shapes.
+    sd: Option<PathBuf>,
+    /// A grounding head folder (`instagen ground init|train`), for the feature SD's t=1 feature shapes [default:
+    /// the embedded world head, models/world/head].
     #[arg(long)]
-    head: PathBuf,
+    head: Option<PathBuf>,
     /// Category names, comma separated, or a FILE: text (one per line, # comments), a JSON array of names or a COCO
     /// file.
     #[arg(long)]
@@ -522,6 +529,31 @@ struct GenerateArgs {
     /// Storage dtype of the SD graphs (the head runs in f32).
     #[arg(long, value_enum, default_value_t = Dtype::F32)]
     dtype: Dtype,
+}
+
+#[derive(Subcommand)]
+enum ModelsCmd {
+    /// Check a models folder against its MANIFEST.json (sizes and SHA-256 of every file) and print what made each
+    /// model.
+    Verify {
+        /// The folder [default: $INSTAGEN_MODELS, else models/world of the source tree].
+        dir: Option<PathBuf>,
+    },
+    /// Write a models folder: OUT/sd (the SD folder with f16 tensors), OUT/head, OUT/MANIFEST.json.
+    Pack {
+        /// The trained SD (a diffusers folder).
+        #[arg(long)]
+        sd: PathBuf,
+        /// The trained grounding head (a head folder or a run folder with head/).
+        #[arg(long)]
+        head: PathBuf,
+        /// JSON: {"description", "categories": [...], "models": {"sd": {"commands": [...], "seed"}, "head": {...}}}.
+        #[arg(long)]
+        provenance: PathBuf,
+        /// The folder to write (new or empty).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -1107,6 +1139,13 @@ fn main() {
         }
         Cmd::Generate(a) => generate(a),
         Cmd::Views(a) => views(a),
+        Cmd::Models(ModelsCmd::Verify { dir }) => {
+            instagen::pipeline::embedded::verify(&dir.unwrap_or_else(instagen::pipeline::embedded::default_dir)).map(|b| print!("{b}"))
+        }
+        Cmd::Models(ModelsCmd::Pack { sd, head, provenance, out }) => {
+            instagen::pipeline::embedded::pack(&instagen::pipeline::embedded::PackOptions { sd, head, provenance, out })
+                .map(|b| print!("{b}"))
+        }
         Cmd::Sd(SdCmd::Init { config, out, seed, vocab, text_init }) => instagen::pipeline::sdtrain::TextInit::parse(&text_init)
             .and_then(|t| instagen::pipeline::sdtrain::init(&config, &out, seed, &vocab, t))
             .map(|r| print!("{r}")),
@@ -1158,11 +1197,28 @@ fn generate(a: GenerateArgs) -> instagen::Result<()> {
     use instagen::pipeline::generate::{self, plan, shard};
     let kind = backend_kind(a.backend)?;
     let shard = shard::resolve(a.shard.as_deref(), a.shards, |k| std::env::var(k).ok())?;
+    let categories = plan::read_categories(&a.categories, "--categories")?;
+    let (sd, head) = match (a.sd, a.head) {
+        (Some(sd), Some(head)) => (sd, head),
+        (sd, head) => {
+            let b = instagen::pipeline::embedded::verify(&instagen::pipeline::embedded::default_dir())?;
+            let unknown: Vec<&str> = categories.iter().filter(|c| !b.manifest.categories.contains(c)).map(String::as_str).collect();
+            if !unknown.is_empty() {
+                eprintln!(
+                    "note: the embedded models ({}) were trained on {}; they know nothing of {}",
+                    b.dir.display(),
+                    b.manifest.categories.join(", "),
+                    unknown.join(", ")
+                );
+            }
+            (sd.unwrap_or_else(|| b.sd()), head.unwrap_or_else(|| b.head()))
+        }
+    };
     let o = generate::GenerateOptions {
-        sd: a.sd,
+        sd,
         features_sd: a.features_sd,
-        head: a.head,
-        categories: plan::read_categories(&a.categories, "--categories")?,
+        head,
+        categories,
         novel: a.novel.as_deref().map(|n| plan::read_categories(n, "--novel")).transpose()?,
         images_per_category: a.images_per_category,
         per_prompt: a.per_prompt,

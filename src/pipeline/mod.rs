@@ -9,6 +9,7 @@ pub mod bench_detect;
 pub mod checks;
 pub mod dataset;
 pub mod detect;
+pub mod embedded;
 pub mod eval;
 pub mod finetune;
 pub mod generate;
