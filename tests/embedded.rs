@@ -60,24 +60,24 @@ fn pack_verify_generate_and_refuse_tampering() {
         c.args(["models", "verify"]).arg(&bundle);
         c
     };
-    let target = bundle.join("sd/vae/diffusion_pytorch_model.safetensors");
+    let target = bundle.join("sd/unet/diffusion_pytorch_model.safetensors");
     let good = std::fs::read(&target).unwrap();
     let mut changed = good.clone();
     let k = changed.len() - 3;
     changed[k] ^= 1;
     std::fs::write(&target, &changed).unwrap();
-    run_err(verify(), &["vae/diffusion_pytorch_model.safetensors", "SHA-256"]);
+    run_err(verify(), &["unet/diffusion_pytorch_model.safetensors", "SHA-256"]);
     // generate refuses too, before writing anything.
     let c_out = f.root.join("c");
     let mut c = bin();
     c.arg("generate").arg("--out").arg(&c_out).env(embedded::ENV, &bundle);
     c.args(["--categories", "person", "--images-per-category", "1", "--steps", "2", "--backend", "cpu"]);
-    run_err(c, &["vae/diffusion_pytorch_model.safetensors", "SHA-256"]);
+    run_err(c, &["unet/diffusion_pytorch_model.safetensors", "SHA-256"]);
     assert!(!c_out.exists());
     std::fs::write(&target, &good[..good.len() - 10]).unwrap();
-    run_err(verify(), &["vae/diffusion_pytorch_model.safetensors", "truncated"]);
+    run_err(verify(), &["unet/diffusion_pytorch_model.safetensors", "truncated"]);
     std::fs::remove_file(&target).unwrap();
-    run_err(verify(), &["vae/diffusion_pytorch_model.safetensors"]);
+    run_err(verify(), &["unet/diffusion_pytorch_model.safetensors"]);
     std::fs::write(&target, &good).unwrap();
     run_ok(verify());
     let extra = bundle.join("head/notes.txt");
