@@ -2,7 +2,8 @@
 //! COCO evaluation (`eval`), the checks on what a run is given (`checks`), model-bench timing (`timing`) and
 //! `instagen bench cpu` (`bench_cpu`: our CPU time next to PyTorch's), `instagen bench detect` (`bench_detect`:
 //! Faster R-CNN images/s next to torchvision's).
-//! `views`: the contact sheets, browser and card of a dataset folder.
+//! `views`: the contact sheets, browser and card of a dataset folder; `embedded`: the default models
+//! (`models/world/`) and their SHA-256 manifest.
 
 pub mod bench_cpu;
 pub mod bench_detect;
