@@ -2,7 +2,9 @@
 //! same window (`index.html#layout` dumped with `--dump-dom`: a `<pre id="layout">` holding
 //! `{"width", "height", "border", "boxes": [{"x", "y", "w", "h", "c": "#rrggbb"}]}` in CSS pixels), checks that
 //! the screenshot shows each box that lies wholly inside it: the pixels one pixel inside each of its four edges
-//! (where its border is) have its category colour. `tools/browser_screenshot.sh` makes both files and runs this.
+//! (where its border is) have its category colour. Edge pixels that a box drawn later (on top, in page order)
+//! covers with its border or its `name score` label are left out; a box with fewer than [`MIN_SAMPLES`] pixels
+//! left is counted as occluded, not checked. `tools/browser_screenshot.sh` makes both files and runs this.
 
 use std::fmt;
 use std::path::Path;
@@ -18,6 +20,13 @@ pub const TOLERANCE: i32 = 24;
 pub const BOX_MIN_FRACTION: f64 = 0.75;
 /// The check passes when at least this fraction of the boxes inside the screenshot are shown.
 pub const MIN_SHOWN: f64 = 0.9;
+/// A box with fewer uncovered edge samples than this is occluded (not checked).
+pub const MIN_SAMPLES: usize = 8;
+/// The label of a box (10 px monospace `name score`, 12 px tall, at the top left inside the border) is taken to
+/// cover at most this many CSS pixels to the right of the box's left edge (about 25 characters).
+pub const LABEL_MAX_W: f64 = 160.0;
+/// The label's height in CSS pixels (its line height).
+pub const LABEL_H: f64 = 12.0;
 
 #[derive(Clone, Debug, Deserialize)]
 pub struct LayoutBox {
@@ -41,9 +50,11 @@ pub struct Layout {
 pub struct ScreenshotCheck {
     pub width: u32,
     pub height: u32,
-    /// Boxes the page drew, boxes wholly inside the screenshot, and those found in the pixels.
+    /// Boxes the page drew, boxes wholly inside the screenshot (and not occluded), and those found in the pixels.
     pub drawn: usize,
     pub inside: usize,
+    /// Boxes inside the screenshot whose edges are (almost) all under boxes or labels drawn later.
+    pub occluded: usize,
     pub shown: usize,
     /// Distinct box colours found.
     pub colours: usize,
@@ -61,12 +72,14 @@ impl fmt::Display for ScreenshotCheck {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "screenshot {}x{}: the page drew {} boxes, {} lie wholly inside the screenshot, {} of them are visible in \
-             their category colour ({} colours; {:.1}% of edge samples matched): {}",
+            "screenshot {}x{}: the page drew {} boxes, {} lie wholly inside the screenshot and are not covered by later \
+             boxes ({} are), {} of them are visible in their category colour ({} colours; {:.1}% of uncovered edge \
+             samples matched): {}",
             self.width,
             self.height,
             self.drawn,
             self.inside,
+            self.occluded,
             self.shown,
             self.colours,
             100.0 * self.sample_fraction,
@@ -118,9 +131,19 @@ pub fn check_image(img: &image::RgbImage, lay: &Layout) -> Result<ScreenshotChec
     let (w, h) = img.dimensions();
     // A screenshot at another device scale than the layout's CSS pixels is scaled back.
     let k = if lay.width > 0.0 { w as f64 / lay.width } else { 1.0 };
-    let (mut inside, mut shown, mut hits, mut samples) = (0usize, 0usize, 0usize, 0usize);
+    let (mut inside, mut occluded, mut shown, mut hits, mut samples) = (0usize, 0usize, 0usize, 0usize, 0usize);
     let mut colours = std::collections::HashSet::new();
-    for b in &lay.boxes {
+    // Screen rectangles (pixels) of each box's border band and label, for the occlusion test.
+    let bw = lay.border.max(1.0) * k;
+    let rects: Vec<(f64, f64, f64, f64)> = lay.boxes.iter().map(|b| (b.x * k, b.y * k, (b.x + b.w) * k, (b.y + b.h) * k)).collect();
+    let covered_by = |j: usize, x: f64, y: f64| -> bool {
+        let (x0, y0, x1, y1) = rects[j];
+        let in_outer = x >= x0 - 1.0 && x <= x1 + 1.0 && y >= y0 - 1.0 && y <= y1 + 1.0;
+        let in_inner = x > x0 + bw + 1.0 && x < x1 - bw - 1.0 && y > y0 + bw + 1.0 && y < y1 - bw - 1.0;
+        let in_label = x >= x0 - 1.0 && x <= x0 + bw + LABEL_MAX_W * k && y >= y0 - 1.0 && y <= y0 + bw + LABEL_H * k + 1.0;
+        (in_outer && !in_inner) || in_label
+    };
+    for (i, b) in lay.boxes.iter().enumerate() {
         let c = parse_hex(&b.c).ok_or_else(|| Error::Other(format!("layout: box colour '{}' is not #rrggbb", b.c)))?;
         let (x0, y0, x1, y1) = (b.x * k, b.y * k, (b.x + b.w) * k, (b.y + b.h) * k);
         if x0 < 0.0 || y0 < 0.0 || x1 > w as f64 || y1 > h as f64 || b.w * k < 8.0 || b.h * k < 8.0 {
@@ -138,6 +161,13 @@ pub fn check_image(img: &image::RgbImage, lay: &Layout) -> Result<ScreenshotChec
         for y in (yt + 3..=yb - 3).step_by(2) {
             pts.push((xl, y));
             pts.push((xr, y));
+        }
+        // Edge pixels under a later box's border or label show that box, not this one.
+        pts.retain(|&(x, y)| !(i + 1..rects.len()).any(|j| covered_by(j, x as f64 + 0.5, y as f64 + 0.5)));
+        if pts.len() < MIN_SAMPLES {
+            inside -= 1;
+            occluded += 1;
+            continue;
         }
         let matched = pts
             .iter()
@@ -158,6 +188,7 @@ pub fn check_image(img: &image::RgbImage, lay: &Layout) -> Result<ScreenshotChec
         height: h,
         drawn: lay.boxes.len(),
         inside,
+        occluded,
         shown,
         colours: colours.len(),
         sample_fraction: if samples == 0 { 0.0 } else { hits as f64 / samples as f64 },
@@ -192,5 +223,32 @@ mod tests {
         assert_eq!((after.inside, after.shown, after.colours), (2, 2, 2), "{after}");
         assert!(after.passed());
         assert!(parse_layout("<pre id=\"layout\" hidden=\"\"></pre>", Path::new("d")).unwrap_err().to_string().contains("empty"));
+    }
+
+    #[test]
+    fn edges_under_later_boxes_are_left_out() {
+        // A (red) drawn first, B (green) on top overlapping two thirds of A's top and bottom edges, C (blue) drawn
+        // exactly under D (yellow): C's edges are all covered.
+        let mut img = image::RgbImage::from_pixel(300, 120, image::Rgb([90, 90, 90]));
+        let lay = parse_layout(
+            r##"{"width":300,"height":120,"border":2,"boxes":[
+               {"x":10,"y":30,"w":60,"h":60,"c":"#e6194b"},{"x":30,"y":30,"w":60,"h":60,"c":"#3cb44b"},
+               {"x":150,"y":30,"w":50,"h":50,"c":"#4363d8"},{"x":150,"y":30,"w":50,"h":50,"c":"#ffe119"}]}"##,
+            Path::new("layout.json"),
+        )
+        .unwrap();
+        for b in &lay.boxes {
+            let c = parse_hex(&b.c).unwrap();
+            let (x0, y0, x1, y1) = (b.x as i64, b.y as i64, (b.x + b.w) as i64, (b.y + b.h) as i64);
+            draw::outline_rect(&mut img, x0, y0, x1, y1, 2, c);
+        }
+        let r = check_image(&img, &lay).unwrap();
+        assert_eq!((r.drawn, r.inside, r.occluded, r.shown), (4, 3, 1, 3), "{r}");
+        assert!(r.passed());
+        // Without B on top A's uncovered edges must still be red: paint them grey and A is no longer shown.
+        let a = &lay.boxes[0];
+        draw::outline_rect(&mut img, a.x as i64, a.y as i64, 30, (a.y + a.h) as i64, 2, [90, 90, 90]);
+        let r = check_image(&img, &lay).unwrap();
+        assert_eq!((r.inside, r.shown), (3, 2), "{r}");
     }
 }
