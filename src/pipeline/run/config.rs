@@ -176,6 +176,8 @@ pub struct DetectTrainStage {
     pub steps: Option<u64>,
     pub lr: Option<f64>,
     pub warmup_iters: Option<u64>,
+    /// Epochs at which the rate drops x0.1 (default torchvision's [8, 11]).
+    pub milestones: Option<Vec<u64>>,
     pub save_every: Option<u64>,
     pub workers: Option<u64>,
     /// More keys of the detector run config's `model` section (`anchor_sizes`, `rpn_batch_size_per_image`,

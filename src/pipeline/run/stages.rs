@@ -212,6 +212,9 @@ fn detector_config(t: &DetectTrainStage, seed: u64, sources: Vec<Value>) -> Resu
     if let Some(w) = t.warmup_iters {
         optim.insert("warmup_iters".into(), json!(w));
     }
+    if let Some(m) = &t.milestones {
+        optim.insert("milestones".into(), json!(m));
+    }
     let mut c = json!({"model": model, "optimizer": optim, "sources": sources, "seed": seed});
     if let Some(b) = t.batch {
         c["batch"] = json!(b);
@@ -666,8 +669,9 @@ mod tests {
 
     #[test]
     fn detector_model_settings_and_a_split_file_reach_their_stages() {
-        let c = cfg("[detect]\nmodel = { representation_size = 256, anchor_sizes = [[8], [16], [32], [64], [128]] }\n[eval]\nsplit = \"/w/world.json\"\n");
+        let c = cfg("[detect]\nmilestones = [3]\nmodel = { representation_size = 256, anchor_sizes = [[8], [16], [32], [64], [128]] }\n[eval]\nsplit = \"/w/world.json\"\n");
         let v = detector_config(&c.detect, 3, vec![]).unwrap();
+        assert_eq!(v["optimizer"]["milestones"], json!([3]));
         assert_eq!(v["model"]["representation_size"], 256);
         assert_eq!(v["model"]["anchor_sizes"][4][0], 128.0);
         let parsed: crate::pipeline::detect::config::ModelConfig = serde_json::from_value(v["model"].clone()).unwrap();
