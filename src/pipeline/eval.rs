@@ -25,7 +25,7 @@ impl SplitSpec {
         let file = Path::new(spec);
         if !file.is_file() {
             return Err(crate::Error::Other(format!(
-                "--split {spec}: neither a known split (ovcoco) nor a file (a world.json or {{\"base\": [names], \"novel\": [names]}})"
+                "unknown split '{spec}': neither a known split (ovcoco) nor a file (a world.json or {{\"base\": [names], \"novel\": [names]}})"
             )));
         }
         let bad = |m: String| crate::Error::Other(format!("{}: {m}", file.display()));
