@@ -403,10 +403,11 @@ impl PipelineConfig {
             fix_opt(&mut d.weights);
             fix_opt(&mut d.backbone_weights);
         }
-        if let Some(sp) = &mut self.eval.split {
-            if crate::detection::eval::split_by_name(sp).is_none() && Path::new(sp.as_str()).is_relative() {
-                *sp = base.join(&*sp).to_string_lossy().into_owned();
-            }
+        if let Some(sp) = &mut self.eval.split
+            && crate::detection::eval::split_by_name(sp).is_none()
+            && Path::new(sp.as_str()).is_relative()
+        {
+            *sp = base.join(&*sp).to_string_lossy().into_owned();
         }
         fix_opt(&mut self.label.given);
         fix_opt(&mut self.ground_train.given);
