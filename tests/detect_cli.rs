@@ -142,7 +142,8 @@ fn train_setup(dir: &Path) -> PathBuf {
                                       {"id": 2, "image_id": 1, "category_id": 7, "bbox": [50.0, 30.0, 30.0, 35.0]},
                                       {"id": 3, "image_id": 2, "category_id": 7, "bbox": [5.0, 20.0, 40.0, 50.0]}]});
     std::fs::write(dir.join("inst.json"), inst.to_string()).unwrap();
-    let cfg = json!({"model": {"depth": 18, "min_size": [64], "max_size": 96}, "batch": 2, "seed": 3, "flip": 0.5,
+    // detections_per_img and the proposal count act in inference only: `detect infer` must read them back.
+    let cfg = json!({"model": {"depth": 18, "min_size": [64], "max_size": 96, "detections_per_img": 3, "rpn_post_nms_top_n_test": 60}, "batch": 2, "seed": 3, "flip": 0.5,
                      "optimizer": {"lr": 0.01, "warmup_iters": 2},
                      "sources": [{"name": "toy", "instances": "inst.json", "images": "img"}]});
     let p = dir.join("run.json");
@@ -203,6 +204,26 @@ fn train_resumes_bit_exactly_freezes_the_frozen_and_writes_weights_infer_reads()
     let (ok, o, e) = instagen(&["detect", "infer", "--weights", s(&a.join("model.safetensors")), "--labels", s(&a.join("labels.json")),
         "--data", s(&dir.join("inst.json")), "--images", s(&dir.join("img")), "--out", s(&out), "--min-size", "64", "--max-size", "96", "--backend", "cpu"]);
     assert!(ok && o.contains("2 images"), "{o}\n{e}");
+    // model.json: the saved settings come back (sizes included); without it, torchvision's (100 per image).
+    let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(a.join("model.json")).unwrap()).unwrap();
+    assert_eq!((saved["roi_heads"]["detections_per_img"].as_u64(), saved["transform"]["min_size"][0].as_u64()), (Some(3), Some(64)), "{saved}");
+    let most = |with_file: bool| {
+        let (ok, o, e) = instagen(&["detect", "infer", "--weights", s(&a.join("model.safetensors")), "--labels", s(&a.join("labels.json")),
+            "--data", s(&dir.join("inst.json")), "--images", s(&dir.join("img")), "--out", s(&out), "--score-thresh", "0", "--backend", "cpu"]);
+        assert!(ok, "with model.json {with_file}: {o}\n{e}");
+        let dets: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+        [1, 2].map(|im| dets.iter().filter(|d| d["image_id"] == im).count()).into_iter().max().unwrap()
+    };
+    assert_eq!(most(true), 3);
+    std::fs::rename(a.join("model.json"), a.join("model.json.off")).unwrap();
+    assert!(most(false) > 3, "torchvision's 100 per image without model.json");
+    // A model.json that disagrees with the weights is an error naming it.
+    let mut bad = saved.clone();
+    bad["roi_heads"]["representation_size"] = json!(64);
+    std::fs::write(a.join("model.json"), bad.to_string()).unwrap();
+    let (ok, _, e) = instagen(&["detect", "infer", "--weights", s(&a.join("model.safetensors")), "--labels", s(&a.join("labels.json")),
+        "--data", s(&dir.join("inst.json")), "--images", s(&dir.join("img")), "--out", s(&out), "--backend", "cpu"]);
+    assert!(!ok && e.contains("model.json") && e.contains("representation_size is 64"), "{e}");
 }
 
 #[test]

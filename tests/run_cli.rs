@@ -292,3 +292,31 @@ fn the_ovcoco_config_parses_and_builds() {
     let cmd = stages[2].steps[0].describe();
     assert!(cmd.contains("--images-per-category 1250") && cmd.contains("--steps 50") && cmd.contains("--guidance 5"), "{cmd}");
 }
+
+#[test]
+fn the_world_config_parses_and_builds() {
+    use instagen::world::{DEFAULT_NOVEL, SHAPES};
+    let tools = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tools");
+    let c = instagen::pipeline::run::PipelineConfig::load(&tools.join("world.toml")).unwrap();
+    // The world generator's default split.
+    let novel: Vec<&str> = DEFAULT_NOVEL.iter().map(|s| s.name()).collect();
+    let base: Vec<&str> = SHAPES.iter().map(|s| s.name()).filter(|n| !novel.contains(n)).collect();
+    assert_eq!(c.run.novel, novel);
+    let mut b = c.run.base.clone();
+    b.sort();
+    let mut want: Vec<String> = base.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    assert_eq!(b, want);
+    assert_eq!(c.eval.split, Some(tools.join("../runs/world/world/world.json").to_string_lossy().into_owned()));
+    let stages = instagen::pipeline::run::stages::build(&c, Path::new("/runs/world")).unwrap();
+    assert_eq!(stages.len(), 11);
+    let cmd = stages[2].steps[0].describe();
+    assert!(cmd.contains("--steps 25") && cmd.contains("--categories circle,square,"), "{cmd}");
+    assert!(stages[10].steps[0].describe().contains("world/world.json"));
+    // The detector tables' model settings are valid detector settings.
+    for d in [&c.labeller, &c.detect] {
+        let m = d.model_section().unwrap();
+        assert_eq!(m["min_size"][0], 128);
+        assert!(m.contains_key("anchor_sizes") && m.contains_key("representation_size"), "{m:?}");
+    }
+}

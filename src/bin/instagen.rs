@@ -135,10 +135,11 @@ enum DetectCmd {
     Train(DetectTrainArgs),
     /// Run a detector on the images of a COCO file; write COCO results.
     Infer(DetectInferArgs),
-    /// `infer`, then the COCO evaluator (with --split ovcoco: base / novel / all AP50).
+    /// `infer`, then the COCO evaluator (with --split: base / novel / all AP50).
     Eval {
         #[command(flatten)]
         a: DetectInferArgs,
+        /// The base / novel split: ovcoco, or a JSON file (a world.json, or {"base": [names], "novel": [names]}).
         #[arg(long)]
         split: Option<String>,
     },
@@ -190,10 +191,12 @@ struct DetectInferArgs {
     out: PathBuf,
     #[arg(long, default_value_t = 0.05)]
     score_thresh: f32,
-    #[arg(long, default_value_t = 800)]
-    min_size: usize,
-    #[arg(long, default_value_t = 1333)]
-    max_size: usize,
+    /// Short side [default: the model.json beside the weights, else 800].
+    #[arg(long)]
+    min_size: Option<usize>,
+    /// Longest side [default: the model.json beside the weights, else 1333].
+    #[arg(long)]
+    max_size: Option<usize>,
     /// The weights use the caffe-style stride placement (stride on the 1x1 conv).
     #[arg(long)]
     caffe_stride: bool,
@@ -301,7 +304,8 @@ enum Cmd {
         /// Detections: COCO results JSON ([{image_id, category_id, bbox, score}]).
         #[arg(long)]
         dt: PathBuf,
-        /// Also report a split's base / novel / all AP50: ovcoco.
+        /// Also report a split's base / novel / all AP50: ovcoco, or a JSON file (a world.json, or
+        /// {"base": [names], "novel": [names]}; names resolved against the ground truth's categories).
         #[arg(long)]
         split: Option<String>,
         /// Write the figures as JSON here (must not be --gt or --dt).
@@ -408,6 +412,10 @@ enum Cmd {
         /// Print what would run and why; run nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Override a key of the config: TABLE.KEY=VALUE (a TOML value, else a string; repeatable), e.g.
+        /// --set finetune.enabled=false --set 'detect.epochs=2'.
+        #[arg(long = "set", value_name = "TABLE.KEY=VALUE")]
+        sets: Vec<String>,
     },
 
     /// Category names in, a detection dataset out: SD images with the grounding head's boxes, written to a
@@ -1133,8 +1141,8 @@ fn main() {
             };
             export::export(&export::ExportOptions { dataset, format, out, val_fraction, seed }).map(|r| print!("{r}"))
         }
-        Cmd::Run { config, out, from, only, dry_run } => {
-            let a = instagen::pipeline::run::RunArgs { config, out, options: instagen::pipeline::run::RunOptions { from, only, dry_run } };
+        Cmd::Run { config, out, from, only, dry_run, sets } => {
+            let a = instagen::pipeline::run::RunArgs { config, out, sets, options: instagen::pipeline::run::RunOptions { from, only, dry_run } };
             instagen::pipeline::run::run(&a).map(|r| print!("{r}"))
         }
         Cmd::Generate(a) => generate(a),

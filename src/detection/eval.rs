@@ -19,6 +19,8 @@
 //!   cumulative recall (0 with no detections). Categories with no non-ignored GT stay -1.
 //! - Summary: the mean over entries > -1, the 12 pycocotools stats.
 
+use std::borrow::Cow;
+
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -455,29 +457,55 @@ impl EvalResult {
             if v.is_empty() { (-1.0, 0) } else { (v.iter().sum::<f64>() / v.len() as f64, v.len()) }
         };
         let all: Vec<u64> = split.base.iter().chain(split.novel.iter()).copied().collect();
-        let (base_ap50, n_base) = mean(split.base);
-        let (novel_ap50, n_novel) = mean(split.novel);
+        let (base_ap50, n_base) = mean(&split.base);
+        let (novel_ap50, n_novel) = mean(&split.novel);
         let (all_ap50, n_all) = mean(&all);
         SplitReport { name: split.name.to_string(), base_ap50, novel_ap50, all_ap50, n_base, n_novel, n_all }
     }
 }
 
-/// An open-vocabulary split of the COCO categories (ids).
-#[derive(Clone, Copy, Debug)]
+/// An open-vocabulary split of a dataset's categories (ids): [`OVCOCO`], or one built at run time
+/// ([`OvSplit::from_names`]).
+#[derive(Clone, Debug, PartialEq)]
 pub struct OvSplit {
-    pub name: &'static str,
-    pub base: &'static [u64],
-    pub novel: &'static [u64],
+    pub name: Cow<'static, str>,
+    pub base: Cow<'static, [u64]>,
+    pub novel: Cow<'static, [u64]>,
+}
+
+impl OvSplit {
+    /// The split whose base and novel classes are named `base` / `novel`, resolved by name against
+    /// `categories` ((id, name) of the ground truth). A name the categories lack, or one listed twice, is an
+    /// error naming it.
+    pub fn from_names(name: &str, base: &[String], novel: &[String], categories: &[(u64, String)]) -> std::result::Result<OvSplit, String> {
+        let mut seen = std::collections::HashSet::new();
+        let mut ids = |what: &str, names: &[String]| -> std::result::Result<Vec<u64>, String> {
+            names
+                .iter()
+                .map(|n| {
+                    if !seen.insert(n.clone()) {
+                        return Err(format!("{what} category {n:?} is listed twice (base and novel must be distinct)"));
+                    }
+                    categories.iter().find(|(_, c)| c == n).map(|(id, _)| *id).ok_or_else(|| {
+                        format!("{what} category {n:?} is not a category of the ground truth ({} categories)", categories.len())
+                    })
+                })
+                .collect()
+        };
+        let base = ids("base", base)?;
+        let novel = ids("novel", novel)?;
+        Ok(OvSplit { name: Cow::Owned(name.to_string()), base: Cow::Owned(base), novel: Cow::Owned(novel) })
+    }
 }
 
 /// The open-vocabulary COCO split (OVR-CNN; InstaGen): 48 base and 17 novel classes, by COCO category id.
 pub const OVCOCO: OvSplit = OvSplit {
-    name: "ovcoco",
-    base: &[
+    name: Cow::Borrowed("ovcoco"),
+    base: Cow::Borrowed(&[
         1, 2, 3, 4, 7, 8, 9, 15, 16, 19, 20, 23, 24, 25, 27, 31, 33, 34, 35, 38, 42, 44, 48, 50, 51, 52, 53, 54, 55, 56,
         57, 59, 60, 62, 65, 70, 72, 73, 74, 75, 78, 79, 80, 82, 84, 85, 86, 90,
-    ],
-    novel: &[5, 6, 17, 18, 21, 22, 28, 32, 36, 41, 47, 49, 61, 63, 76, 81, 87],
+    ]),
+    novel: Cow::Borrowed(&[5, 6, 17, 18, 21, 22, 28, 32, 36, 41, 47, 49, 61, 63, 76, 81, 87]),
 };
 
 /// The names of [`OVCOCO`]'s classes, in the same order as its ids.
@@ -512,4 +540,20 @@ pub struct SplitReport {
     pub n_base: usize,
     pub n_novel: usize,
     pub n_all: usize,
+}
+
+impl SplitReport {
+    /// The line `instagen eval` / `detect eval` print.
+    pub fn line(&self) -> String {
+        format!(
+            "{}: AP50 base {:.1} ({} classes) | novel {:.1} ({}) | all {:.1} ({})\n",
+            self.name,
+            self.base_ap50 * 100.0,
+            self.n_base,
+            self.novel_ap50 * 100.0,
+            self.n_novel,
+            self.all_ap50 * 100.0,
+            self.n_all
+        )
+    }
 }

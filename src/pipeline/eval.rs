@@ -5,8 +5,73 @@
 use std::path::Path;
 
 use crate::detection::coco::{Dataset, LoadOptions, Policy, load_results, write_atomic};
-use crate::detection::eval::{EvalParams, STAT_NAMES, evaluate, split_by_name};
+use crate::detection::eval::{EvalParams, OvSplit, STAT_NAMES, evaluate, split_by_name};
 use crate::util::files::same_file;
+
+/// What `--split` names: `ovcoco`, or a JSON file (a `world.json`, whose `categories` carry `novel` flags, or
+/// `{"base": [names], "novel": [names]}`), read before the slow work so a bad file fails early.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SplitSpec {
+    Known(OvSplit),
+    /// Category names from `file`.
+    Names { file: std::path::PathBuf, base: Vec<String>, novel: Vec<String> },
+}
+
+impl SplitSpec {
+    pub fn parse(spec: &str) -> crate::Result<SplitSpec> {
+        if let Some(s) = split_by_name(spec) {
+            return Ok(SplitSpec::Known(s));
+        }
+        let file = Path::new(spec);
+        if !file.is_file() {
+            return Err(crate::Error::Other(format!(
+                "unknown split '{spec}': neither a known split (ovcoco) nor a file (a world.json or {{\"base\": [names], \"novel\": [names]}})"
+            )));
+        }
+        let bad = |m: String| crate::Error::Other(format!("{}: {m}", file.display()));
+        let text = crate::util::files::read_text(file, Some(crate::util::files::CONFIG_MAX_BYTES)).map_err(|e| crate::Error::io(file, e))?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(crate::util::json::describe(text.as_bytes(), &e)))?;
+        let names = |key: &str| -> crate::Result<Vec<String>> {
+            let list = v.get(key).and_then(|l| l.as_array()).ok_or_else(|| bad(format!("\"{key}\" must be a list of category names")))?;
+            list.iter()
+                .enumerate()
+                .map(|(i, n)| n.as_str().map(String::from).ok_or_else(|| bad(format!("{key}[{i}] is not a string"))))
+                .collect()
+        };
+        let (base, novel) = if let Some(cats) = v.get("categories") {
+            // A world.json: every category with its novel flag.
+            let cats = cats.as_array().ok_or_else(|| bad("\"categories\" is not a list".into()))?;
+            let (mut base, mut novel) = (Vec::new(), Vec::new());
+            for (i, c) in cats.iter().enumerate() {
+                let name = c.get("name").and_then(|n| n.as_str()).ok_or_else(|| bad(format!("categories[{i}] has no string \"name\"")))?;
+                let is_novel = c.get("novel").and_then(|n| n.as_bool()).ok_or_else(|| bad(format!("categories[{i}] ({name:?}) has no boolean \"novel\"")))?;
+                if is_novel { novel.push(name.to_string()) } else { base.push(name.to_string()) }
+            }
+            (base, novel)
+        } else if v.get("base").is_some() || v.get("novel").is_some() {
+            (names("base")?, names("novel")?)
+        } else {
+            return Err(bad("not a split: expected a world.json (\"categories\" with \"novel\" flags) or {\"base\": [names], \"novel\": [names]}".into()));
+        };
+        if base.is_empty() && novel.is_empty() {
+            return Err(bad("the split names no category".into()));
+        }
+        Ok(SplitSpec::Names { file: file.to_path_buf(), base, novel })
+    }
+
+    /// The split's ids in the ground truth `gt`: names resolved by name (an unknown one is an error naming the
+    /// split file and the name).
+    pub fn resolve(&self, gt: &Dataset) -> crate::Result<OvSplit> {
+        match self {
+            SplitSpec::Known(s) => Ok(s.clone()),
+            SplitSpec::Names { file, base, novel } => {
+                let cats: Vec<(u64, String)> = gt.categories.iter().map(|c| (c.id, c.name.clone())).collect();
+                let name = file.file_name().map_or_else(|| file.display().to_string(), |n| n.to_string_lossy().into_owned());
+                OvSplit::from_names(&name, base, novel, &cats).map_err(|m| crate::Error::Other(format!("{}: {m}", file.display())))
+            }
+        }
+    }
+}
 
 /// `instagen eval`: loads GT and detections (validated), evaluates, returns the printable report and writes
 /// the figures as JSON to `json_out` (atomically) when given.
@@ -20,12 +85,10 @@ pub fn run(gt_path: &Path, dt_path: &Path, split: Option<&str>, json_out: Option
             )));
         }
     }
-    let split = match split {
-        None => None,
-        Some(s) => Some(split_by_name(s).ok_or_else(|| crate::Error::Other(format!("unknown split '{s}' (known: ovcoco)")))?),
-    };
+    let split = split.map(SplitSpec::parse).transpose()?;
     let policy = if lenient { Policy::Lenient } else { Policy::Strict };
     let (gt, gs) = Dataset::load(gt_path, &LoadOptions { policy, ..Default::default() })?;
+    let split = split.map(|s| s.resolve(&gt)).transpose()?;
     let (dts, ds) = load_results(dt_path, &gt, policy)?;
     let r = evaluate(&gt, &dts, &EvalParams::default());
     let mut out = String::new();
@@ -42,16 +105,7 @@ pub fn run(gt_path: &Path, dt_path: &Path, split: Option<&str>, json_out: Option
     out.push_str(&r.summary_lines());
     let rep = split.map(|s| r.split_report(&s));
     if let Some(rep) = &rep {
-        out.push_str(&format!(
-            "{}: AP50 base {:.1} ({} classes) | novel {:.1} ({}) | all {:.1} ({})\n",
-            rep.name,
-            rep.base_ap50 * 100.0,
-            rep.n_base,
-            rep.novel_ap50 * 100.0,
-            rep.n_novel,
-            rep.all_ap50 * 100.0,
-            rep.n_all
-        ));
+        out.push_str(&rep.line());
     }
     if let Some(jp) = json_out {
         let stats: serde_json::Map<String, serde_json::Value> =

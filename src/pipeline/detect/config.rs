@@ -27,6 +27,11 @@
 //! - `optimizer.lr` null means torchvision's rule 0.02 x batch / 16. The learning rate of step t is
 //!   `lr x warmup(t) x gamma^(milestones passed)`: warmup linear from `warmup_factor` to 1 over `warmup_iters`
 //!   steps (`LinearLR`), milestones in epochs (`MultiStepLR` stepped per epoch, as torchvision's references).
+//! - The model's head settings (serde defaults = torchvision's, so older configs give the same model):
+//!   `anchor_sizes` (per FPN level), `rpn_batch_size_per_image`, `rpn_{pre,post}_nms_top_n_{train,test}`,
+//!   `roi_batch_size_per_image`, `representation_size` (the box head's MLP width), `detections_per_img`. The
+//!   trained model's whole config is saved as `RUN/model.json` next to `RUN/model.safetensors`, which
+//!   `detect infer|eval` read back (anchors, proposal counts, detections per image, the transform).
 //! - Relative paths are taken from the config file's folder. Unknown keys are errors.
 
 use std::collections::BTreeMap;
@@ -37,6 +42,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::detection::coco;
 use crate::detection::eval::OVCOCO;
 use crate::error::{Error, Result};
+use crate::models::detector::backbone::BackboneConfig;
+use crate::models::detector::faster_rcnn::FasterRcnnConfig;
+use crate::models::detector::roi_heads::RoiHeadsConfig;
+use crate::models::detector::rpn::RpnConfig;
 use crate::models::detector::transform::TransformConfig;
 use crate::runtime::schedule::Schedule;
 
@@ -62,10 +71,27 @@ pub struct ModelConfig {
     pub weights: Option<PathBuf>,
     /// ImageNet ResNet weights (torchvision layout) for the backbone.
     pub backbone_weights: Option<PathBuf>,
+    /// RPN anchor sizes per FPN level (5 levels, finest first; the same count per level).
+    pub anchor_sizes: Vec<Vec<f32>>,
+    /// Anchors sampled per image for the RPN losses.
+    pub rpn_batch_size_per_image: usize,
+    /// Proposals kept per image before / after the RPN's NMS, in training and in inference.
+    pub rpn_pre_nms_top_n_train: usize,
+    pub rpn_pre_nms_top_n_test: usize,
+    pub rpn_post_nms_top_n_train: usize,
+    pub rpn_post_nms_top_n_test: usize,
+    /// RoIs sampled per image for the box head's losses.
+    pub roi_batch_size_per_image: usize,
+    /// Width of the box head's two-layer MLP (fc6, fc7).
+    pub representation_size: usize,
+    /// Detections kept per image in inference.
+    pub detections_per_img: usize,
 }
 
 impl Default for ModelConfig {
+    /// torchvision's `fasterrcnn_resnet50_fpn`.
     fn default() -> Self {
+        let (rpn, roi) = (RpnConfig::default(), RoiHeadsConfig::default());
         ModelConfig {
             depth: 50,
             trainable_layers: 3,
@@ -75,6 +101,57 @@ impl Default for ModelConfig {
             max_size: 1333,
             weights: None,
             backbone_weights: None,
+            anchor_sizes: rpn.anchor_sizes,
+            rpn_batch_size_per_image: rpn.batch_size_per_image,
+            rpn_pre_nms_top_n_train: rpn.pre_nms_top_n_train,
+            rpn_pre_nms_top_n_test: rpn.pre_nms_top_n_test,
+            rpn_post_nms_top_n_train: rpn.post_nms_top_n_train,
+            rpn_post_nms_top_n_test: rpn.post_nms_top_n_test,
+            roi_batch_size_per_image: roi.batch_size_per_image,
+            representation_size: roi.representation_size,
+            detections_per_img: roi.detections_per_img,
+        }
+    }
+}
+
+impl ModelConfig {
+    /// Field checks; the message names the field as `model.FIELD`.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if ![18, 34, 50].contains(&self.depth) {
+            return Err(format!("model.depth must be 18, 34 or 50, got {}", self.depth));
+        }
+        if self.trainable_layers > 5 {
+            return Err(format!("model.trainable_layers must be 0..=5, got {}", self.trainable_layers));
+        }
+        if self.anchor_sizes.len() != 5 {
+            return Err(format!("model.anchor_sizes needs one list per FPN level (5), got {}", self.anchor_sizes.len()));
+        }
+        // The heads' settings, checked by the detector's own validation (which names the field).
+        self.detector(2, &self.min_size).validate().map_err(|e| format!("model: {e}"))
+    }
+
+    /// The detector these settings give, with `num_logits` classes (background included) and the short-side
+    /// list `min_size`: torchvision's defaults for everything the config does not set.
+    pub fn detector(&self, num_logits: usize, min_size: &[usize]) -> FasterRcnnConfig {
+        FasterRcnnConfig {
+            backbone: BackboneConfig { depth: self.depth as usize, trainable_layers: self.trainable_layers as usize, caffe_stride: self.caffe_stride, ..Default::default() },
+            rpn: RpnConfig {
+                anchor_sizes: self.anchor_sizes.clone(),
+                batch_size_per_image: self.rpn_batch_size_per_image,
+                pre_nms_top_n_train: self.rpn_pre_nms_top_n_train,
+                pre_nms_top_n_test: self.rpn_pre_nms_top_n_test,
+                post_nms_top_n_train: self.rpn_post_nms_top_n_train,
+                post_nms_top_n_test: self.rpn_post_nms_top_n_test,
+                ..Default::default()
+            },
+            roi_heads: RoiHeadsConfig {
+                num_classes: num_logits,
+                batch_size_per_image: self.roi_batch_size_per_image,
+                representation_size: self.representation_size,
+                detections_per_img: self.detections_per_img,
+                ..Default::default()
+            },
+            transform: TransformConfig { min_size: min_size.to_vec(), max_size: self.max_size, ..Default::default() },
         }
     }
 }
@@ -221,14 +298,7 @@ impl RunConfig {
 
     /// Field checks that need no file; the message names the field as a dotted path.
     pub fn validate(&self) -> std::result::Result<(), String> {
-        let m = &self.model;
-        if ![18, 34, 50].contains(&m.depth) {
-            return Err(format!("model.depth must be 18, 34 or 50, got {}", m.depth));
-        }
-        if m.trainable_layers > 5 {
-            return Err(format!("model.trainable_layers must be 0..=5, got {}", m.trainable_layers));
-        }
-        self.transform(&m.min_size).validate().map_err(|e| format!("model: {e}"))?;
+        self.model.validate()?;
         let o = &self.optimizer;
         if let Some(lr) = o.lr
             && !(lr.is_finite() && lr > 0.0)
@@ -283,7 +353,7 @@ impl RunConfig {
 
     /// The transform with the short-side list `min_size`.
     pub fn transform(&self, min_size: &[usize]) -> TransformConfig {
-        TransformConfig { min_size: min_size.to_vec(), max_size: self.model.max_size, ..Default::default() }
+        self.model.detector(2, min_size).transform
     }
 
     /// The base rate: `optimizer.lr`, else 0.02 x batch / 16.

@@ -7,18 +7,21 @@
 //! 91 logits is torchvision's COCO index (label = category id); otherwise `--labels FILE` (a JSON list of
 //! category ids, index = label, entry 0 background) must say which category each label is. Images are run one at
 //! a time (each its own padded size, cached graphs). An image that is missing or does not decode is an error
-//! naming it; with `lenient` it is skipped and listed in the report.
+//! naming it; with `lenient` it is skipped and listed in the report. A `model.json` beside the weights (what
+//! `detect train` writes) gives the settings the weights do not carry: anchors, proposal counts, detections per
+//! image and the transform (`--min-size` / `--max-size` override its sizes); its shape must agree with the weights'.
 
 use std::path::{Path, PathBuf};
 
 use crate::backend::Backend;
 use crate::detection::coco::{self, Dataset, Detection, LoadOptions, Policy};
-use crate::detection::eval::{evaluate, split_by_name, EvalParams};
+use crate::detection::eval::{evaluate, EvalParams};
+use crate::pipeline::eval::SplitSpec;
 use crate::error::{Error, Result};
 use crate::models::detector::backbone::BackboneConfig;
 use crate::models::detector::faster_rcnn::{build_eval_graph, FasterRcnn, FasterRcnnConfig};
 use crate::models::detector::roi_heads::RoiHeadsConfig;
-use crate::models::detector::transform::TransformConfig;
+use crate::pipeline::detect::train::MODEL_JSON;
 use crate::models::detector::weights::{self, Layout};
 use crate::models::weights::WeightFile;
 
@@ -31,8 +34,9 @@ pub struct InferOptions {
     pub images: PathBuf,
     pub out: PathBuf,
     pub score_thresh: f32,
-    pub min_size: usize,
-    pub max_size: usize,
+    /// Short side / longest side in inference; `None`: the saved model's (`model.json`), else 800 / 1333.
+    pub min_size: Option<usize>,
+    pub max_size: Option<usize>,
     pub caffe_stride: bool,
     pub lenient: bool,
 }
@@ -60,6 +64,30 @@ pub fn config_from_weights(file: &WeightFile) -> Result<FasterRcnnConfig> {
         roi_heads: RoiHeadsConfig { num_classes: cls[0], representation_size: fc7[0], ..Default::default() },
         ..Default::default()
     })
+}
+
+/// The config `detect train` saved next to `weights` (`model.json` in its folder), checked against the shape
+/// the weights imply (`from_weights`); `None` when there is none (torchvision's settings then).
+pub fn saved_config(weights: &Path, from_weights: &FasterRcnnConfig) -> Result<Option<FasterRcnnConfig>> {
+    let path = weights.with_file_name(MODEL_JSON);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = crate::util::files::read_text(&path, Some(1 << 20)).map_err(|e| Error::io(&path, e))?;
+    let cfg: FasterRcnnConfig = crate::util::json::from_object(&text).map_err(|m| Error::Other(format!("{}: {m}", path.display())))?;
+    let (a, b) = (from_weights, &cfg);
+    for (what, saved, implied) in [
+        ("backbone.depth", b.backbone.depth, a.backbone.depth),
+        ("backbone.out_channels", b.backbone.out_channels, a.backbone.out_channels),
+        ("roi_heads.num_classes", b.roi_heads.num_classes, a.roi_heads.num_classes),
+        ("roi_heads.representation_size", b.roi_heads.representation_size, a.roi_heads.representation_size),
+    ] {
+        if saved != implied {
+            return Err(Error::Other(format!("{}: {what} is {saved} but the weights {} have {implied}", path.display(), weights.display())));
+        }
+    }
+    cfg.validate().map_err(|e| Error::Other(format!("{}: {e}", path.display())))?;
+    Ok(Some(cfg))
 }
 
 /// Label index -> category id.
@@ -98,9 +126,17 @@ pub fn infer<B: Backend>(opts: &InferOptions, backend: impl Fn() -> Result<B> + 
     }
     let file = WeightFile::open(&opts.weights)?;
     let mut cfg = config_from_weights(&file)?;
-    cfg.backbone.caffe_stride = opts.caffe_stride;
+    if let Some(saved) = saved_config(&opts.weights, &cfg)? {
+        cfg = saved;
+    }
+    cfg.backbone.caffe_stride |= opts.caffe_stride;
     cfg.roi_heads.score_thresh = opts.score_thresh;
-    cfg.transform = TransformConfig { min_size: vec![opts.min_size], max_size: opts.max_size, ..Default::default() };
+    if let Some(m) = opts.min_size {
+        cfg.transform.min_size = vec![m];
+    }
+    if let Some(m) = opts.max_size {
+        cfg.transform.max_size = m;
+    }
     cfg.validate()?;
     let ids = label_ids(opts, cfg.roi_heads.num_classes)?;
     // Load by the graph's names (missing / unexpected / wrong-shape keys listed in one error).
@@ -145,26 +181,22 @@ pub fn infer<B: Backend>(opts: &InferOptions, backend: impl Fn() -> Result<B> + 
 
 /// `instagen detect eval`: [`infer`], then the evaluator; returns the printable summary.
 pub fn eval<B: Backend>(opts: &InferOptions, split: Option<&str>, backend: impl Fn() -> Result<B> + 'static) -> Result<String> {
+    // The split is read and resolved against the ground truth before the slow inference.
     let split = match split {
         None => None,
-        Some(s) => Some(split_by_name(s).ok_or_else(|| Error::Other(format!("unknown split '{s}' (known: ovcoco)")))?),
+        Some(s) => {
+            let spec = SplitSpec::parse(s)?;
+            let policy = if opts.lenient { Policy::Lenient } else { Policy::Strict };
+            let (gt, _) = Dataset::load(&opts.data, &LoadOptions { policy, ..Default::default() })?;
+            Some(spec.resolve(&gt)?)
+        }
     };
     let (rep, ds, dets) = infer(opts, backend)?;
     let r = evaluate(&ds, &dets, &EvalParams::default());
     let mut out = summary(&rep, &opts.out);
     out.push_str(&r.summary_lines());
     if let Some(s) = split {
-        let rep = r.split_report(&s);
-        out.push_str(&format!(
-            "{}: AP50 base {:.1} ({} classes) | novel {:.1} ({}) | all {:.1} ({})\n",
-            rep.name,
-            rep.base_ap50 * 100.0,
-            rep.n_base,
-            rep.novel_ap50 * 100.0,
-            rep.n_novel,
-            rep.all_ap50 * 100.0,
-            rep.n_all
-        ));
+        out.push_str(&r.split_report(&s).line());
     }
     Ok(out)
 }
@@ -176,4 +208,42 @@ pub fn summary(rep: &InferReport, out: &Path) -> String {
         s.push_str(&format!("skipped {}: {why}\n", p.display()));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_saved_config_is_read_back_and_checked_against_the_weights() {
+        let d = std::env::temp_dir().join(format!("instagen_saved_cfg_{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let weights = d.join("model.safetensors");
+        let mut saved = FasterRcnnConfig::default();
+        saved.backbone.depth = 18;
+        saved.backbone.out_channels = 64;
+        saved.roi_heads.num_classes = 9;
+        saved.roi_heads.representation_size = 256;
+        saved.roi_heads.detections_per_img = 20;
+        saved.rpn.anchor_sizes = vec![vec![16.0], vec![32.0], vec![64.0], vec![128.0], vec![256.0]];
+        saved.rpn.post_nms_top_n_test = 100;
+        saved.transform.min_size = vec![128];
+        saved.transform.max_size = 128;
+        // What the weights imply: the shapes only, torchvision's defaults elsewhere.
+        let mut implied = FasterRcnnConfig::default();
+        implied.backbone.depth = 18;
+        implied.backbone.out_channels = 64;
+        implied.roi_heads.num_classes = 9;
+        implied.roi_heads.representation_size = 256;
+        assert_eq!(saved_config(&weights, &implied).unwrap(), None, "no model.json: torchvision's settings");
+        std::fs::write(d.join(MODEL_JSON), serde_json::to_string(&saved).unwrap()).unwrap();
+        assert_eq!(saved_config(&weights, &implied).unwrap(), Some(saved.clone()));
+        implied.roi_heads.representation_size = 1024;
+        let e = saved_config(&weights, &implied).unwrap_err().to_string();
+        assert!(e.contains("model.json") && e.contains("roi_heads.representation_size is 256") && e.contains("1024"), "{e}");
+        std::fs::write(d.join(MODEL_JSON), r#"{"rpn": {"anchor_size": [[1]]}}"#).unwrap();
+        let e = saved_config(&weights, &implied).unwrap_err().to_string();
+        assert!(e.contains("model.json") && e.contains("anchor_size"), "{e}");
+        let _ = std::fs::remove_dir_all(d);
+    }
 }

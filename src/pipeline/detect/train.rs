@@ -12,7 +12,9 @@
 //! `trainable_backbone_layers` of the body, the FPN, the RPN and the box head; frozen norms never.
 //!
 //! At the end `RUN/model.safetensors` holds every parameter under torchvision's key names and `RUN/labels.json`
-//! the label map (category id per label index), which `instagen detect infer --weights --labels` read.
+//! the label map (category id per label index), which `instagen detect infer --weights --labels` read, and
+//! `RUN/model.json` the detector's whole config (`FasterRcnnConfig`: anchors, proposal counts, RoI sampling,
+//! detections per image, transform), which `detect infer` reads from the weights' folder.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -26,7 +28,7 @@ use crate::graph::plan::Plan;
 use crate::graph::{Graph, NodeId};
 use crate::models::detector::backbone::{self, BackboneConfig, STRIDES};
 use crate::models::detector::faster_rcnn::{build_eval_graph, FasterRcnnConfig, IMAGES};
-use crate::models::detector::roi_heads::{self, box_head, roi_losses, rois_input, RoiHeadsConfig};
+use crate::models::detector::roi_heads::{self, box_head, roi_losses, rois_input};
 use crate::models::detector::rpn::{self, rpn_head, rpn_loss_feed, rpn_losses, RpnHead};
 use crate::models::detector::weights::{self, Layout};
 use crate::optim::{Algorithm, ParamGroup, SgdConfig, TrainConfig};
@@ -110,15 +112,12 @@ pub fn init_heads(g: &Graph, seed: u64) -> Result<ParamStore> {
     Ok(store)
 }
 
+/// The detector's config, written next to its weights (`RUN/model.json`) and read back by `detect infer`.
+pub const MODEL_JSON: &str = "model.json";
+
 /// The model config a run config implies (`num_logits` classes incl. background).
 pub fn model_config(run: &RunConfig, num_logits: usize) -> FasterRcnnConfig {
-    let m = &run.model;
-    FasterRcnnConfig {
-        backbone: BackboneConfig { depth: m.depth as usize, trainable_layers: m.trainable_layers as usize, caffe_stride: m.caffe_stride, ..Default::default() },
-        roi_heads: RoiHeadsConfig { num_classes: num_logits, ..Default::default() },
-        transform: run.transform(&m.min_size),
-        ..Default::default()
-    }
+    run.model.detector(num_logits, &run.model.min_size)
 }
 
 /// The starting parameters: `model.weights` (a whole detector), else torchvision's initialisation with the
@@ -378,6 +377,10 @@ pub fn run<B: Backend>(o: &TrainOptions, mk: impl Fn() -> Result<B>) -> Result<T
     save_model(&task.model.params()?, &weights)?;
     let ids = serde_json::to_string(&dataset.labels.ids).map_err(|e| Error::Other(format!("labels: {e}")))?;
     std::fs::write(&labels, ids).map_err(|e| Error::io(&labels, e))?;
+    // The settings the weights do not carry (anchors, proposal counts, detections per image, transform).
+    let model_json = o.out.join(MODEL_JSON);
+    let text = serde_json::to_string_pretty(&task.model.cfg).map_err(|e| Error::Other(format!("model config: {e}")))?;
+    crate::util::files::write_atomic(&model_json, text.as_bytes()).map_err(|e| Error::io(&model_json, e))?;
     let last_losses = report
         .last
         .as_ref()

@@ -176,8 +176,14 @@ pub struct DetectTrainStage {
     pub steps: Option<u64>,
     pub lr: Option<f64>,
     pub warmup_iters: Option<u64>,
+    /// Epochs at which the rate drops x0.1 (default torchvision's [8, 11]).
+    pub milestones: Option<Vec<u64>>,
     pub save_every: Option<u64>,
     pub workers: Option<u64>,
+    /// More keys of the detector run config's `model` section (`anchor_sizes`, `rpn_batch_size_per_image`,
+    /// `roi_batch_size_per_image`, `representation_size`, `detections_per_img`, ...; see `instagen detect
+    /// train`), for those this table has no key of its own.
+    pub model: Option<toml::Table>,
 }
 
 /// `instagen detect infer` with the labeller on the generated base images, then `instagen ground label`.
@@ -247,11 +253,45 @@ pub struct EvalStage {
     pub enabled: bool,
     #[serde(default)]
     pub args: Vec<String>,
-    /// `ovcoco` for the base / novel / all AP50 split.
+    /// The base / novel / all AP50 split: `ovcoco`, or a JSON file (a world.json, or `{"base": [names],
+    /// "novel": [names]}`; a relative path is from the config's folder).
     pub split: Option<String>,
     pub score_thresh: Option<f64>,
     pub min_size: Option<u64>,
     pub max_size: Option<u64>,
+}
+
+impl DetectTrainStage {
+    /// The `model` section of the detector run config this table gives (its keys and `model`'s extra keys),
+    /// checked against the detector's model settings.
+    pub fn model_section(&self) -> std::result::Result<serde_json::Map<String, serde_json::Value>, String> {
+        let mut m = serde_json::Map::new();
+        let own: [(&str, Option<serde_json::Value>); 6] = [
+            ("depth", self.depth.map(|v| v.into())),
+            ("trainable_layers", self.trainable_layers.map(|v| v.into())),
+            ("min_size", self.min_size.as_ref().map(|v| serde_json::json!(v))),
+            ("max_size", self.max_size.map(|v| v.into())),
+            ("weights", self.weights.as_ref().map(|v| serde_json::json!(v))),
+            ("backbone_weights", self.backbone_weights.as_ref().map(|v| serde_json::json!(v))),
+        ];
+        if let Some(extra) = &self.model {
+            for (k, v) in extra {
+                if own.iter().any(|(o, _)| o == k) {
+                    return Err(format!("{k:?} is a key of the table itself: set it there"));
+                }
+                m.insert(k.clone(), serde_json::to_value(v).map_err(|e| format!("{k}: {e}"))?);
+            }
+        }
+        for (k, v) in own {
+            if let Some(v) = v {
+                m.insert(k.into(), v);
+            }
+        }
+        let parsed: crate::pipeline::detect::config::ModelConfig =
+            serde_json::from_value(serde_json::Value::Object(m.clone())).map_err(|e| e.to_string())?;
+        parsed.validate()?;
+        Ok(m)
+    }
 }
 
 macro_rules! default_stage {
@@ -290,10 +330,41 @@ impl PipelineConfig {
         })
     }
 
+    /// `text` with the overrides `sets` (`TABLE.KEY=VALUE`, the value a TOML value or else a string) applied.
+    pub fn parse_with(path: &Path, text: &str, sets: &[String]) -> Result<PipelineConfig> {
+        // The file alone first: its errors name the line.
+        let parsed = Self::parse(path, text)?;
+        if sets.is_empty() {
+            return Ok(parsed);
+        }
+        let mut doc: toml::Table = toml::from_str(text).map_err(|e| Error::Other(format!("{}: {e}", path.display())))?;
+        for set in sets {
+            let bad = |m: &str| Error::Other(format!("--set {set}: {m}"));
+            let (key, value) = set.split_once('=').ok_or_else(|| bad("expected TABLE.KEY=VALUE"))?;
+            let (table, key) = key.trim().split_once('.').ok_or_else(|| bad("expected TABLE.KEY=VALUE"))?;
+            if table.is_empty() || key.is_empty() || key.contains('.') {
+                return Err(bad("expected TABLE.KEY=VALUE"));
+            }
+            let value = toml::from_str::<toml::Table>(&format!("v = {value}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or_else(|| toml::Value::String(value.to_string()));
+            let t = doc.entry(table.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
+            t.as_table_mut().ok_or_else(|| bad(&format!("{table} is not a table")))?.insert(key.to_string(), value);
+        }
+        toml::Value::Table(doc).try_into().map_err(|e: toml::de::Error| Error::Other(format!("{} with --set {}: {}", path.display(), sets.join(" --set "), e.to_string().trim_end())))
+    }
+
     /// Reads `path`, resolves relative paths from its folder, checks the names.
     pub fn load(path: &Path) -> Result<PipelineConfig> {
+        Self::load_with(path, &[])
+    }
+
+    /// [`load`](Self::load) with `--set` overrides ([`parse_with`](Self::parse_with)); relative paths in them are
+    /// from the config's folder too.
+    pub fn load_with(path: &Path, sets: &[String]) -> Result<PipelineConfig> {
         let text = crate::util::files::read_text(path, Some(crate::util::files::CONFIG_MAX_BYTES)).map_err(|e| Error::io(path, e))?;
-        let mut c = Self::parse(path, &text)?;
+        let mut c = Self::parse_with(path, &text, sets)?;
         let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         c.resolve_paths(base);
         c.check(path)?;
@@ -332,6 +403,12 @@ impl PipelineConfig {
             fix_opt(&mut d.weights);
             fix_opt(&mut d.backbone_weights);
         }
+        if let Some(sp) = &mut self.eval.split
+            && crate::detection::eval::split_by_name(sp).is_none()
+            && Path::new(sp.as_str()).is_relative()
+        {
+            *sp = base.join(&*sp).to_string_lossy().into_owned();
+        }
         fix_opt(&mut self.label.given);
         fix_opt(&mut self.ground_train.given);
         fix_opt(&mut self.selftrain.given);
@@ -344,6 +421,9 @@ impl PipelineConfig {
             if !["cpu", "cpu-reference", "emu", "cuda"].contains(&b.as_str()) {
                 return Err(bad(format!("[run] backend \"{b}\" is not one of cpu, cpu-reference, emu, cuda")));
             }
+        }
+        for (table, d) in [("labeller", &self.labeller), ("detect", &self.detect)] {
+            d.model_section().map_err(|m| bad(format!("[{table}] model: {m}")))?;
         }
         if self.run.base.is_empty() {
             return Err(bad("[run] base is empty: the pipeline needs base categories".into()));
@@ -410,6 +490,53 @@ steps = 2
         // Malformed TOML.
         let e = parse(&GOOD.replace("[generate_base]", "[generate_base")).unwrap_err();
         assert!(e.contains("line 8"), "{e}");
+    }
+
+    #[test]
+    fn set_overrides_keys_and_names_bad_ones() {
+        let p = Path::new("p.toml");
+        let sets = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let c = PipelineConfig::parse_with(p, GOOD, &sets(&["generate_base.steps=7", "finetune.enabled=false", "run.sd=/abs/sd", "detect.model={ representation_size = 256 }", "eval.split=world.json"])).unwrap();
+        assert_eq!(c.generate_base.steps, Some(7));
+        assert!(!c.finetune.enabled);
+        assert_eq!(c.run.sd, PathBuf::from("/abs/sd"));
+        assert_eq!(c.detect.model_section().unwrap()["representation_size"], 256);
+        assert_eq!(c.eval.split.as_deref(), Some("world.json"));
+        // Unchanged keys keep the file's values.
+        assert_eq!(c.generate_base.images_per_category, Some(4));
+        for (set, want) in [
+            ("generate_base.stepz=7", "stepz"),
+            ("generate_base.steps=\"x\"", "u64"),
+            ("steps=7", "TABLE.KEY=VALUE"),
+            ("generate_base.steps", "TABLE.KEY=VALUE"),
+            ("run.seed.x=1", "TABLE.KEY=VALUE"),
+        ] {
+            let e = PipelineConfig::parse_with(p, GOOD, &sets(&[set])).unwrap_err().to_string();
+            assert!(e.contains(want) && e.contains(set.split('=').next().unwrap()), "{set}: {e}");
+        }
+    }
+
+    #[test]
+    fn detector_model_settings_are_checked_at_load() {
+        let d = std::env::temp_dir().join(format!("instagen_runcfg_model_{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let p = d.join("p.toml");
+        for (extra, want) in [
+            ("[detect]\nmodel = { anchor_sizes = [[16], [32]] }\n", "[detect] model: model.anchor_sizes needs one list per FPN level (5), got 2"),
+            ("[labeller]\nmodel = { roi_batch = 128 }\n", "[labeller] model: unknown field `roi_batch`"),
+            ("[detect]\nmodel = { depth = 50 }\n", "[detect] model: \"depth\" is a key of the table itself"),
+            ("[detect]\nmodel = { representation_size = 0 }\n", "representation_size"),
+        ] {
+            std::fs::write(&p, format!("{GOOD}{extra}")).unwrap();
+            let e = PipelineConfig::load(&p).unwrap_err().to_string();
+            assert!(e.contains(want) && e.contains("p.toml"), "{extra}: {e}");
+        }
+        // A split file is resolved from the config's folder; ovcoco stays a name.
+        std::fs::write(&p, format!("{GOOD}[eval]\nsplit = \"w/world.json\"\n")).unwrap();
+        assert_eq!(PipelineConfig::load(&p).unwrap().eval.split, Some(d.join("w/world.json").to_string_lossy().into_owned()));
+        std::fs::write(&p, format!("{GOOD}[eval]\nsplit = \"ovcoco\"\n")).unwrap();
+        assert_eq!(PipelineConfig::load(&p).unwrap().eval.split.as_deref(), Some("ovcoco"));
+        let _ = std::fs::remove_dir_all(d);
     }
 
     #[test]

@@ -19,12 +19,14 @@ pub struct RunArgs {
     pub config: PathBuf,
     /// Overrides `[run] out`.
     pub out: Option<PathBuf>,
+    /// `TABLE.KEY=VALUE` overrides of the config's keys (a TOML value, else a string).
+    pub sets: Vec<String>,
     pub options: RunOptions,
 }
 
 /// Loads the config, builds the stages and runs them (or, with `dry_run`, says what would run).
 pub fn run(a: &RunArgs) -> Result<RunReport> {
-    let cfg = PipelineConfig::load(&a.config)?;
+    let cfg = PipelineConfig::load_with(&a.config, &a.sets)?;
     let out = a.out.clone().or_else(|| cfg.run.out.clone()).ok_or_else(|| {
         Error::Other(format!("{}: no run folder: set [run] out or pass --out", a.config.display()))
     })?;
@@ -37,7 +39,10 @@ pub fn run(a: &RunArgs) -> Result<RunReport> {
     if !a.options.dry_run {
         std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
         _lock = Some(engine::lock_run_dir(&out)?);
-        let text = crate::util::files::read_text(&a.config, Some(crate::util::files::CONFIG_MAX_BYTES)).map_err(|e| Error::io(&a.config, e))?;
+        let mut text = crate::util::files::read_text(&a.config, Some(crate::util::files::CONFIG_MAX_BYTES)).map_err(|e| Error::io(&a.config, e))?;
+        for s in &a.sets {
+            text.push_str(&format!("\n# --set {s}"));
+        }
         let copy = out.join("pipeline.toml");
         crate::util::files::write_atomic(&copy, text.as_bytes()).map_err(|e| Error::io(&copy, e))?;
     }

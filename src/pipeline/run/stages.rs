@@ -203,25 +203,17 @@ pub fn synthetic_instances(dataset: &Path, real: Option<&Path>, to: &Path) -> Re
 }
 
 /// The `detect train` run config of a stage table (only the keys it sets; the rest keep the config's defaults).
-fn detector_config(t: &DetectTrainStage, seed: u64, sources: Vec<Value>) -> Value {
-    let mut model = serde_json::Map::new();
-    let mut put = |k: &str, v: Option<Value>| {
-        if let Some(v) = v {
-            model.insert(k.into(), v);
-        }
-    };
-    put("depth", t.depth.map(|v| json!(v)));
-    put("trainable_layers", t.trainable_layers.map(|v| json!(v)));
-    put("min_size", t.min_size.as_ref().map(|v| json!(v)));
-    put("max_size", t.max_size.map(|v| json!(v)));
-    put("weights", t.weights.as_ref().map(|v| json!(v)));
-    put("backbone_weights", t.backbone_weights.as_ref().map(|v| json!(v)));
+fn detector_config(t: &DetectTrainStage, seed: u64, sources: Vec<Value>) -> Result<Value> {
+    let model = t.model_section().map_err(|m| Error::Other(format!("detector model settings: {m}")))?;
     let mut optim = serde_json::Map::new();
     if let Some(lr) = t.lr {
         optim.insert("lr".into(), json!(lr));
     }
     if let Some(w) = t.warmup_iters {
         optim.insert("warmup_iters".into(), json!(w));
+    }
+    if let Some(m) = &t.milestones {
+        optim.insert("milestones".into(), json!(m));
     }
     let mut c = json!({"model": model, "optimizer": optim, "sources": sources, "seed": seed});
     if let Some(b) = t.batch {
@@ -233,7 +225,7 @@ fn detector_config(t: &DetectTrainStage, seed: u64, sources: Vec<Value>) -> Valu
     if let Some(s) = t.steps {
         c["steps"] = json!(s);
     }
-    c
+    Ok(c)
 }
 
 fn detect_train_cmd(t: &DetectTrainStage, run: &RunSection, config: &Path, out: &Path) -> Result<Vec<String>> {
@@ -407,7 +399,7 @@ pub fn build(cfg: &PipelineConfig, out: &Path) -> Result<Vec<Stage>> {
         let prep = Step::internal(format!("{} restricted to [run] base -> real_base.json; detector.json", inst.display()), move |log| {
             let ids = filter_coco(&inst2, &base, &real2, "[run] base")?;
             let src = json!({"name": "real", "instances": real2, "images": imgs2, "classify": ids});
-            write_json(&conf2, &detector_config(&t, seed, vec![src]))?;
+            write_json(&conf2, &detector_config(&t, seed, vec![src])?)?;
             writeln!(log, "{} base categories kept", ids.len()).map_err(|e| Error::io(&real2, e))
         });
         let cmd = detect_train_cmd(l, run, &conf, &d.join("run"))?;
@@ -567,7 +559,7 @@ pub fn build(cfg: &PipelineConfig, out: &Path) -> Result<Vec<Stage>> {
                 sources.push(json!({"name": "real", "instances": real_base, "images": imgs, "rpn_loss": false, "classify": ids}));
             }
             writeln!(log, "{} sources", sources.len()).map_err(|e| Error::io(&conf2, e))?;
-            write_json(&conf2, &detector_config(&t, seed, sources))
+            write_json(&conf2, &detector_config(&t, seed, sources)?)
         });
         let cmd = detect_train_cmd(dt, run, &conf, &d.join("run"))?;
         let mut inputs = vec![gd.input.clone()];
@@ -603,7 +595,10 @@ pub fn build(cfg: &PipelineConfig, out: &Path) -> Result<Vec<Stage>> {
             .backend(run)
             .extra(&ev.args)
             .0;
-        let inputs = vec![det.input.clone(), external(inst, "[data] val_instances"), external(imgs, "[data] val_images")];
+        let mut inputs = vec![det.input.clone(), external(inst, "[data] val_instances"), external(imgs, "[data] val_images")];
+        if let Some(sp) = ev.split.as_deref().filter(|sp| crate::detection::eval::split_by_name(sp).is_none()) {
+            inputs.push(external(Path::new(sp), "[eval] split"));
+        }
         add(&mut stages, 10, config_value(ev), inputs, vec![Step::exec(cmd, false)]);
     }
     let _ = (f, &sampler);
@@ -670,6 +665,24 @@ mod tests {
             assert_ne!(a[i], b[i], "{}", NAMES[i]);
         }
         assert_eq!(a[1], b[1], "head-init does not use the base list");
+    }
+
+    #[test]
+    fn detector_model_settings_and_a_split_file_reach_their_stages() {
+        let c = cfg("[detect]\nmilestones = [3]\nmodel = { representation_size = 256, anchor_sizes = [[8], [16], [32], [64], [128]] }\n[eval]\nsplit = \"/w/world.json\"\n");
+        let v = detector_config(&c.detect, 3, vec![]).unwrap();
+        assert_eq!(v["optimizer"]["milestones"], json!([3]));
+        assert_eq!(v["model"]["representation_size"], 256);
+        assert_eq!(v["model"]["anchor_sizes"][4][0], 128.0);
+        let parsed: crate::pipeline::detect::config::ModelConfig = serde_json::from_value(v["model"].clone()).unwrap();
+        assert_eq!(parsed.representation_size, 256);
+        let st = build(&c, Path::new("/o")).unwrap();
+        let e = st.iter().find(|s| s.name == "eval").unwrap();
+        assert!(cmd(&st, "eval", 0).contains("--split /w/world.json"), "{}", cmd(&st, "eval", 0));
+        assert!(format!("{:?}", e.inputs).contains("/w/world.json"), "{:?}", e.inputs);
+        // A named split is no file input.
+        let st = build(&cfg("[eval]\nsplit = \"ovcoco\"\n"), Path::new("/o")).unwrap();
+        assert!(!format!("{:?}", st.iter().find(|s| s.name == "eval").unwrap().inputs).contains("ovcoco"));
     }
 
     #[test]
