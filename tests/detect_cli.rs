@@ -14,11 +14,30 @@ use serde_json::json;
 mod common;
 use common::rcnn_gen;
 
-fn tmp(name: &str) -> PathBuf {
+/// A test's folder under the temp dir, removed when the test passes (its checkpoints are over 1 GB; a failing
+/// test leaves it for inspection).
+struct TmpDir(PathBuf);
+
+impl std::ops::Deref for TmpDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TmpDir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn tmp(name: &str) -> TmpDir {
     let d = std::env::temp_dir().join(format!("instagen_detect_cli_{name}_{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(d.join("img")).unwrap();
-    d
+    TmpDir(d)
 }
 
 fn pattern(w: u32, h: u32, seed: u32) -> image::RgbImage {
