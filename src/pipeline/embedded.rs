@@ -318,7 +318,7 @@ pub fn pack(o: &PackOptions) -> Result<Bundle> {
     if bundle.total_bytes > BUDGET_BYTES {
         let mut big: Vec<(String, u64)> =
             manifest.models.iter().flat_map(|(k, m)| m.files.iter().map(move |(r, e)| (format!("{k}/{r}"), e.bytes))).collect();
-        big.sort_by(|a, b| b.1.cmp(&a.1));
+        big.sort_by_key(|b| std::cmp::Reverse(b.1));
         let top: Vec<String> = big.iter().take(3).map(|(n, b)| format!("{n} {:.2} MB", *b as f64 / 1e6)).collect();
         return Err(Error::Other(format!(
             "{}: {:.2} MB in all, over the {:.0} MB budget (largest: {})",
