@@ -24,11 +24,15 @@ fn provenance(dir: &Path) -> std::path::PathBuf {
 fn pack_verify_generate_and_refuse_tampering() {
     let Some(f) = fixture("embedded") else { return };
     let bundle = f.root.join("bundle");
+    // What a killed earlier pack leaves: its temporary folder (never a partial bundle), replaced by the next one.
+    std::fs::create_dir_all(f.root.join(".bundle.tmp-pack/sd")).unwrap();
+    std::fs::write(f.root.join(".bundle.tmp-pack/sd/half.safetensors"), b"trunc").unwrap();
     let mut c = bin();
     c.args(["models", "pack"]).arg("--sd").arg(&f.sd).arg("--head").arg(&f.head).arg("--provenance").arg(provenance(&f.root));
     c.arg("--out").arg(&bundle);
     let out = run_ok(c);
     assert!(out.contains("every file matches its SHA-256"), "{out}");
+    assert!(!f.root.join(".bundle.tmp-pack").exists());
 
     // SD tensors are stored as f16, the head's as they were.
     let unet = instagen::params::ParamStore::load_safetensors(&bundle.join("sd/unet/diffusion_pytorch_model.safetensors")).unwrap();

@@ -260,8 +260,9 @@ fn copy_model(src: &Path, dst: &Path, dtype: Option<DType>) -> Result<()> {
 }
 
 /// Writes a bundle: `OUT/sd` (the SD folder, tensors as f16), `OUT/head` (the head folder as it is, its
-/// `levels.json` naming `../sd`), `OUT/MANIFEST.json`; then verifies it. `OUT` must not exist or be empty. A
-/// bundle over [`BUDGET_BYTES`] is an error (the folder is left for inspection).
+/// `levels.json` naming `../sd`), `OUT/MANIFEST.json`, all in a temporary sibling renamed to `OUT` at the end (an
+/// interrupted pack leaves no partial `OUT`); then verifies it. `OUT` must not exist or be empty. A bundle over
+/// [`BUDGET_BYTES`] is an error (the folder is left for inspection).
 pub fn pack(o: &PackOptions) -> Result<Bundle> {
     let text = files::read_text(&o.provenance, Some(files::CONFIG_MAX_BYTES)).map_err(|e| Error::io(&o.provenance, e))?;
     let prov: Provenance = crate::util::json::from_object(&text).map_err(|e| Error::Other(format!("{}: {e}", o.provenance.display())))?;
@@ -288,10 +289,19 @@ pub fn pack(o: &PackOptions) -> Result<Bundle> {
             return Err(Error::io(&o.out, std::io::Error::other("exists and is not empty (pack writes a new folder)")));
         }
     }
-    copy_model(&o.sd, &o.out.join(SD), Some(DType::F16))?;
-    crate::pipeline::ground::head::Head::save(&o.out.join(HEAD), &head.config, &head.levels, head.image_side, Path::new("../sd"), &head.params)?;
+    // Everything is written into a temporary sibling and renamed into place at the end, so an interrupted pack
+    // leaves no half bundle at OUT (a rerun starts over; a stale temporary folder of a dead process is replaced).
+    let parent = o.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    let name = o.out.file_name().map_or("bundle".into(), |n| n.to_string_lossy().to_string());
+    let tmp = parent.join(format!(".{name}.tmp-pack"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
+    copy_model(&o.sd, &tmp.join(SD), Some(DType::F16))?;
+    crate::pipeline::ground::head::Head::save(&tmp.join(HEAD), &head.config, &head.levels, head.image_side, Path::new("../sd"), &head.params)?;
     // `Head::save` records the SD folder canonicalised; the bundle's head names its sibling.
-    let lp = o.out.join(HEAD).join(crate::pipeline::ground::head::LEVELS);
+    let lp = tmp.join(HEAD).join(crate::pipeline::ground::head::LEVELS);
     let mut lf: serde_json::Value =
         serde_json::from_str(&files::read_text(&lp, None).map_err(|e| Error::io(&lp, e))?).map_err(|e| Error::Other(format!("{}: {e}", lp.display())))?;
     lf["sd"] = serde_json::Value::String(format!("../{SD}"));
@@ -300,7 +310,7 @@ pub fn pack(o: &PackOptions) -> Result<Bundle> {
 
     let mut models = BTreeMap::new();
     for (key, e) in [(SD, sd_e), (HEAD, head_e)] {
-        let md = o.out.join(key);
+        let md = tmp.join(key);
         let mut fl = BTreeMap::new();
         for rel in list_files(&md)? {
             let p = md.join(&rel);
@@ -310,10 +320,14 @@ pub fn pack(o: &PackOptions) -> Result<Bundle> {
         models.insert(key.to_string(), ModelEntry { commands: e.commands.clone(), seed: e.seed, files: fl });
     }
     let manifest = Manifest { format: FORMAT.into(), description: prov.description, categories: prov.categories, models };
-    let mp = o.out.join(MANIFEST);
+    let mp = tmp.join(MANIFEST);
     let mut text = serde_json::to_string_pretty(&manifest).map_err(|e| Error::Other(e.to_string()))?;
     text.push('\n');
     files::write_atomic(&mp, text.as_bytes()).map_err(|e| Error::io(&mp, e))?;
+    if o.out.exists() {
+        std::fs::remove_dir(&o.out).map_err(|e| Error::io(&o.out, e))?;
+    }
+    std::fs::rename(&tmp, &o.out).map_err(|e| Error::io(&o.out, e))?;
     let bundle = verify(&o.out)?;
     if bundle.total_bytes > BUDGET_BYTES {
         let mut big: Vec<(String, u64)> =
