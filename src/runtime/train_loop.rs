@@ -46,6 +46,23 @@ pub struct TrainState {
     pub scalars: BTreeMap<String, serde_json::Value>,
 }
 
+/// The key under which a task keeps its [`super::trainer::TrainerState`] in [`TrainState::scalars`].
+pub const TRAINER_STATE: &str = "trainer";
+
+impl TrainState {
+    /// `scalars` holding a trainer's state under [`TRAINER_STATE`].
+    pub fn trainer_scalars(state: &super::trainer::TrainerState) -> Result<BTreeMap<String, serde_json::Value>> {
+        let v = serde_json::to_value(state).map_err(|e| Error::Other(format!("trainer state: {e}")))?;
+        Ok(BTreeMap::from([(TRAINER_STATE.to_string(), v)]))
+    }
+
+    /// The trainer's state saved by [`TrainState::trainer_scalars`]; an error names the scalar.
+    pub fn trainer_state(&self) -> Result<super::trainer::TrainerState> {
+        let v = self.scalars.get(TRAINER_STATE).cloned().ok_or_else(|| Error::Other(format!("scalar '{TRAINER_STATE}' missing")))?;
+        serde_json::from_value(v).map_err(|e| Error::Other(format!("scalar '{TRAINER_STATE}': {e}")))
+    }
+}
+
 /// The caller's side of the loop.
 pub trait TrainTask {
     type Item;

@@ -16,7 +16,7 @@
 //! `RUN/model.json` the detector's whole config (`FasterRcnnConfig`: anchors, proposal counts, RoI sampling,
 //! detections per image, transform), which `detect infer` reads from the weights' folder.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -282,7 +282,6 @@ struct DetectTask<B: Backend> {
     steps_per_epoch: u64,
 }
 
-const TRAINER_STATE: &str = "trainer";
 
 impl<B: Backend> TrainTask for DetectTask<B> {
     type Item = DetectSample;
@@ -302,19 +301,17 @@ impl<B: Backend> TrainTask for DetectTask<B> {
 
     fn save_state(&mut self) -> Result<TrainState> {
         let (optim, state) = self.model.export_state()?;
-        let state = serde_json::to_value(state).map_err(|e| Error::Other(format!("trainer state: {e}")))?;
         Ok(TrainState {
             params: self.model.params()?,
             optim,
             ema: None,
             loss_scale: None,
-            scalars: BTreeMap::from([(TRAINER_STATE.to_string(), state)]),
+            scalars: TrainState::trainer_scalars(&state)?,
         })
     }
 
     fn load_state(&mut self, s: TrainState) -> Result<()> {
-        let state = s.scalars.get(TRAINER_STATE).cloned().ok_or_else(|| Error::Other(format!("scalar '{TRAINER_STATE}' missing")))?;
-        let state: TrainerState = serde_json::from_value(state).map_err(|e| Error::Other(format!("scalar '{TRAINER_STATE}': {e}")))?;
+        let state = s.trainer_state()?;
         self.model.load_state(&s.params, &s.optim, &state)
     }
 }

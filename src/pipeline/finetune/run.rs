@@ -6,7 +6,6 @@
 //! `--data-mode captions` trains on whole captioned images instead (`pipeline::sdtrain::data::CaptionSet`: the
 //! world corpus, training the small SD's UNet from scratch) with the same step, loop and outputs.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -19,7 +18,6 @@ use crate::models::weights::Component;
 use crate::optim::AdamWConfig;
 use crate::params::ParamStore;
 use crate::runtime::train_loop::{train, LoopConfig, StepOutput, TrainState, TrainTask};
-use crate::runtime::TrainerState;
 use crate::tensor::DType;
 use crate::util::Rng;
 
@@ -156,7 +154,6 @@ struct Stage1Task<B: Backend> {
     lr: f32,
 }
 
-const TRAINER_STATE: &str = "trainer";
 
 impl<B: Backend> TrainTask for Stage1Task<B> {
     type Item = CropSample;
@@ -183,19 +180,17 @@ impl<B: Backend> TrainTask for Stage1Task<B> {
         for (name, t) in tensors.iter() {
             if name.starts_with("ema/") { &mut ema } else { &mut optim }.insert(name, t.clone());
         }
-        let state = serde_json::to_value(state).map_err(|e| Error::Other(format!("trainer state: {e}")))?;
         Ok(TrainState {
             params: unet.params()?,
             optim,
             ema: Some(ema),
             loss_scale: None,
-            scalars: BTreeMap::from([(TRAINER_STATE.to_string(), state)]),
+            scalars: TrainState::trainer_scalars(&state)?,
         })
     }
 
     fn load_state(&mut self, s: TrainState) -> Result<()> {
-        let state = s.scalars.get(TRAINER_STATE).cloned().ok_or_else(|| Error::Other(format!("scalar '{TRAINER_STATE}' missing")))?;
-        let state: TrainerState = serde_json::from_value(state).map_err(|e| Error::Other(format!("scalar '{TRAINER_STATE}': {e}")))?;
+        let state = s.trainer_state()?;
         let mut tensors = s.optim;
         for (name, t) in s.ema.iter().flat_map(|e| e.iter()) {
             tensors.insert(name, t.clone());

@@ -19,7 +19,6 @@
 //! finds no full batch does the base update only and says so in its losses). Dropout is in the student only. The
 //! run covers epochs `teacher_epoch..epochs` of the base set; the learning-rate schedule continues the base run's.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -36,7 +35,7 @@ use crate::optim::{AdamWConfig, Algorithm, ParamGroup, TrainConfig};
 use crate::params::ParamStore;
 use crate::runtime::checkpoint::{self, Checkpoint, CheckpointState};
 use crate::runtime::train_loop::{train, LoopConfig, StepOutput, TrainState, TrainTask};
-use crate::runtime::{DeviceParams, Schedule, Trainer, TrainerState};
+use crate::runtime::{DeviceParams, Schedule, Trainer};
 use crate::tensor::{DType, HostTensor};
 use crate::util::Rng;
 
@@ -278,19 +277,17 @@ impl<B: Backend> Student<B> {
         for (name, t) in tensors.iter() {
             if name.starts_with("ema/") { &mut ema } else { &mut optim }.insert(name, t.clone());
         }
-        let state = serde_json::to_value(state).map_err(|e| Error::Other(format!("trainer state: {e}")))?;
         Ok(TrainState {
             params: self.dev.download()?,
             optim,
             ema: (!ema.is_empty()).then_some(ema),
             loss_scale: None,
-            scalars: BTreeMap::from([(TRAINER_STATE.to_string(), state)]),
+            scalars: TrainState::trainer_scalars(&state)?,
         })
     }
 
     fn load(&mut self, s: &TrainState) -> Result<()> {
-        let state = s.scalars.get(TRAINER_STATE).cloned().ok_or_else(|| Error::Other(format!("scalar '{TRAINER_STATE}' missing")))?;
-        let state: TrainerState = serde_json::from_value(state).map_err(|e| Error::Other(format!("scalar '{TRAINER_STATE}': {e}")))?;
+        let state = s.trainer_state()?;
         for (name, t) in s.params.iter() {
             self.dev.set(name, t)?;
         }
@@ -302,7 +299,6 @@ impl<B: Backend> Student<B> {
     }
 }
 
-const TRAINER_STATE: &str = "trainer";
 
 fn losses(s: [f32; 4]) -> Vec<(String, f32)> {
     vec![("loss".into(), s[0]), ("focal".into(), s[1]), ("l1".into(), s[2]), ("giou".into(), s[3])]

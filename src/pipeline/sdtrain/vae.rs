@@ -14,7 +14,6 @@
 //!   `--scale-images` images (LDM's `scale_by_std`, which is how SD's 0.18215 was found), and `RUN/model/`: the
 //!   `--sd` folder with `vae/` replaced by the trained weights and that scaling factor in its config.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -296,7 +295,6 @@ struct VaeTask<B: Backend> {
     lr: f32,
 }
 
-const TRAINER_STATE: &str = "trainer";
 
 impl<B: Backend> TrainTask for VaeTask<B> {
     type Item = CropSample;
@@ -319,19 +317,17 @@ impl<B: Backend> TrainTask for VaeTask<B> {
 
     fn save_state(&mut self) -> Result<TrainState> {
         let (optim, state) = self.vae.export_state()?;
-        let state = serde_json::to_value(state).map_err(|e| Error::Other(format!("trainer state: {e}")))?;
         Ok(TrainState {
             params: self.vae.params()?,
             optim,
             ema: None,
             loss_scale: None,
-            scalars: BTreeMap::from([(TRAINER_STATE.to_string(), state)]),
+            scalars: TrainState::trainer_scalars(&state)?,
         })
     }
 
     fn load_state(&mut self, s: TrainState) -> Result<()> {
-        let state = s.scalars.get(TRAINER_STATE).cloned().ok_or_else(|| Error::Other(format!("scalar '{TRAINER_STATE}' missing")))?;
-        let state: TrainerState = serde_json::from_value(state).map_err(|e| Error::Other(format!("scalar '{TRAINER_STATE}': {e}")))?;
+        let state = s.trainer_state()?;
         self.vae.load_state(&s.params, &s.optim, &state)
     }
 }
